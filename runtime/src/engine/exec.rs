@@ -1,0 +1,328 @@
+//! Executes plan steps over the arena.
+//!
+//! Each step turns its [`Place`]s into strided views of the arena and calls one kernel
+//! family. Large linears and embedding bags are split across the session's threads by
+//! rows or by output columns (never along a reduction, so results do not depend on the
+//! split); everything else runs on the calling thread.
+
+use core::ops::Range;
+
+use super::input::{self, Input};
+use super::plan::{BinaryOp, Buffer, Ids, Operand, Place, Src, Step};
+use crate::error::{Error, Result};
+use crate::graph::{Activation, BagMode};
+use crate::kernels::{Kernels, WeightMatrix};
+use crate::model::Model;
+use crate::view::{MatMut, MatRef};
+
+/// Multiply-adds below which a linear runs on one thread.
+const PAR_MIN_MACS: usize = 1 << 17;
+/// Rows below which embedding bags run on one thread.
+const PAR_MIN_BAG_ROWS: usize = 32;
+
+/// A raw pointer that may cross threads; every use documents why it is exclusive.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: SendPtr is only dereferenced into disjoint blocks by tasks of one `Pool::run`.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// Everything one `run` needs to execute steps.
+pub(crate) struct Exec<'a, 'i> {
+    pub model: &'a Model,
+    pub kernels: &'static Kernels,
+    pub buffers: &'a [Buffer],
+    pub base: *mut f32,
+    pub scratch: *mut f32,
+    pub scratch_len: usize,
+    pub inputs: &'a [Input<'i>],
+    pub binding: &'a [usize],
+    pub rows: usize,
+    #[cfg(feature = "std")]
+    pub pool: Option<&'a super::pool::Pool>,
+}
+
+impl Exec<'_, '_> {
+    fn threads(&self) -> usize {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.pool {
+            return p.threads();
+        }
+        1
+    }
+
+    /// Runs `f(0..tasks)`, on the pool if there is one.
+    fn parallel(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.pool {
+            p.run(tasks, f);
+            return;
+        }
+        (0..tasks).for_each(f);
+    }
+
+    /// A read view of a dense value.
+    ///
+    /// # Safety
+    /// `Src::Arena` places must lie in the arena and not be written while the view lives.
+    unsafe fn src(&self, s: Src) -> MatRef<'_> {
+        match s {
+            Src::Input(k) => {
+                let data = input::dense(self.inputs, self.binding, k);
+                MatRef::dense(data, data.len() / self.rows)
+            }
+            Src::Arena(p) => {
+                let b = &self.buffers[p.buffer];
+                // SAFETY: the caller guarantees the place is inside the arena and unaliased
+                // by writers for the view's life.
+                unsafe { MatRef::from_raw_parts(self.base.add(b.offset + p.col), self.rows, p.width, b.width) }
+            }
+        }
+    }
+
+    /// A write view of an arena place.
+    ///
+    /// # Safety
+    /// The place must lie in the arena and not be accessed through any other view while
+    /// this one lives.
+    unsafe fn dst(&self, p: Place) -> MatMut<'_> {
+        let b = &self.buffers[p.buffer];
+        // SAFETY: forwarded from the caller.
+        unsafe { MatMut::from_raw_parts(self.base.add(b.offset + p.col), self.rows, p.width, b.width) }
+    }
+
+    /// Executes one step.
+    ///
+    /// # Safety
+    /// The step must come from a plan that passed `Plan::check_disjoint` for an arena of
+    /// at least `rows` rows, and the inputs must have passed `bind` and the id checks.
+    pub unsafe fn step(&self, step: &Step) -> Result<()> {
+        // SAFETY (for every `src`/`dst` below): the plan guarantees each step's output
+        // place is disjoint from its input places and inside the arena.
+        unsafe {
+            match step {
+                Step::Linear { x, weight, bias, act, y, .. } => {
+                    let w = self.model.weight(*weight)?;
+                    let bias = bias.map(|b| self.model.vector(b)).transpose()?;
+                    self.linear(self.src(*x), &w, bias, act.map(|a| a.0), self.dst(*y));
+                }
+                Step::Cross { x0, xl, weight, bias, y, .. } => {
+                    let w = self.model.weight(*weight)?;
+                    let bias = bias.map(|b| self.model.vector(b)).transpose()?;
+                    let (x0, xl) = (self.src(*x0), self.src(*xl));
+                    let mut out = self.dst(*y);
+                    self.linear(xl, &w, bias, None, out.reborrow());
+                    for r in 0..self.rows {
+                        let (a, l, y) = (x0.row(r), xl.row(r), out.row_mut(r));
+                        for d in 0..y.len() {
+                            y[d] = a[d] * y[d] + l[d];
+                        }
+                    }
+                }
+                Step::Bag { table, ids, mode, y, .. } => {
+                    let w = self.model.weight(*table)?;
+                    self.bags(&w, *ids, *mode, self.dst(*y));
+                }
+                Step::Activation { act, x, y, .. } => {
+                    let (x, mut y) = (self.src(*x), self.dst(*y));
+                    for r in 0..self.rows {
+                        let out = y.row_mut(r);
+                        out.copy_from_slice(x.row(r));
+                        self.kernels.elementwise.activate(*act, out);
+                    }
+                }
+                Step::Binary { op, a, b, y, .. } => {
+                    let (a, mut y) = (self.src(*a), self.dst(*y));
+                    let tensor = match b {
+                        Operand::Tensor(t) => Some(self.model.vector(*t)?),
+                        Operand::Value(_) => None,
+                    };
+                    let b_view = match b {
+                        Operand::Value(s) => Some(self.src(*s)),
+                        Operand::Tensor(_) => None,
+                    };
+                    let ew = self.kernels.elementwise;
+                    for r in 0..self.rows {
+                        let rhs = match (tensor, b_view) {
+                            (Some(t), _) => t,
+                            (None, Some(v)) => v.row(r),
+                            (None, None) => return Err(internal("binary operand")),
+                        };
+                        match op {
+                            BinaryOp::Add => ew.add(a.row(r), rhs, y.row_mut(r)),
+                            BinaryOp::Mul => ew.mul(a.row(r), rhs, y.row_mut(r)),
+                        }
+                    }
+                }
+                Step::Copy { src, y, .. } => {
+                    let (x, mut y) = (self.src(*src), self.dst(*y));
+                    for r in 0..self.rows {
+                        y.row_mut(r).copy_from_slice(x.row(r));
+                    }
+                }
+                Step::LayerNorm { x, gamma, beta, epsilon, y, .. } => {
+                    let gamma = self.model.vector(*gamma)?;
+                    let beta = beta.map(|b| self.model.vector(b)).transpose()?;
+                    let (x, mut y) = (self.src(*x), self.dst(*y));
+                    for r in 0..self.rows {
+                        self.kernels.norm.layer_norm(x.row(r), gamma, beta, *epsilon, y.row_mut(r));
+                    }
+                }
+                Step::DotInteraction { inputs, self_interaction, y, .. } => {
+                    let mut out = self.dst(*y);
+                    let extra = usize::from(*self_interaction);
+                    for r in 0..self.rows {
+                        let row = out.row_mut(r);
+                        let first = self.src(inputs[0]).row(r);
+                        row[..first.len()].copy_from_slice(first);
+                        let mut k = first.len();
+                        for i in 0..inputs.len() {
+                            let vi = self.src(inputs[i]).row(r);
+                            for j in 0..i + extra {
+                                row[k] = self.kernels.dot.dot(vi, self.src(inputs[j]).row(r));
+                                k += 1;
+                            }
+                        }
+                    }
+                }
+                Step::Fm { inputs, y, .. } => {
+                    let mut out = self.dst(*y);
+                    let dim = self.src(inputs[0]).cols();
+                    for r in 0..self.rows {
+                        let mut acc = 0.0f32;
+                        for d in 0..dim {
+                            let (mut sum, mut squares) = (0.0f32, 0.0f32);
+                            for s in inputs {
+                                let v = self.src(*s).row(r)[d];
+                                sum += v;
+                                squares += v * v;
+                            }
+                            acc += sum * sum - squares;
+                        }
+                        out.row_mut(r)[0] = 0.5 * acc;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A linear, split across threads when it is big enough.
+    fn linear(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, bias: Option<&[f32]>, act: Option<Activation>, mut y: MatMut<'_>) {
+        let kernel = self.kernels.linear;
+        let threads = self.threads();
+        let macs = x.rows() * w.rows * w.cols;
+        if threads == 1 || macs < PAR_MIN_MACS {
+            // SAFETY: the calling thread owns scratch block 0 while no pool job runs.
+            let scratch = unsafe { core::slice::from_raw_parts_mut(self.scratch, self.scratch_len) };
+            kernel.linear(x, w, bias, act, y, scratch);
+            return;
+        }
+        let by_rows = x.rows() >= threads * 8;
+        let (ptr, rows, cols, stride) = (SendPtr(y.as_mut_ptr()), y.rows(), y.cols(), y.stride());
+        let scratch = SendPtr(self.scratch);
+        let scratch_len = self.scratch_len;
+        let task = move |t: usize| {
+            let (ptr, scratch) = (ptr, scratch);
+            // SAFETY: task t is the only user of scratch block t during this job.
+            let scratch = unsafe { core::slice::from_raw_parts_mut(scratch.0.add(t * scratch_len), scratch_len) };
+            if by_rows {
+                let r = chunk(rows, threads, t, 4);
+                // SAFETY: tasks own disjoint row blocks of `y`.
+                let y = unsafe { MatMut::from_raw_parts(ptr.0.add(r.start * stride), r.len(), cols, stride) };
+                kernel.linear(x.rows_range(r), w, bias, act, y, scratch);
+            } else {
+                let o = chunk(w.rows, threads, t, 8);
+                // SAFETY: tasks own disjoint column blocks of `y`.
+                let y = unsafe { MatMut::from_raw_parts(ptr.0.add(o.start), rows, o.len(), stride) };
+                kernel.linear(x, &w.rows_range(o.clone()), bias.map(|b| &b[o]), act, y, scratch);
+            }
+        };
+        self.parallel(threads, &task);
+    }
+
+    /// Embedding bags for every row, split by rows across threads when worthwhile.
+    fn bags(&self, table: &WeightMatrix<'_>, ids: Ids, mode: BagMode, mut y: MatMut<'_>) {
+        let kernel = self.kernels.bag;
+        let rows = self.rows;
+        let (ptr, cols, stride) = (SendPtr(y.as_mut_ptr()), y.cols(), y.stride());
+        let (inputs, binding) = (self.inputs, self.binding);
+        let threads = if rows >= PAR_MIN_BAG_ROWS { self.threads() } else { 1 };
+        let task = move |t: usize| {
+            let ptr = ptr;
+            let r = chunk(rows, threads, t, 1);
+            // SAFETY: tasks own disjoint row blocks of `y`.
+            let mut y = unsafe { MatMut::from_raw_parts(ptr.0.add(r.start * stride), r.len(), cols, stride) };
+            for (i, row) in r.clone().enumerate() {
+                let bag = match ids {
+                    Ids::Padded { input } => {
+                        let data = input::ids(inputs, binding, input);
+                        let slots = data.len() / rows;
+                        &data[row * slots..(row + 1) * slots]
+                    }
+                    Ids::Bags { indices, offsets } => {
+                        let (idx, off) = (input::ids(inputs, binding, indices), input::ids(inputs, binding, offsets));
+                        let start = off[row] as usize;
+                        let end = if row + 1 < rows { off[row + 1] as usize } else { idx.len() };
+                        &idx[start..end]
+                    }
+                };
+                kernel.bag(table, bag, mode, y.row_mut(i));
+            }
+        };
+        if threads == 1 {
+            task(0);
+        } else {
+            self.parallel(threads, &task);
+        }
+    }
+}
+
+/// The `t`-th of `parts` near-equal chunks of `0..n`, boundaries rounded to `multiple`.
+fn chunk(n: usize, parts: usize, t: usize, multiple: usize) -> Range<usize> {
+    let per = n.div_ceil(parts).div_ceil(multiple) * multiple;
+    let start = (t * per).min(n);
+    start..((t + 1) * per).min(n)
+}
+
+/// Checks torch-style offsets: `offsets[0] == 0`, non-decreasing, within the indices.
+pub(crate) fn check_offsets(name: &str, offsets: &[i64], n_indices: usize, rows: usize) -> Result<()> {
+    let bad = |detail: alloc::string::String| Error::BadOffsets { input: name.into(), detail };
+    if offsets.len() != rows {
+        return Err(bad(alloc::format!("{} offsets for {rows} rows", offsets.len())));
+    }
+    if offsets.first() != Some(&0) {
+        return Err(bad("the first offset must be 0".into()));
+    }
+    for (i, pair) in offsets.windows(2).enumerate() {
+        if pair[1] < pair[0] {
+            return Err(bad(alloc::format!("offset {} ({}) is below offset {i} ({})", i + 1, pair[1], pair[0])));
+        }
+    }
+    if let Some(&last) = offsets.last()
+        && last as u64 > n_indices as u64
+    {
+        return Err(bad(alloc::format!("last offset {last} is past the {n_indices} indices")));
+    }
+    Ok(())
+}
+
+fn internal(what: &str) -> Error {
+    Error::InvalidOption { detail: alloc::format!("executor invariant violated: {what}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk;
+
+    #[test]
+    fn chunks_cover_exactly() {
+        for n in 0..50 {
+            for parts in 1..5 {
+                let covered: usize = (0..parts).map(|t| chunk(n, parts, t, 4).len()).sum();
+                assert_eq!(covered, n);
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The execution engine: plan once, run many times without allocating.
+
+mod exec;
+mod input;
+mod plan;
+#[cfg(feature = "std")]
+mod pool;
+mod session;
+
+pub use input::{Input, NanPolicy, Shape, TensorView};
+pub use session::{Outputs, Session, SessionOptions};

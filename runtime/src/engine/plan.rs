@@ -1,0 +1,420 @@
+//! The planner: graph → an ordered list of steps over one pre-sized arena.
+//!
+//! Planning happens once per session so that `run` only walks a list. It
+//! 1. fuses a linear with the activation that is its only consumer (the kernel applies
+//!    it while the output tile is in registers; the linear stays a separate hook point),
+//! 2. places each value that is consumed only by a `concat` directly inside the concat's
+//!    buffer at its column offset, so the concat costs nothing,
+//! 3. gives every remaining value a buffer of `max_batch × width` floats and packs the
+//!    buffers into one arena by live range (greedy first fit, largest first),
+//! 4. records the scratch each worker needs for dequantizing weight panels.
+//!
+//! Steps read and write through [`Place`]s, which the executor turns into strided views.
+//! [`Plan::check_disjoint`] proves, for every step, that what it writes never overlaps what
+//! it reads, which is what makes the executor's raw views sound.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::error::Result;
+use crate::graph::{Activation, BagMode, Graph, InputKind, Op, ValueId};
+use crate::kernels::LinearKernel;
+use crate::model::Model;
+
+/// Arena alignment in floats (64 bytes).
+const ALIGN_FLOATS: usize = 16;
+
+/// A region of the arena: `max_batch` rows of `width` floats.
+#[derive(Clone, Debug)]
+pub(crate) struct Buffer {
+    /// Offset in floats from the aligned arena start.
+    pub offset: usize,
+    /// Row stride in floats.
+    pub width: usize,
+}
+
+/// Where a value lives: columns `col..col + width` of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub buffer: usize,
+    pub col: usize,
+    pub width: usize,
+}
+
+/// Where a step reads a dense value from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Src {
+    /// A caller-supplied dense input.
+    Input(usize),
+    /// A value in the arena.
+    Arena(Place),
+}
+
+/// Where an embedding bag gets its ids.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ids {
+    /// `[batch, slots]` ids input.
+    Padded { input: usize },
+    /// Flat indices plus per-row offsets.
+    Bags { indices: usize, offsets: usize },
+}
+
+/// Binary element-wise op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BinaryOp {
+    Add,
+    Mul,
+}
+
+/// The second operand of a binary op.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Operand {
+    Value(Src),
+    /// An f32 vector tensor broadcast over rows.
+    Tensor(usize),
+}
+
+/// One unit of work.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    Linear {
+        /// The linear node (hook point for adapters).
+        node: usize,
+        x: Src,
+        weight: usize,
+        bias: Option<usize>,
+        /// A fused activation and the node it came from.
+        act: Option<(Activation, usize)>,
+        y: Place,
+    },
+    Cross { node: usize, x0: Src, xl: Src, weight: usize, bias: Option<usize>, y: Place },
+    Bag { node: usize, table: usize, ids: Ids, mode: BagMode, y: Place },
+    Activation { node: usize, act: Activation, x: Src, y: Place },
+    Binary { node: usize, op: BinaryOp, a: Src, b: Operand, y: Place },
+    Copy { node: usize, src: Src, y: Place },
+    LayerNorm { node: usize, x: Src, gamma: usize, beta: Option<usize>, epsilon: f32, y: Place },
+    DotInteraction { node: usize, inputs: Vec<Src>, self_interaction: bool, y: Place },
+    Fm { node: usize, inputs: Vec<Src>, y: Place },
+}
+
+impl Step {
+    fn output(&self) -> Place {
+        match self {
+            Step::Linear { y, .. }
+            | Step::Cross { y, .. }
+            | Step::Bag { y, .. }
+            | Step::Activation { y, .. }
+            | Step::Binary { y, .. }
+            | Step::Copy { y, .. }
+            | Step::LayerNorm { y, .. }
+            | Step::DotInteraction { y, .. }
+            | Step::Fm { y, .. } => *y,
+        }
+    }
+
+    fn reads(&self) -> Vec<Src> {
+        match self {
+            Step::Linear { x, .. } | Step::Activation { x, .. } | Step::LayerNorm { x, .. } => vec![*x],
+            Step::Copy { src, .. } => vec![*src],
+            Step::Cross { x0, xl, .. } => vec![*x0, *xl],
+            Step::Bag { .. } => Vec::new(),
+            Step::Binary { a, b, .. } => match b {
+                Operand::Value(b) => vec![*a, *b],
+                Operand::Tensor(_) => vec![*a],
+            },
+            Step::DotInteraction { inputs, .. } | Step::Fm { inputs, .. } => inputs.clone(),
+        }
+    }
+}
+
+/// A graph output and where to read it.
+#[derive(Clone, Debug)]
+pub(crate) struct OutputSlot {
+    pub name: String,
+    pub place: Place,
+}
+
+/// The executable plan of a session.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub steps: Vec<Step>,
+    pub buffers: Vec<Buffer>,
+    pub outputs: Vec<OutputSlot>,
+    /// Floats of arena per row of batch (the arena is `arena_per_row · max_batch` plus alignment).
+    pub arena_len: usize,
+    /// Floats of scratch per worker.
+    pub scratch_len: usize,
+}
+
+/// How each node's output is stored before buffers are assigned.
+#[derive(Clone, Copy, Debug)]
+enum Home {
+    /// Its own buffer.
+    Own,
+    /// Inside concat node `parent` at column `col`.
+    InConcat { parent: usize, col: usize },
+    /// Written by the linear fused into activation node `act`, which owns the place.
+    FusedInto { act: usize },
+}
+
+impl Plan {
+    /// Plans `model` for batches of up to `max_batch` rows.
+    pub fn new(model: &Model, max_batch: usize, linear: &dyn LinearKernel) -> Result<Plan> {
+        let g = model.graph();
+        let uses = g.node_use_counts();
+        let is_output = |i: usize| g.outputs.iter().any(|o| o.value == ValueId::Node(i));
+
+        // 1 + 2: decide homes.
+        let mut home = vec![Home::Own; g.nodes.len()];
+        // absorbed[a]: activation `a` is computed by the linear fused into it.
+        let mut absorbed = vec![false; g.nodes.len()];
+        for (i, node) in g.nodes.iter().enumerate() {
+            if let Op::Activation(_) = node.op
+                && let [ValueId::Node(l)] = node.inputs[..]
+                && matches!(g.nodes[l].op, Op::Linear { .. })
+                && uses[l] == 1
+                && !is_output(l)
+            {
+                home[l] = Home::FusedInto { act: i };
+                absorbed[i] = true;
+            }
+        }
+        for (c, node) in g.nodes.iter().enumerate() {
+            if node.op != Op::Concat {
+                continue;
+            }
+            let mut col = 0;
+            for v in &node.inputs {
+                let width = g.value_width(*v);
+                if let ValueId::Node(p) = *v {
+                    let once = node.inputs.iter().filter(|&&u| u == *v).count() == 1;
+                    let placeable = matches!(home[p], Home::Own);
+                    if uses[p] == 1 && once && !is_output(p) && placeable {
+                        home[p] = Home::InConcat { parent: c, col };
+                    }
+                }
+                col += width;
+            }
+        }
+
+        // Resolve places in reverse topological order (parents before children).
+        let mut buffers: Vec<Buffer> = Vec::new();
+        let mut place: Vec<Option<Place>> = vec![None; g.nodes.len()];
+        for i in (0..g.nodes.len()).rev() {
+            let width = g.nodes[i].width;
+            place[i] = Some(match home[i] {
+                Home::Own => {
+                    buffers.push(Buffer { offset: 0, width });
+                    Place { buffer: buffers.len() - 1, col: 0, width }
+                }
+                Home::InConcat { parent, col } => {
+                    let p = place[parent].ok_or_else(|| internal("concat placed before its parts"))?;
+                    Place { buffer: p.buffer, col: p.col + col, width }
+                }
+                Home::FusedInto { act } => place[act].ok_or_else(|| internal("activation placed late"))?,
+            });
+        }
+        let at = |i: usize| place[i].ok_or_else(|| internal("unplaced node"));
+        let src = |v: ValueId| -> Result<Src> {
+            Ok(match v {
+                ValueId::Input(k) => Src::Input(k),
+                ValueId::Node(k) => Src::Arena(at(k)?),
+            })
+        };
+
+        // Steps in topological order.
+        let mut steps = Vec::with_capacity(g.nodes.len());
+        for (i, node) in g.nodes.iter().enumerate() {
+            let y = at(i)?;
+            match &node.op {
+                Op::Linear { weight, bias } => {
+                    let act = match home[i] {
+                        Home::FusedInto { act } => match g.nodes[act].op {
+                            Op::Activation(a) => Some((a, act)),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    steps.push(Step::Linear { node: i, x: src(node.inputs[0])?, weight: *weight, bias: *bias, act, y });
+                }
+                Op::Activation(act) => {
+                    if !absorbed[i] {
+                        steps.push(Step::Activation { node: i, act: *act, x: src(node.inputs[0])?, y });
+                    }
+                }
+                Op::Cross { weight, bias } => steps.push(Step::Cross {
+                    node: i,
+                    x0: src(node.inputs[0])?,
+                    xl: src(node.inputs[1])?,
+                    weight: *weight,
+                    bias: *bias,
+                    y,
+                }),
+                Op::EmbeddingBag { table, mode } => {
+                    let ids = match node.inputs[..] {
+                        [ValueId::Input(input)] => Ids::Padded { input },
+                        [ValueId::Input(indices), ValueId::Input(offsets)] => Ids::Bags { indices, offsets },
+                        _ => return Err(internal("embedding_bag inputs")),
+                    };
+                    steps.push(Step::Bag { node: i, table: *table, ids, mode: *mode, y });
+                }
+                Op::Concat => {
+                    let mut col = 0;
+                    for v in &node.inputs {
+                        let width = g.value_width(*v);
+                        let elided = matches!(v, ValueId::Node(p) if matches!(home[*p], Home::InConcat { parent, .. } if parent == i));
+                        if !elided {
+                            let dst = Place { buffer: y.buffer, col: y.col + col, width };
+                            steps.push(Step::Copy { node: i, src: src(*v)?, y: dst });
+                        }
+                        col += width;
+                    }
+                }
+                Op::Add { bias: t } | Op::Mul { scale: t } => {
+                    let op = if matches!(node.op, Op::Add { .. }) { BinaryOp::Add } else { BinaryOp::Mul };
+                    let b = match t {
+                        Some(t) => Operand::Tensor(*t),
+                        None => Operand::Value(src(node.inputs[1])?),
+                    };
+                    steps.push(Step::Binary { node: i, op, a: src(node.inputs[0])?, b, y });
+                }
+                Op::LayerNorm { gamma, beta, epsilon } => steps.push(Step::LayerNorm {
+                    node: i,
+                    x: src(node.inputs[0])?,
+                    gamma: *gamma,
+                    beta: *beta,
+                    epsilon: *epsilon,
+                    y,
+                }),
+                Op::DotInteraction { self_interaction } => steps.push(Step::DotInteraction {
+                    node: i,
+                    inputs: node.inputs.iter().map(|&v| src(v)).collect::<Result<_>>()?,
+                    self_interaction: *self_interaction,
+                    y,
+                }),
+                Op::Fm => steps.push(Step::Fm {
+                    node: i,
+                    inputs: node.inputs.iter().map(|&v| src(v)).collect::<Result<_>>()?,
+                    y,
+                }),
+            }
+        }
+
+        // Graph outputs: node values are read in place; inputs are copied to a buffer.
+        let mut outputs = Vec::with_capacity(g.outputs.len());
+        for o in &g.outputs {
+            let place = match o.value {
+                ValueId::Node(k) => at(k)?,
+                ValueId::Input(k) => {
+                    let width = g.value_width(o.value);
+                    buffers.push(Buffer { offset: 0, width });
+                    let y = Place { buffer: buffers.len() - 1, col: 0, width };
+                    steps.push(Step::Copy { node: usize::MAX, src: Src::Input(k), y });
+                    y
+                }
+            };
+            outputs.push(OutputSlot { name: o.name.clone(), place });
+        }
+
+        // 3: live ranges and offsets.
+        let n_steps = steps.len();
+        let mut first = vec![usize::MAX; buffers.len()];
+        let mut last = vec![0usize; buffers.len()];
+        for (s, step) in steps.iter().enumerate() {
+            let out = step.output();
+            first[out.buffer] = first[out.buffer].min(s);
+            last[out.buffer] = last[out.buffer].max(s);
+            for r in step.reads() {
+                if let Src::Arena(p) = r {
+                    last[p.buffer] = last[p.buffer].max(s);
+                }
+            }
+        }
+        for o in &outputs {
+            last[o.place.buffer] = n_steps;
+        }
+        let sizes: Vec<usize> = buffers.iter().map(|b| round_up(b.width * max_batch, ALIGN_FLOATS)).collect();
+        let mut order: Vec<usize> = (0..buffers.len()).collect();
+        order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+        let mut placed: Vec<usize> = Vec::with_capacity(buffers.len());
+        let mut arena_len = 0;
+        for &b in &order {
+            // Candidate offsets: 0 and the end of every live-overlapping placed buffer.
+            let overlapping: Vec<usize> = placed
+                .iter()
+                .copied()
+                .filter(|&p| first[p] <= last[b] && first[b] <= last[p])
+                .collect();
+            let mut candidates: Vec<usize> = overlapping.iter().map(|&p| buffers[p].offset + sizes[p]).collect();
+            candidates.push(0);
+            candidates.sort_unstable();
+            let offset = candidates
+                .into_iter()
+                .find(|&off| {
+                    overlapping.iter().all(|&p| off + sizes[b] <= buffers[p].offset || buffers[p].offset + sizes[p] <= off)
+                })
+                .ok_or_else(|| internal("no arena offset"))?;
+            buffers[b].offset = offset;
+            arena_len = arena_len.max(offset + sizes[b]);
+            placed.push(b);
+        }
+
+        // 4: scratch.
+        let mut scratch_len = 0;
+        for step in &steps {
+            if let Step::Linear { weight, .. } | Step::Cross { weight, .. } = step {
+                let w = model.weight(*weight)?;
+                scratch_len = scratch_len.max(linear.scratch_len(&w, max_batch));
+            }
+        }
+
+        let plan = Plan { steps, buffers, outputs, arena_len, scratch_len };
+        plan.check_disjoint(max_batch, &first, &last)?;
+        Ok(plan)
+    }
+
+    /// Checks that no step writes memory it reads, and that buffers live at the same
+    /// time never overlap in the arena.
+    fn check_disjoint(&self, max_batch: usize, first: &[usize], last: &[usize]) -> Result<()> {
+        let extent = |b: usize| {
+            let buf = &self.buffers[b];
+            buf.offset..buf.offset + buf.width * max_batch
+        };
+        for a in 0..self.buffers.len() {
+            for b in a + 1..self.buffers.len() {
+                let live_together = first[a] <= last[b] && first[b] <= last[a];
+                let (ea, eb) = (extent(a), extent(b));
+                if live_together && ea.start < eb.end && eb.start < ea.end {
+                    return Err(internal("arena buffers overlap"));
+                }
+            }
+        }
+        for step in &self.steps {
+            let out = step.output();
+            for r in step.reads() {
+                if let Src::Arena(p) = r
+                    && p.buffer == out.buffer
+                    && p.col < out.col + out.width
+                    && out.col < p.col + p.width
+                {
+                    return Err(internal("a step reads what it writes"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an input kind is dense (what `Src::Input` may refer to).
+    pub fn dense_input(g: &Graph, k: usize) -> bool {
+        matches!(g.inputs[k].kind, InputKind::Dense { .. })
+    }
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+fn internal(what: &str) -> crate::error::Error {
+    crate::error::Error::InvalidOption { detail: alloc::format!("planner invariant violated: {what}") }
+}

@@ -1,0 +1,221 @@
+//! A session-private worker pool that runs `n` tasks of a borrowed closure without
+//! allocating.
+//!
+//! `run` publishes a pointer to the caller's closure, workers (and the caller) claim task
+//! indices from an atomic counter, and `run` returns only after every task finished and
+//! every worker has let go of the pointer — so the closure may borrow the caller's stack.
+//! Workers spin briefly between jobs (the ops of one request follow each other within
+//! microseconds) and then park on a condition variable. A panic in a task is caught,
+//! the job is drained, and the panic is resumed on the caller.
+
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+/// Spin iterations before a worker parks.
+const SPIN: usize = 1 << 14;
+
+type Task<'a> = dyn Fn(usize) + Sync + 'a;
+
+/// The lifetime-erased job a worker executes.
+#[derive(Clone, Copy)]
+struct Job {
+    task: *const Task<'static>,
+    tasks: usize,
+}
+
+// SAFETY: the pointer is only dereferenced while `Pool::run` keeps the referent alive and
+// `Sync` (it is a `&(dyn Fn + Sync)`); see the protocol in `Pool::run`.
+unsafe impl Send for Job {}
+
+struct State {
+    epoch: u64,
+    job: Option<Job>,
+    parked: usize,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Mirrors `State::epoch` so spinning workers can watch it without the lock.
+    epoch: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    /// Workers between picking up the current job and releasing it.
+    active: AtomicUsize,
+    panicked: AtomicBool,
+    payload: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// Serializes `run` callers (a pool belongs to one session, but be safe).
+    running: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A fixed set of worker threads; the thread calling [`Pool::run`] works too.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("threads", &self.threads()).finish()
+    }
+}
+
+impl Pool {
+    /// A pool where `threads` threads (including the caller) execute tasks.
+    pub fn new(threads: usize) -> std::io::Result<Pool> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { epoch: 0, job: None, parked: 0, shutdown: false }),
+            wake: Condvar::new(),
+            epoch: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            payload: Mutex::new(None),
+            running: Mutex::new(()),
+        });
+        let mut workers = Vec::with_capacity(threads.saturating_sub(1));
+        for i in 1..threads.max(1) {
+            let s = Arc::clone(&shared);
+            workers.push(std::thread::Builder::new().name(format!("graft-worker-{i}")).spawn(move || worker(&s))?);
+        }
+        Ok(Pool { shared, workers })
+    }
+
+    /// Threads that execute tasks, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `task(0..tasks)` across the pool and returns when all are done.
+    pub fn run(&self, tasks: usize, task: &Task<'_>) {
+        if tasks == 0 {
+            return;
+        }
+        if self.workers.is_empty() || tasks == 1 {
+            (0..tasks).for_each(task);
+            return;
+        }
+        let s = &*self.shared;
+        let _serial = lock(&s.running);
+        // SAFETY (lifetime erasure): the pointer is published below and withdrawn before
+        // this function returns; workers only call it between incrementing and
+        // decrementing `active`, and we wait for `active == 0` after withdrawing it.
+        let erased: *const Task<'static> = unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(task) };
+        {
+            let mut st = lock(&s.state);
+            s.next.store(0, Ordering::Relaxed);
+            s.done.store(0, Ordering::Relaxed);
+            st.job = Some(Job { task: erased, tasks });
+            st.epoch += 1;
+            s.epoch.store(st.epoch as usize, Ordering::Release);
+            if st.parked > 0 {
+                s.wake.notify_all();
+            }
+        }
+        claim_tasks(s, task, tasks);
+        while s.done.load(Ordering::Acquire) < tasks {
+            std::hint::spin_loop();
+        }
+        lock(&s.state).job = None;
+        while s.active.load(Ordering::Acquire) > 0 {
+            std::hint::spin_loop();
+        }
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            let payload = lock(&s.payload).take();
+            resume_unwind(payload.unwrap_or_else(|| Box::new("graft worker panicked")));
+        }
+    }
+}
+
+/// Claims and runs tasks until none are left; panics are recorded, not propagated.
+fn claim_tasks(s: &Shared, task: &Task<'_>, tasks: usize) {
+    loop {
+        let t = s.next.fetch_add(1, Ordering::Relaxed);
+        if t >= tasks {
+            return;
+        }
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(t))) {
+            s.panicked.store(true, Ordering::Release);
+            *lock(&s.payload) = Some(payload);
+        }
+        s.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn worker(s: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        for _ in 0..SPIN {
+            if s.epoch.load(Ordering::Acquire) as u64 != seen {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let mut st = lock(&s.state);
+        while st.epoch == seen && !st.shutdown {
+            st.parked += 1;
+            st = s.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.parked -= 1;
+        }
+        if st.shutdown {
+            return;
+        }
+        seen = st.epoch;
+        let Some(job) = st.job else { continue };
+        s.active.fetch_add(1, Ordering::AcqRel);
+        drop(st);
+        // SAFETY: `job` was published by `Pool::run`, which keeps the closure alive until
+        // `active` returns to zero; we incremented `active` while the job was published.
+        let task = unsafe { &*job.task };
+        claim_tasks(s, task, job.tasks);
+        s.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_across_many_jobs() {
+        let pool = Pool::new(3).expect("spawn");
+        for round in 0..2000 {
+            let n = 1 + round % 7;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|t| {
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_pool_survives() {
+        let pool = Pool::new(2).expect("spawn");
+        let r = catch_unwind(AssertUnwindSafe(|| pool.run(4, &|t| assert!(t != 2, "task two"))));
+        assert!(r.is_err());
+        let count = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 4);
+    }
+}

@@ -1,0 +1,247 @@
+//! Sessions: a planned graph, its arena, its kernels and its threads.
+//!
+//! `Session::new` does every allocation a session will ever make (plan, arena, scratch,
+//! worker threads). `run` binds borrowed inputs, validates them completely, executes the
+//! plan and returns views of the outputs inside the arena — no allocation, no copies of
+//! inputs, no locks on the hot path. With `threads = 1` a session is deterministic and
+//! bit-identical run to run; with more threads it is too, because work is split only
+//! along rows and output columns, never along a reduction.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::exec::{self, Exec};
+use super::input::{self, Input, NanPolicy};
+use super::plan::{Ids, Plan, Step};
+use crate::error::{Error, Result};
+use crate::kernels::{self, Kernels, Level};
+use crate::model::Model;
+use crate::view::MatRef;
+
+/// How a session is planned and run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Largest batch `run` accepts; the arena is sized for it.
+    pub max_batch: usize,
+    /// Threads that execute one `run` (the caller plus `threads - 1` workers);
+    /// 0 means one per available CPU.
+    pub threads: usize,
+    /// Kernel level; `None` honours `GRAFT_KERNELS`, else the best the CPU runs.
+    pub kernels: Option<Level>,
+    /// Treatment of non-finite dense inputs.
+    pub nan_policy: NanPolicy,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { max_batch: 256, threads: 1, kernels: None, nan_policy: NanPolicy::Reject }
+    }
+}
+
+/// A model planned for batches of up to `max_batch` rows. Not `Sync`: give each serving
+/// thread its own session (they share the model's mapping).
+#[derive(Debug)]
+pub struct Session {
+    model: Model,
+    plan: Plan,
+    kernels: &'static Kernels,
+    options: SessionOptions,
+    /// Backing store; `arena_start` is its first 64-byte-aligned float.
+    arena: Vec<f32>,
+    arena_start: usize,
+    /// `threads × plan.scratch_len` floats.
+    scratch: Vec<f32>,
+    binding: Vec<usize>,
+    #[cfg(feature = "std")]
+    pool: Option<super::pool::Pool>,
+}
+
+impl Session {
+    /// Plans `model` and allocates everything `run` will use.
+    pub fn new(model: &Model, options: SessionOptions) -> Result<Session> {
+        if options.max_batch == 0 {
+            return Err(Error::InvalidOption { detail: "max_batch must be at least 1".into() });
+        }
+        let threads = resolve_threads(options.threads);
+        let kernels = match options.kernels {
+            Some(level) => kernels::select(level)?,
+            None => kernels::from_env()?,
+        };
+        let plan = Plan::new(model, options.max_batch, kernels.linear)?;
+        let floats = plan
+            .buffers
+            .iter()
+            .map(|b| b.offset + b.width * options.max_batch)
+            .max()
+            .unwrap_or(0)
+            .max(plan.arena_len);
+        let arena = vec![0.0f32; floats + 16];
+        let arena_start = arena.as_ptr().align_offset(64).min(15);
+        let scratch = vec![0.0f32; plan.scratch_len.max(1) * threads];
+        #[cfg(feature = "std")]
+        let pool = if threads > 1 {
+            Some(super::pool::Pool::new(threads).map_err(|e| Error::InvalidOption {
+                detail: alloc::format!("cannot start {threads} threads: {e}"),
+            })?)
+        } else {
+            None
+        };
+        log::debug!(
+            "session: {} steps, arena {} KiB, scratch {} KiB, kernels {}, {threads} thread(s)",
+            plan.steps.len(),
+            floats * 4 / 1024,
+            scratch.len() * 4 / 1024,
+            kernels.level
+        );
+        Ok(Session {
+            model: model.clone(),
+            binding: vec![0; model.graph().inputs.len()],
+            plan,
+            kernels,
+            options: SessionOptions { threads, ..options },
+            arena,
+            arena_start,
+            scratch,
+            #[cfg(feature = "std")]
+            pool,
+        })
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The options it was created with (`threads` resolved).
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
+    /// The kernel table in use.
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+
+    /// Bytes of activation memory (arena + scratch) this session holds.
+    pub fn memory_bytes(&self) -> usize {
+        (self.arena.len() + self.scratch.len()) * 4
+    }
+
+    /// Runs one batch. Inputs are matched to graph inputs by name; the outputs borrow the
+    /// session until dropped.
+    pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs<'_>> {
+        let g = self.model.graph();
+        let rows = input::bind(g, inputs, self.options.nan_policy, &mut self.binding)?;
+        if rows > self.options.max_batch {
+            return Err(Error::BatchTooLarge { rows, max_batch: self.options.max_batch });
+        }
+        self.check_ids(inputs, rows)?;
+        let exec = Exec {
+            model: &self.model,
+            kernels: self.kernels,
+            buffers: &self.plan.buffers,
+            // SAFETY: arena_start < 16 and the arena has 16 floats of slack.
+            base: unsafe { self.arena.as_mut_ptr().add(self.arena_start) },
+            scratch: self.scratch.as_mut_ptr(),
+            scratch_len: self.plan.scratch_len.max(1),
+            inputs,
+            binding: &self.binding,
+            rows,
+            #[cfg(feature = "std")]
+            pool: self.pool.as_ref(),
+        };
+        for step in &self.plan.steps {
+            // SAFETY: the plan was checked by `Plan::check_disjoint` (no step writes what it
+            // reads, live buffers do not overlap), places are within the arena sized for
+            // max_batch >= rows, and inputs were validated by `bind` and `check_ids`.
+            unsafe { exec.step(step)? };
+        }
+        Ok(Outputs { session: self, rows })
+    }
+
+    /// Checks every id against its table and every offsets array against its indices
+    /// before anything is computed.
+    fn check_ids(&self, inputs: &[Input<'_>], rows: usize) -> Result<()> {
+        let g = self.model.graph();
+        for step in &self.plan.steps {
+            let Step::Bag { table, ids, .. } = step else { continue };
+            let vocab = g.weights[*table].rows;
+            let (input, data) = match *ids {
+                Ids::Padded { input } => (input, input::ids(inputs, &self.binding, input)),
+                Ids::Bags { indices, offsets } => {
+                    let idx = input::ids(inputs, &self.binding, indices);
+                    exec::check_offsets(&g.inputs[offsets].name, input::ids(inputs, &self.binding, offsets), idx.len(), rows)?;
+                    (indices, idx)
+                }
+            };
+            if let Some(position) = data.iter().position(|&id| id < 0 || id as u64 >= vocab as u64) {
+                return Err(Error::IdOutOfRange {
+                    input: g.inputs[input].name.clone(),
+                    position,
+                    id: data[position],
+                    table: g.weights[*table].name.clone(),
+                    rows: vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    #[cfg(feature = "std")]
+    {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        1
+    }
+}
+
+/// The outputs of one run, borrowed from the session's arena.
+#[derive(Debug)]
+pub struct Outputs<'s> {
+    session: &'s Session,
+    rows: usize,
+}
+
+impl<'s> Outputs<'s> {
+    /// Rows in this batch.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of outputs.
+    pub fn len(&self) -> usize {
+        self.session.plan.outputs.len()
+    }
+
+    /// Whether there are no outputs (never, for a valid graph).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Output `i` as `(name, rows × width view)`.
+    pub fn get_index(&self, i: usize) -> Option<(&'s str, MatRef<'s>)> {
+        let slot = self.session.plan.outputs.get(i)?;
+        let buf = &self.session.plan.buffers[slot.place.buffer];
+        let start = self.session.arena_start + buf.offset + slot.place.col;
+        let data = &self.session.arena[start..start + self.rows * buf.width];
+        Some((slot.name.as_str(), MatRef::new(data, self.rows, slot.place.width, buf.width)))
+    }
+
+    /// The output called `name`, as `rows × width` row-major values.
+    pub fn get(&self, name: &str) -> Option<&'s [f32]> {
+        let i = self.session.plan.outputs.iter().position(|o| o.name == name)?;
+        self.get_index(i).and_then(|(_, v)| v.as_slice())
+    }
+
+    /// Iterates `(name, view)` over all outputs in graph order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'s str, MatRef<'s>)> + '_ {
+        (0..self.len()).filter_map(|i| self.get_index(i))
+    }
+}

@@ -1,0 +1,235 @@
+//! Compute kernels: one trait per family, a scalar reference, and fast paths chosen once
+//! at runtime.
+//!
+//! Families: [`LinearKernel`] (GEMV/GEMM over every weight format, with in-kernel
+//! dequantization), [`EmbeddingBagKernel`] (gather + reduce over table rows),
+//! [`ElementwiseKernel`] (activations, add, mul), [`DotKernel`] and [`NormKernel`]. A
+//! [`Kernels`] table bundles one implementation of each; [`select`] picks the table for a
+//! [`Level`] after checking the CPU, and [`from_env`] honours `GRAFT_KERNELS`
+//! (`scalar` forces the reference). The table is what adapter plugins will be handed, so
+//! their math runs at host speed without shipping kernels of their own.
+//!
+//! Contracts every implementation keeps (and the property tests check):
+//! - results match the scalar reference within a tolerance scaled by the reduction length;
+//!   embedding bags and element-wise ops that do not reassociate match bit for bit;
+//! - an implementation is deterministic, and a row's result never depends on the other
+//!   rows of the batch, on the batch size, or on how the work was split across threads.
+
+mod scalar;
+mod weights;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod x86_64;
+
+use core::fmt;
+
+pub use weights::{WeightData, WeightMatrix};
+
+use crate::error::{Error, Result};
+use crate::graph::{Activation, BagMode};
+use crate::view::{MatMut, MatRef};
+
+/// `y = act(x · Wᵀ + bias)` for a weight matrix in any format.
+pub trait LinearKernel: Send + Sync {
+    /// Floats of scratch space one call with `rows` input rows may use.
+    fn scratch_len(&self, w: &WeightMatrix<'_>, rows: usize) -> usize;
+
+    /// Computes `y[m, o] = act(Σ_k x[m, k] · w[o, k] + bias[o])`.
+    ///
+    /// `x` is `rows × w.cols`, `y` is `rows × w.rows`, `bias` (if any) has `w.rows`
+    /// values, and `scratch` holds at least [`LinearKernel::scratch_len`] floats.
+    fn linear(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        y: MatMut<'_>,
+        scratch: &mut [f32],
+    );
+}
+
+/// Embedding-bag gather and reduction.
+pub trait EmbeddingBagKernel: Send + Sync {
+    /// Writes into `out[..table.cols]` the sum (or mean) of the rows `ids` of `table`,
+    /// added in order. Every id must be in `0..table.rows` (the engine checks first).
+    /// An empty bag gives zeros.
+    fn bag(&self, table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, out: &mut [f32]);
+}
+
+/// Element-wise operations on rows.
+pub trait ElementwiseKernel: Send + Sync {
+    /// Applies `act` in place.
+    fn activate(&self, act: Activation, x: &mut [f32]);
+    /// `y = a + b`.
+    fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]);
+    /// `y = a ⊙ b`.
+    fn mul(&self, a: &[f32], b: &[f32], y: &mut [f32]);
+}
+
+/// Dot products.
+pub trait DotKernel: Send + Sync {
+    /// `Σ a[i] · b[i]` over equal-length slices.
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32;
+}
+
+/// Normalizations.
+pub trait NormKernel: Send + Sync {
+    /// `y = (x − mean) / sqrt(var + eps) · gamma + beta` over one row.
+    fn layer_norm(&self, x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, y: &mut [f32]);
+}
+
+/// An instruction-set level with its own kernel table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Portable reference kernels.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl Level {
+    /// The name accepted by `GRAFT_KERNELS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+        }
+    }
+
+    /// Parses a level name.
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "scalar" => Some(Level::Scalar),
+            "avx2" => Some(Level::Avx2),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU (and build) can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            #[cfg(all(feature = "std", target_arch = "x86_64"))]
+            Level::Avx2 => x86_64::cpu_has_avx2(),
+            #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+            Level::Avx2 => false,
+        }
+    }
+
+    /// The best level this CPU runs.
+    pub fn detect() -> Level {
+        if Level::Avx2.is_available() { Level::Avx2 } else { Level::Scalar }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One implementation of every kernel family.
+pub struct Kernels {
+    /// The level these kernels belong to.
+    pub level: Level,
+    /// Linear layers.
+    pub linear: &'static dyn LinearKernel,
+    /// Embedding bags.
+    pub bag: &'static dyn EmbeddingBagKernel,
+    /// Element-wise ops.
+    pub elementwise: &'static dyn ElementwiseKernel,
+    /// Dot products.
+    pub dot: &'static dyn DotKernel,
+    /// Layer norm.
+    pub norm: &'static dyn NormKernel,
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels").field("level", &self.level).finish_non_exhaustive()
+    }
+}
+
+/// The scalar reference table.
+pub static SCALAR: Kernels = Kernels {
+    level: Level::Scalar,
+    linear: &scalar::Scalar,
+    bag: &scalar::Scalar,
+    elementwise: &scalar::Scalar,
+    dot: &scalar::Scalar,
+    norm: &scalar::Scalar,
+};
+
+/// The kernel table for `level`, if this CPU supports it.
+pub fn select(level: Level) -> Result<&'static Kernels> {
+    if !level.is_available() {
+        return Err(Error::KernelUnavailable {
+            level: level.as_str().into(),
+            detail: "this CPU or build lacks the required instructions".into(),
+        });
+    }
+    match level {
+        Level::Scalar => Ok(&SCALAR),
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        Level::Avx2 => Ok(x86_64::table()),
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::KernelUnavailable { level: level.as_str().into(), detail: "not built".into() }),
+    }
+}
+
+/// The environment variable that forces a kernel level.
+pub const KERNELS_ENV: &str = "GRAFT_KERNELS";
+
+/// The table named by `GRAFT_KERNELS`, or the best the CPU supports if it is unset.
+pub fn from_env() -> Result<&'static Kernels> {
+    #[cfg(feature = "std")]
+    if let Ok(value) = std::env::var(KERNELS_ENV) {
+        let value = value.trim();
+        if !value.is_empty() && value != "auto" {
+            let level = Level::parse(value).ok_or_else(|| Error::KernelUnavailable {
+                level: value.into(),
+                detail: alloc::format!("{KERNELS_ENV} must be one of auto, scalar, avx2"),
+            })?;
+            return select(level);
+        }
+    }
+    select(Level::detect())
+}
+
+/// Every table this CPU can run, reference first (for tests and benchmarks).
+pub fn available() -> alloc::vec::Vec<&'static Kernels> {
+    [Level::Scalar, Level::Avx2].into_iter().filter_map(|l| select(l).ok()).collect()
+}
+
+/// Scalar activation functions, shared by every level for the ops it does not vectorize.
+pub mod activation {
+    use crate::graph::Activation;
+
+    /// Applies `act` to one value.
+    #[inline]
+    pub fn apply(act: Activation, x: f32) -> f32 {
+        match act {
+            Activation::Relu => relu(x),
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                const C: f32 = 0.797_884_6; // sqrt(2/pi)
+                0.5 * x * (1.0 + libm::tanhf(C * (x + 0.044_715 * x * x * x)))
+            }
+            Activation::Silu => x / (1.0 + libm::expf(-x)),
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Tanh => libm::tanhf(x),
+        }
+    }
+
+    /// max(x, 0) that keeps NaN.
+    #[inline(always)]
+    pub fn relu(x: f32) -> f32 {
+        if x < 0.0 { 0.0 } else { x }
+    }
+
+    /// The logistic function.
+    #[inline]
+    pub fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + libm::expf(-x))
+    }
+}
