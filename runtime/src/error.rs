@@ -13,6 +13,7 @@ pub type Result<T, E = Error> = core::result::Result<T, E>;
 /// Everything that can go wrong in graft, grouped by domain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+#[allow(missing_docs)] // variant docs say what each field holds
 pub enum Error {
     // === Container: the safetensors envelope ===
     /// The buffer ends before a structure it must contain.

@@ -42,6 +42,8 @@ pub mod format;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+#[cfg(feature = "std")]
+pub mod npy;
 pub mod quant;
 pub mod view;
 #[cfg(feature = "std")]

@@ -1,0 +1,143 @@
+//! Minimal `.npy` reading and writing (NumPy format versions 1–3, C order).
+//!
+//! Enough for the CLI and tests to exchange inputs and outputs with Python: f32 and i64
+//! arrays (i32 is widened to i64 on read), little-endian, C order, any rank.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// The values of a `.npy` array.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NpyData {
+    /// `<f4`.
+    F32(Vec<f32>),
+    /// `<i8` (or `<i4`, widened).
+    I64(Vec<i64>),
+}
+
+/// An array read from a `.npy` file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// Shape (C order).
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: NpyData,
+}
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Reads a `.npy` file.
+pub fn read(path: &Path) -> Result<NpyArray> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse(&bytes).map_err(|detail| Error::Npy { path: path.display().to_string(), detail })
+}
+
+/// Parses `.npy` bytes.
+pub fn parse(bytes: &[u8]) -> core::result::Result<NpyArray, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (bad magic)".into());
+    }
+    let major = bytes[6];
+    let (header_len, start) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            let b = bytes.get(8..12).ok_or("truncated header length")?;
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = bytes.get(start..start + header_len).ok_or("truncated header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "header is not UTF-8")?;
+    let descr = dict_value(header, "descr").ok_or("header has no 'descr'")?;
+    let fortran = dict_value(header, "fortran_order").ok_or("header has no 'fortran_order'")?;
+    if fortran.trim() != "False" {
+        return Err("Fortran-order arrays are not supported".into());
+    }
+    let shape_str = dict_value(header, "shape").ok_or("header has no 'shape'")?;
+    let shape = shape_str
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry `{s}`")))
+        .collect::<core::result::Result<Vec<_>, _>>()?;
+    let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+    let body = &bytes[start + header_len..];
+    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let need = |size: usize| -> core::result::Result<&[u8], String> {
+        let n = count.checked_mul(size).ok_or("size overflows")?;
+        body.get(..n).ok_or_else(|| format!("data holds {} bytes, shape {shape:?} needs {n}", body.len()))
+    };
+    let data = match descr {
+        "<f4" => NpyData::F32(need(4)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        "<i8" => NpyData::I64(
+            need(8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+        ),
+        "<i4" => NpyData::I64(need(4)?.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()),
+        other => return Err(format!("dtype `{other}` is not supported (use float32 or int64)")),
+    };
+    Ok(NpyArray { shape, data })
+}
+
+/// Finds `'key': value` in a Python dict literal; the value ends at the next top-level comma.
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("'{key}':");
+    let start = header.find(&pat)? + pat.len();
+    let rest = &header[start..];
+    let mut depth = 0i32;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' | '}' if depth == 0 => return Some(&rest[..i]),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Writes an f32 array as `.npy` (version 1.0).
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let shape_str = match shape {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    let total = 10 + header.len() + 1;
+    header.extend(std::iter::repeat_n(' ', total.next_multiple_of(64) - total));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(bytemuck::cast_slice(data));
+    std::fs::File::create(path).and_then(|mut f| f.write_all(&out)).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_f32() {
+        let dir = std::env::temp_dir().join(format!("graft-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let p = dir.join("a.npy");
+        write_f32(&p, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("write");
+        let a = read(&p).expect("read");
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.data, NpyData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse(b"hello world").is_err());
+        assert!(parse(b"\x93NUMPY\x01\x00\xff\x00{").is_err());
+    }
+}
