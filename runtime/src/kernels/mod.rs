@@ -233,3 +233,6 @@ pub mod activation {
         1.0 / (1.0 + libm::expf(-x))
     }
 }
+
+#[cfg(all(test, feature = "std"))]
+mod tests;

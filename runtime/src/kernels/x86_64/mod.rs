@@ -1,13 +1,89 @@
 //! x86-64 fast paths (AVX2 + FMA + F16C), selected at runtime.
+//!
+//! The only way to reach these kernels is [`table`], and the only caller of `table` is
+//! `kernels::select`, which first checks [`cpu_has_avx2`]. That check is what makes every
+//! `unsafe` call into a `#[target_feature]` function below sound.
 
-use super::Kernels;
+mod bag;
+mod elementwise;
+mod linear;
+
+use super::{DotKernel, ElementwiseKernel, EmbeddingBagKernel, Kernels, Level, LinearKernel, NormKernel, WeightMatrix};
+use crate::graph::{Activation, BagMode};
+use crate::view::{MatMut, MatRef};
 
 /// Whether the CPU has every feature the AVX2 table uses.
 pub(crate) fn cpu_has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
-/// The AVX2 table (placeholder until the kernels land: the scalar table).
+/// The AVX2 kernels. Constructed only in [`AVX2`], handed out only after detection.
+#[derive(Debug)]
+pub(crate) struct Avx2(());
+
+static AVX2: Kernels =
+    Kernels { level: Level::Avx2, linear: &Avx2(()), bag: &Avx2(()), elementwise: &Avx2(()), dot: &Avx2(()), norm: &Avx2(()) };
+
+/// The AVX2 table. Callers must have checked [`cpu_has_avx2`].
 pub(crate) fn table() -> &'static Kernels {
-    &super::SCALAR
+    debug_assert!(cpu_has_avx2());
+    &AVX2
+}
+
+impl LinearKernel for Avx2 {
+    fn scratch_len(&self, w: &WeightMatrix<'_>, rows: usize) -> usize {
+        linear::scratch_len(w, rows)
+    }
+
+    fn linear(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        y: MatMut<'_>,
+        scratch: &mut [f32],
+    ) {
+        // SAFETY: an `Avx2` is only reachable through `table`, after `cpu_has_avx2`.
+        unsafe { linear::linear(x, w, bias, act, y, scratch) }
+    }
+}
+
+impl EmbeddingBagKernel for Avx2 {
+    fn bag(&self, table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, out: &mut [f32]) {
+        // SAFETY: features checked before this table was handed out; the engine
+        // validates ids before running.
+        unsafe { bag::bag(table, ids, mode, out) }
+    }
+}
+
+impl ElementwiseKernel for Avx2 {
+    fn activate(&self, act: Activation, x: &mut [f32]) {
+        // SAFETY: features checked before this table was handed out.
+        unsafe { elementwise::activate(act, x) }
+    }
+
+    fn add(&self, a: &[f32], b: &[f32], y: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { elementwise::add(a, b, y) }
+    }
+
+    fn mul(&self, a: &[f32], b: &[f32], y: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { elementwise::mul(a, b, y) }
+    }
+}
+
+impl DotKernel for Avx2 {
+    fn dot(&self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { elementwise::dot(a, b) }
+    }
+}
+
+impl NormKernel for Avx2 {
+    fn layer_norm(&self, x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, y: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { elementwise::layer_norm(x, gamma, beta, eps, y) }
+    }
 }

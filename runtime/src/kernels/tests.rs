@@ -1,0 +1,264 @@
+//! Property tests: every fast kernel against the scalar reference, on random shapes that
+//! include tails shorter than the vector width, plus the determinism contract (a row's
+//! result does not depend on its batch or on how weight rows are split).
+
+#![allow(clippy::unwrap_used)]
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::{Kernels, SCALAR, WeightData, WeightMatrix, available};
+use crate::format::WeightFormat;
+use crate::graph::{Activation, BagMode};
+use crate::quant;
+use crate::view::{MatMut, MatRef};
+
+/// A quantized copy of an f32 matrix that can lend a [`WeightMatrix`].
+struct Owned {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    f32s: Vec<f32>,
+    halves: Vec<u16>,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+impl Owned {
+    fn new(format: WeightFormat, rows: usize, cols: usize, values: &[f32]) -> Owned {
+        let mut o = Owned {
+            format,
+            rows,
+            cols,
+            f32s: Vec::new(),
+            halves: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            bytes: Vec::new(),
+        };
+        for row in values.chunks(cols) {
+            match format {
+                WeightFormat::F32 => o.f32s.extend_from_slice(row),
+                WeightFormat::F16 => o.halves.extend(row.iter().map(|&v| quant::f16_from_f32(v))),
+                WeightFormat::Bf16 => o.halves.extend(row.iter().map(|&v| quant::bf16_from_f32(v))),
+                WeightFormat::Q8 => {
+                    let mut c = vec![0i8; cols];
+                    o.scales.push(quant::q8_quantize_row(row, &mut c));
+                    o.codes.extend(c);
+                }
+                WeightFormat::Q8Rowwise => {
+                    let mut b = vec![0u8; cols + 8];
+                    quant::q8_rowwise_quantize_row(row, &mut b);
+                    o.bytes.extend(b);
+                }
+                WeightFormat::Q4 => {
+                    let mut b = vec![0u8; format.row_bytes(cols)];
+                    quant::q4_quantize_row(row, &mut b);
+                    o.bytes.extend(b);
+                }
+            }
+        }
+        o
+    }
+
+    fn view(&self) -> WeightMatrix<'_> {
+        let data = match self.format {
+            WeightFormat::F32 => WeightData::F32(&self.f32s),
+            WeightFormat::F16 => WeightData::F16(&self.halves),
+            WeightFormat::Bf16 => WeightData::Bf16(&self.halves),
+            WeightFormat::Q8 => WeightData::Q8 { codes: &self.codes, scales: &self.scales },
+            WeightFormat::Q8Rowwise => WeightData::Q8Rowwise(&self.bytes),
+            WeightFormat::Q4 => WeightData::Q4(&self.bytes),
+        };
+        WeightMatrix { data, rows: self.rows, cols: self.cols }
+    }
+}
+
+fn fast_tables() -> Vec<&'static Kernels> {
+    available().into_iter().filter(|k| k.level != SCALAR.level).collect()
+}
+
+fn run_linear(k: &Kernels, x: &[f32], m: usize, w: &WeightMatrix<'_>, bias: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
+    let mut y = vec![0.0f32; m * w.rows];
+    let mut scratch = vec![0.0f32; k.linear.scratch_len(w, m).max(1)];
+    k.linear.linear(MatRef::dense(x, w.cols), w, bias, act, MatMut::dense(&mut y, w.rows), &mut scratch);
+    y
+}
+
+fn values(len: usize) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(-2.0f32..2.0, len)
+}
+
+const LINEAR_FORMATS: [WeightFormat; 5] =
+    [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4];
+
+fn linear_case() -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, usize, Option<Activation>)> {
+    (1usize..10, 1usize..14, 1usize..80).prop_flat_map(|(m, n, k)| {
+        (
+            Just(m),
+            Just(n),
+            Just(k),
+            values(m * k),
+            values(n * k),
+            values(n),
+            0usize..LINEAR_FORMATS.len(),
+            prop::option::of(prop::sample::select(Activation::ALL.to_vec())),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn linear_matches_reference((m, n, k, x, w, b, f, act) in linear_case()) {
+        let owned = Owned::new(LINEAR_FORMATS[f], n, k, &w);
+        let wm = owned.view();
+        let reference = run_linear(&SCALAR, &x, m, &wm, Some(&b), act);
+        // Scale the tolerance by the magnitude of the reduction.
+        let mut deq = vec![0.0f32; k];
+        for fast in fast_tables() {
+            let got = run_linear(fast, &x, m, &wm, Some(&b), act);
+            for r in 0..m {
+                for o in 0..n {
+                    wm.dequant_row(o, &mut deq);
+                    let mag: f32 = x[r * k..(r + 1) * k].iter().zip(&deq).map(|(a, b)| (a * b).abs()).sum::<f32>() + b[o].abs();
+                    let (g, e) = (got[r * n + o], reference[r * n + o]);
+                    prop_assert!((g - e).abs() <= 2e-6 * mag + 1e-6, "{} {:?} m{m} n{n} k{k} [{r},{o}]: {g} vs {e}", fast.level, LINEAR_FORMATS[f]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_rows_do_not_depend_on_batch_or_split((m, n, k, x, w, b, f, act) in linear_case(), split in 0usize..14) {
+        let owned = Owned::new(LINEAR_FORMATS[f], n, k, &w);
+        let wm = owned.view();
+        for kern in available() {
+            let full = run_linear(kern, &x, m, &wm, Some(&b), act);
+            for r in 0..m {
+                let alone = run_linear(kern, &x[r * k..(r + 1) * k], 1, &wm, Some(&b), act);
+                prop_assert_eq!(&alone[..], &full[r * n..(r + 1) * n], "{} row {} alone", kern.level, r);
+            }
+            let s = split.clamp(1, n);
+            let left = run_linear(kern, &x, m, &wm.rows_range(0..s), Some(&b[..s]), act);
+            for r in 0..m {
+                prop_assert_eq!(&left[r * s..(r + 1) * s], &full[r * n..r * n + s]);
+            }
+            if s < n {
+                let right = run_linear(kern, &x, m, &wm.rows_range(s..n), Some(&b[s..]), act);
+                for r in 0..m {
+                    prop_assert_eq!(&right[r * (n - s)..(r + 1) * (n - s)], &full[r * n + s..(r + 1) * n]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bags_match_reference_bit_for_bit(
+        (rows, cols, table) in (1usize..12, 1usize..70).prop_flat_map(|(r, c)| (Just(r), Just(c), values(r * c))),
+        ids in prop::collection::vec(0usize..1000, 0..7),
+        f in 0usize..WeightFormat::ALL.len(),
+        mean in any::<bool>(),
+    ) {
+        let owned = Owned::new(WeightFormat::ALL[f], rows, cols, &table);
+        let wm = owned.view();
+        let ids: Vec<i64> = ids.into_iter().map(|i| (i % rows) as i64).collect();
+        let mode = if mean { BagMode::Mean } else { BagMode::Sum };
+        let mut expect = vec![f32::NAN; cols];
+        SCALAR.bag.bag(&wm, &ids, mode, &mut expect);
+        for fast in fast_tables() {
+            let mut got = vec![f32::NAN; cols];
+            fast.bag.bag(&wm, &ids, mode, &mut got);
+            prop_assert_eq!(bits(&got), bits(&expect), "{} {:?}", fast.level, WeightFormat::ALL[f]);
+        }
+    }
+
+    #[test]
+    fn elementwise_matches_reference(
+        (a, b) in (0usize..50).prop_flat_map(|n| (values(n), values(n))),
+        scale in 1.0f32..40.0,
+    ) {
+        let a: Vec<f32> = a.iter().map(|v| v * scale).collect();
+        for fast in fast_tables() {
+            for act in Activation::ALL {
+                let (mut e, mut g) = (a.clone(), a.clone());
+                SCALAR.elementwise.activate(act, &mut e);
+                fast.elementwise.activate(act, &mut g);
+                for (x, y) in g.iter().zip(&e) {
+                    prop_assert!((x - y).abs() <= 2e-6 * y.abs() + 1e-7, "{} {:?}: {x} vs {y}", fast.level, act);
+                }
+            }
+            for mul in [false, true] {
+                let (mut e, mut g) = (vec![0.0; a.len()], vec![0.0; a.len()]);
+                if mul {
+                    SCALAR.elementwise.mul(&a, &b, &mut e);
+                    fast.elementwise.mul(&a, &b, &mut g);
+                } else {
+                    SCALAR.elementwise.add(&a, &b, &mut e);
+                    fast.elementwise.add(&a, &b, &mut g);
+                }
+                prop_assert_eq!(bits(&g), bits(&e));
+            }
+            let (d, e) = (fast.dot.dot(&a, &b), SCALAR.dot.dot(&a, &b));
+            let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+            prop_assert!((d - e).abs() <= 2e-6 * mag + 1e-6);
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_reference(
+        (x, gamma, beta) in (1usize..70).prop_flat_map(|n| (values(n), values(n), values(n))),
+        shift in -50.0f32..50.0,
+    ) {
+        let x: Vec<f32> = x.iter().map(|v| v + shift).collect();
+        let mut e = vec![0.0; x.len()];
+        SCALAR.norm.layer_norm(&x, &gamma, Some(&beta), 1e-5, &mut e);
+        for fast in fast_tables() {
+            let mut g = vec![0.0; x.len()];
+            fast.norm.layer_norm(&x, &gamma, Some(&beta), 1e-5, &mut g);
+            for (a, b) in g.iter().zip(&e) {
+                prop_assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn tails_around_the_vector_width() {
+    // Fixed shapes right at the boundaries: empty tail, 1-element tail, 7-element tail,
+    // q4 rows that end mid-block.
+    for k in [1usize, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65] {
+        for n in [1usize, 2, 3, 4, 5, 7] {
+            for m in [1usize, 2, 3, 4, 5, 9] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+                for f in LINEAR_FORMATS {
+                    let owned = Owned::new(f, n, k, &w);
+                    let wm = owned.view();
+                    let e = run_linear(&SCALAR, &x, m, &wm, None, None);
+                    for fast in fast_tables() {
+                        let g = run_linear(fast, &x, m, &wm, None, None);
+                        for (a, b) in g.iter().zip(&e) {
+                            assert!((a - b).abs() <= 1e-5 * (k as f32), "{f:?} m{m} n{n} k{k}: {a} vs {b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reports_levels_under_test() {
+    let levels: Vec<_> = available().iter().map(|k| k.level.as_str()).collect();
+    std::println!("kernel levels under test: {levels:?}");
+    assert_eq!(levels[0], "scalar");
+}

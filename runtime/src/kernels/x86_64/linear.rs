@@ -1,0 +1,436 @@
+//! AVX2 + FMA linear layers over every weight format.
+//!
+//! Algorithm: each output element is a dot product of an input row and a weight row, both
+//! contiguous in the PyTorch `[out, in]` layout. A register tile of `MR` input rows ×
+//! `NR` weight rows keeps `MR·NR` 8-lane accumulators; per step of 8 columns it loads
+//! (and dequantizes) `NR` weight vectors once and reuses each across the `MR` rows.
+//!
+//! - Small batches (< 4 rows, the memory-bound GEMV case) dequantize weights on the fly
+//!   inside the tile, so each quantized byte is read exactly once from memory.
+//! - Larger batches dequantize a panel of weight rows into scratch (L2-sized) and run the
+//!   f32 tile over it, amortizing the conversion over all rows of the batch.
+//!
+//! Canonical arithmetic (what makes results independent of batch size, tile shape,
+//! thread split and path): for output (m, o), lane `l` accumulates
+//! `fma(w[o, 8c + l], x[m, 8c + l], acc)` for c = 0, 1, …; the 8 lanes are summed in a
+//! fixed tree ([`hsum`]); the `K mod 8` tail columns are added with scalar FMAs in order;
+//! then the bias is added and the activation applied. Dequantized values are the same
+//! IEEE products in every path (`q · scale`, `(code − 8) · d`, exact f16/bf16 widening).
+
+use core::arch::x86_64::*;
+
+use crate::graph::Activation;
+use crate::kernels::activation;
+use crate::kernels::{WeightData, WeightMatrix};
+use crate::quant::{self, Q4_BLOCK, Q4_BLOCK_BYTES};
+use crate::view::{MatMut, MatRef};
+
+/// Rows of a batch from which weights are dequantized into a scratch panel.
+pub(super) const PANEL_MIN_ROWS: usize = 4;
+/// Target size of a dequantized panel, in floats (256 KiB: fits L2).
+const PANEL_FLOATS: usize = 1 << 16;
+
+/// Reads 8 consecutive dequantized weights of one row, and single weights for tails.
+trait Loader {
+    /// Weights `o, k..k+8` (`k` is a multiple of 8, `k + 8 <= cols`).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be available and the indices in bounds.
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256;
+    /// Weight `o, k`, dequantized exactly as `load8` would.
+    fn scalar(&self, o: usize, k: usize) -> f32;
+}
+
+struct F32Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+impl Loader for F32Rows<'_> {
+    #[inline(always)]
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256 {
+        debug_assert!(o * self.stride + k + 8 <= self.data.len());
+        // SAFETY: the caller keeps `o, k..k+8` inside the row; unaligned load.
+        unsafe { _mm256_loadu_ps(self.data.as_ptr().add(o * self.stride + k)) }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, o: usize, k: usize) -> f32 {
+        self.data[o * self.stride + k]
+    }
+}
+
+struct F16Rows<'a> {
+    data: &'a [u16],
+    cols: usize,
+}
+
+impl Loader for F16Rows<'_> {
+    #[inline(always)]
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256 {
+        debug_assert!(o * self.cols + k + 8 <= self.data.len());
+        // SAFETY: in bounds per the caller; F16C is available per the trait contract.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.data.as_ptr().add(o * self.cols + k).cast())) }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, o: usize, k: usize) -> f32 {
+        quant::f16_to_f32(self.data[o * self.cols + k])
+    }
+}
+
+struct Bf16Rows<'a> {
+    data: &'a [u16],
+    cols: usize,
+}
+
+impl Loader for Bf16Rows<'_> {
+    #[inline(always)]
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256 {
+        debug_assert!(o * self.cols + k + 8 <= self.data.len());
+        // SAFETY: in bounds per the caller; bf16 widening is a 16-bit shift of the bits.
+        unsafe {
+            let h = _mm_loadu_si128(self.data.as_ptr().add(o * self.cols + k).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, o: usize, k: usize) -> f32 {
+        quant::bf16_to_f32(self.data[o * self.cols + k])
+    }
+}
+
+struct Q8Rows<'a> {
+    codes: &'a [i8],
+    scales: &'a [f32],
+    cols: usize,
+}
+
+impl Loader for Q8Rows<'_> {
+    #[inline(always)]
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256 {
+        debug_assert!(o * self.cols + k + 8 <= self.codes.len());
+        // SAFETY: in bounds per the caller; 8 codes are read with a 64-bit load.
+        unsafe {
+            let q = _mm_loadl_epi64(self.codes.as_ptr().add(o * self.cols + k).cast());
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+            _mm256_mul_ps(f, _mm256_set1_ps(*self.scales.get_unchecked(o)))
+        }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, o: usize, k: usize) -> f32 {
+        quant::q8_dequant(self.codes[o * self.cols + k], self.scales[o])
+    }
+}
+
+struct Q4Rows<'a> {
+    data: &'a [u8],
+    row_bytes: usize,
+}
+
+impl Loader for Q4Rows<'_> {
+    #[inline(always)]
+    unsafe fn load8(&self, o: usize, k: usize) -> __m256 {
+        let block = o * self.row_bytes + (k / Q4_BLOCK) * Q4_BLOCK_BYTES;
+        let j = k % Q4_BLOCK;
+        debug_assert!(block + Q4_BLOCK_BYTES <= self.data.len());
+        // SAFETY: the block lies inside row `o` (k < cols <= blocks·32); bytes 2 + j%16
+        // .. + 8 lie inside its 16 nibble bytes.
+        unsafe {
+            let p = self.data.as_ptr().add(block);
+            let d = f16_splat(u16::from_le_bytes([*p, *p.add(1)]));
+            let bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(2 + j % 16).cast()));
+            let nib = if j < 16 { bytes } else { _mm256_srli_epi32(bytes, 4) };
+            let code = _mm256_sub_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(0x0f)), _mm256_set1_epi32(8));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(code), d)
+        }
+    }
+
+    #[inline(always)]
+    fn scalar(&self, o: usize, k: usize) -> f32 {
+        let start = o * self.row_bytes + (k / Q4_BLOCK) * Q4_BLOCK_BYTES;
+        let block = &self.data[start..start + Q4_BLOCK_BYTES];
+        quant::q4_dequant(quant::q4_code(block, k % Q4_BLOCK), quant::q4_scale(block))
+    }
+}
+
+/// Broadcasts an f16 scale to 8 f32 lanes (F16C; exact, like the scalar conversion).
+#[inline(always)]
+pub(super) unsafe fn f16_splat(bits: u16) -> __m256 {
+    // SAFETY: register-only F16C conversion; the caller guarantees the feature.
+    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(bits as i16)) }
+}
+
+/// Sums the 8 lanes in the fixed order ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+#[inline(always)]
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: register-only AVX operations; the caller guarantees AVX2.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// One `MR × NR` tile: `out[i][j] = x[m0+i] · w[o0+j]` in canonical order (no bias).
+#[inline(always)]
+unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
+    x: &MatRef<'_>,
+    m0: usize,
+    w: &L,
+    o0: usize,
+    k: usize,
+    out: &mut [[f32; NR]; MR],
+) {
+    // SAFETY: the caller guarantees AVX2/FMA, `m0 + MR <= x.rows`, `o0 + NR <= w rows`
+    // and `k == x.cols`; every load below stays inside those rows.
+    unsafe {
+        let mut xp = [core::ptr::null::<f32>(); MR];
+        for (i, p) in xp.iter_mut().enumerate() {
+            *p = x.row(m0 + i).as_ptr();
+        }
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        let k8 = k - k % 8;
+        let mut kk = 0;
+        while kk < k8 {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (j, v) in wv.iter_mut().enumerate() {
+                *v = w.load8(o0 + j, kk);
+            }
+            for i in 0..MR {
+                let xv = _mm256_loadu_ps(xp[i].add(kk));
+                for j in 0..NR {
+                    acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+                }
+            }
+            kk += 8;
+        }
+        for i in 0..MR {
+            for j in 0..NR {
+                let mut s = hsum(acc[i][j]);
+                for t in k8..k {
+                    s = w.scalar(o0 + j, t).mul_add(*xp[i].add(t), s);
+                }
+                out[i][j] = s;
+            }
+        }
+    }
+}
+
+/// Writes a finished tile with bias and activation.
+#[inline(always)]
+fn store<const MR: usize, const NR: usize>(
+    out: &[[f32; NR]; MR],
+    y: &mut MatMut<'_>,
+    m0: usize,
+    o0: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+) {
+    for (i, row) in out.iter().enumerate() {
+        let yrow = &mut y.row_mut(m0 + i)[o0..o0 + NR];
+        for (j, (dst, &s)) in yrow.iter_mut().zip(row).enumerate() {
+            let v = s + bias.map_or(0.0, |b| b[o0 + j]);
+            *dst = match act {
+                None => v,
+                Some(Activation::Relu) => activation::relu(v),
+                Some(a) => activation::apply(a, v),
+            };
+        }
+    }
+}
+
+/// Runs the tile grid over rows `m` (all of x) × weight rows `0..n` of loader `w`,
+/// writing output columns `col0..col0+n`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
+    x: &MatRef<'_>,
+    w: &L,
+    n: usize,
+    k: usize,
+    col0: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    y: &mut MatMut<'_>,
+) {
+    let m = x.rows();
+    let mut m0 = 0;
+    while m0 < m {
+        let mr = (m - m0).min(MR);
+        let mut o = 0;
+        while o < n {
+            let nr = (n - o).min(NR);
+            // SAFETY: forwarded; (mr, nr) bound the tile inside x and the loader's rows.
+            unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, col0, bias, act, y) };
+            o += nr;
+        }
+        m0 += mr;
+    }
+}
+
+/// Calls the `tile` monomorph for runtime sizes `mr ≤ 4`, `nr ≤ 4`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dispatch_tile<L: Loader>(
+    x: &MatRef<'_>,
+    m0: usize,
+    mr: usize,
+    w: &L,
+    o0: usize,
+    nr: usize,
+    k: usize,
+    col0: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    y: &mut MatMut<'_>,
+) {
+    macro_rules! go {
+        ($mr:literal, $nr:literal) => {{
+            let mut out = [[0.0f32; $nr]; $mr];
+            // SAFETY: forwarded from the caller.
+            unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
+            store::<$mr, $nr>(&out, y, m0, col0 + o0, bias, act);
+        }};
+    }
+    match (mr, nr) {
+        (1, 1) => go!(1, 1),
+        (1, 2) => go!(1, 2),
+        (1, 3) => go!(1, 3),
+        (1, 4) => go!(1, 4),
+        (2, 1) => go!(2, 1),
+        (2, 2) => go!(2, 2),
+        (2, 3) => go!(2, 3),
+        (2, 4) => go!(2, 4),
+        (3, 1) => go!(3, 1),
+        (3, 2) => go!(3, 2),
+        (3, 3) => go!(3, 3),
+        (4, 1) => go!(4, 1),
+        (4, 2) => go!(4, 2),
+        (4, 3) => go!(4, 3),
+        _ => unreachable!("tile {mr}x{nr}"),
+    }
+}
+
+/// Floats of scratch `linear` needs for this weight and batch.
+pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
+    if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) {
+        0
+    } else {
+        panel_rows(w) * w.cols
+    }
+}
+
+fn panel_rows(w: &WeightMatrix<'_>) -> usize {
+    (PANEL_FLOATS / w.cols.max(1)).clamp(3, w.rows.max(3)).div_ceil(3) * 3
+}
+
+/// `y = act(x · Wᵀ + b)`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; shapes must satisfy the `LinearKernel`
+/// contract (`x.cols == w.cols`, `y` is `x.rows × w.rows`, scratch per [`scratch_len`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn linear(
+    x: MatRef<'_>,
+    w: &WeightMatrix<'_>,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    mut y: MatMut<'_>,
+    scratch: &mut [f32],
+) {
+    let (n, k, m) = (w.rows, w.cols, x.rows());
+    debug_assert_eq!(x.cols(), k);
+    debug_assert!(y.rows() == m && y.cols() == n);
+    let y = &mut y;
+    // SAFETY (all calls below): AVX2/FMA/F16C per this function's contract; the loaders
+    // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
+    unsafe {
+        if let WeightData::F32(data) = w.data {
+            let rows = F32Rows { data, stride: k };
+            return if m >= PANEL_MIN_ROWS {
+                grid::<4, 3, _>(&x, &rows, n, k, 0, bias, act, y)
+            } else {
+                gemv(&x, &rows, n, k, bias, act, y)
+            };
+        }
+        if m >= PANEL_MIN_ROWS {
+            let nb = panel_rows(w);
+            let mut o = 0;
+            while o < n {
+                let rows = nb.min(n - o);
+                let panel = &mut scratch[..rows * k];
+                let sub = w.rows_range(o..o + rows);
+                for r in 0..rows {
+                    dequant_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
+                }
+                let loader = F32Rows { data: panel, stride: k };
+                grid::<4, 3, _>(&x, &loader, rows, k, o, bias.map(|b| &b[o..o + rows]), act, y);
+                o += rows;
+            }
+            return;
+        }
+        match w.data {
+            WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, bias, act, y),
+            WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, bias, act, y),
+            WeightData::Q8 { codes, scales } => gemv(&x, &Q8Rows { codes, scales, cols: k }, n, k, bias, act, y),
+            WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, bias, act, y),
+            WeightData::F32(_) | WeightData::Q8Rowwise(_) => {
+                // F32 returned above; q8_rowwise is rejected for linears at validation.
+                // Fall back to the reference rather than guess.
+                crate::kernels::SCALAR.linear.linear(x, w, bias, act, y.reborrow(), scratch);
+            }
+        }
+    }
+}
+
+/// Fewer than 4 rows: tiles of (rows × 4) or (3 × 3) straight from the stored weights.
+#[inline(always)]
+unsafe fn gemv<L: Loader>(
+    x: &MatRef<'_>,
+    w: &L,
+    n: usize,
+    k: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    y: &mut MatMut<'_>,
+) {
+    // SAFETY: forwarded from `linear`.
+    unsafe {
+        match x.rows() {
+            3 => grid::<3, 3, L>(x, w, n, k, 0, bias, act, y),
+            _ => grid::<2, 4, L>(x, w, n, k, 0, bias, act, y),
+        }
+    }
+}
+
+/// Dequantizes row `r` with the same arithmetic as the loaders.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequant_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
+    let k = w.cols;
+    let k8 = k - k % 8;
+    macro_rules! run {
+        ($loader:expr) => {{
+            let l = $loader;
+            let mut c = 0;
+            while c < k8 {
+                // SAFETY: c + 8 <= k8 <= cols; out has k elements.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), l.load8(r, c)) };
+                c += 8;
+            }
+            for c in k8..k {
+                out[c] = l.scalar(r, c);
+            }
+        }};
+    }
+    match w.data {
+        WeightData::F16(data) => run!(F16Rows { data, cols: k }),
+        WeightData::Bf16(data) => run!(Bf16Rows { data, cols: k }),
+        WeightData::Q8 { codes, scales } => run!(Q8Rows { codes, scales, cols: k }),
+        WeightData::Q4(data) => run!(Q4Rows { data, row_bytes: w.row_bytes() }),
+        WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
+    }
+}
