@@ -29,6 +29,15 @@ pub enum MatrixData {
     Generated(RowFn),
 }
 
+impl std::fmt::Debug for MatrixData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MatrixData::Dense(v) => write!(f, "Dense({} values)", v.len()),
+            MatrixData::Generated(_) => f.write_str("Generated"),
+        }
+    }
+}
+
 /// An f32 matrix `[rows, cols]` (PyTorch `[out, in]` for linears).
 pub struct Matrix {
     /// Rows.

@@ -82,10 +82,11 @@ impl Envelope {
 /// Parses and validates the safetensors envelope of `bytes`.
 pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
     let available = bytes.len() as u64;
-    let len_bytes: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(Error::Truncated { what: "header length", needed: 8, available })?;
+    let len_bytes: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(Error::Truncated {
+        what: "header length",
+        needed: 8,
+        available,
+    })?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_LEN {
         return Err(Error::HeaderTooLarge { declared: header_len, limit: MAX_HEADER_LEN });
@@ -96,8 +97,8 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
     }
     let data_start = data_start as usize;
     let header = &bytes[8..data_start];
-    let root: Map<String, Value> = serde_json::from_slice(header)
-        .map_err(|e| Error::HeaderJson { detail: format!("not a JSON object: {e}") })?;
+    let root: Map<String, Value> =
+        serde_json::from_slice(header).map_err(|e| Error::HeaderJson { detail: format!("not a JSON object: {e}") })?;
 
     let mut metadata = BTreeMap::new();
     let mut entries = Vec::with_capacity(root.len());
@@ -108,9 +109,7 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
             };
             for (k, v) in map {
                 let Value::String(s) = v else {
-                    return Err(Error::HeaderJson {
-                        detail: format!("metadata value `{k}` is not a string"),
-                    });
+                    return Err(Error::HeaderJson { detail: format!("metadata value `{k}` is not a string") });
                 };
                 metadata.insert(k, s);
             }
@@ -127,18 +126,10 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
     let mut previous: Option<&str> = None;
     for (name, _, _, begin, end) in &entries {
         if *end > data_len {
-            return Err(Error::TensorOutOfRange {
-                tensor: name.clone(),
-                begin: *begin,
-                end: *end,
-                data_len,
-            });
+            return Err(Error::TensorOutOfRange { tensor: name.clone(), begin: *begin, end: *end, data_len });
         }
         if *begin < cursor {
-            return Err(Error::TensorOverlap {
-                first: previous.unwrap_or_default().to_string(),
-                second: name.clone(),
-            });
+            return Err(Error::TensorOverlap { first: previous.unwrap_or_default().to_string(), second: name.clone() });
         }
         if *begin > cursor {
             return Err(Error::TensorGap { offset: cursor });
@@ -158,11 +149,7 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
         }
         let offset = data_start + begin as usize;
         if offset % TENSOR_ALIGN != 0 {
-            return Err(Error::Misaligned {
-                tensor: name,
-                offset: offset as u64,
-                align: TENSOR_ALIGN as u64,
-            });
+            return Err(Error::Misaligned { tensor: name, offset: offset as u64, align: TENSOR_ALIGN as u64 });
         }
         by_name.insert(name.clone(), tensors.len());
         tensors.push(TensorInfo { name, dtype, shape, offset, len: (end - begin) as usize });
@@ -182,14 +169,10 @@ fn parse_tensor_entry(name: &str, value: &Value) -> Result<Entry> {
             return Err(bad(format!("unknown field `{key}`")));
         }
     }
-    let dtype_str = obj
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("missing string field `dtype`".into()))?;
-    let dtype = DType::parse(dtype_str).ok_or_else(|| Error::UnknownDtype {
-        tensor: name.to_string(),
-        dtype: dtype_str.to_string(),
-    })?;
+    let dtype_str =
+        obj.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing string field `dtype`".into()))?;
+    let dtype = DType::parse(dtype_str)
+        .ok_or_else(|| Error::UnknownDtype { tensor: name.to_string(), dtype: dtype_str.to_string() })?;
     let shape = obj
         .get("shape")
         .and_then(Value::as_array)

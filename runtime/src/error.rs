@@ -161,10 +161,7 @@ impl Error {
     pub(crate) fn in_file(self, path: &std::path::Path) -> Error {
         match self {
             e @ (Error::Io { .. } | Error::InFile { .. }) => e,
-            e => Error::InFile {
-                path: path.display().to_string(),
-                source: alloc::boxed::Box::new(e),
-            },
+            e => Error::InFile { path: path.display().to_string(), source: alloc::boxed::Box::new(e) },
         }
     }
 

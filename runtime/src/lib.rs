@@ -44,7 +44,11 @@ pub mod kernels;
 pub mod model;
 #[cfg(feature = "std")]
 pub mod npy;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod quant;
+#[cfg(feature = "std")]
+pub mod synthetic;
 pub mod view;
 #[cfg(feature = "std")]
 pub mod writer;

@@ -125,8 +125,8 @@ impl Model {
         // hazard is another process truncating or rewriting the file while it is mapped,
         // which this function's documentation forbids (as memmap2 and every mmap loader do).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let model = Model::from_storage(Storage::Mapped(map), Some(path.display().to_string()))
-            .map_err(|e| e.in_file(path))?;
+        let model =
+            Model::from_storage(Storage::Mapped(map), Some(path.display().to_string())).map_err(|e| e.in_file(path))?;
         model.advise_access();
         Ok(model)
     }
@@ -138,10 +138,9 @@ impl Model {
             return Err(Error::MisalignedBuffer { address, align: BUFFER_ALIGN });
         }
         let envelope = container::parse_envelope(bytes)?;
-        let json = envelope
-            .metadata
-            .get(container::GRAPH_KEY)
-            .ok_or_else(|| Error::GraphJson { detail: alloc::format!("metadata has no `{}` key", container::GRAPH_KEY) })?;
+        let json = envelope.metadata.get(container::GRAPH_KEY).ok_or_else(|| Error::GraphJson {
+            detail: alloc::format!("metadata has no `{}` key", container::GRAPH_KEY),
+        })?;
         let graph = graph::parse(json, &envelope)?;
         Ok(Model { inner: Arc::new(Inner { storage, envelope, graph, source }) })
     }

@@ -74,10 +74,12 @@ pub fn parse(bytes: &[u8]) -> core::result::Result<NpyArray, String> {
     };
     let data = match descr {
         "<f4" => NpyData::F32(need(4)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        "<i8" => NpyData::I64(
-            need(8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
+        "<i8" => {
+            NpyData::I64(need(8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+        }
+        "<i4" => NpyData::I64(
+            need(4)?.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
         ),
-        "<i4" => NpyData::I64(need(4)?.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()),
         other => return Err(format!("dtype `{other}` is not supported (use float32 or int64)")),
     };
     Ok(NpyArray { shape, data })

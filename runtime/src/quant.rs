@@ -56,9 +56,7 @@ pub fn q8_dequant(code: i8, scale: f32) -> f32 {
 /// Quantizes one row into `out` (`row.len() + 8` bytes: codes, f32 scale, f32 bias).
 pub fn q8_rowwise_quantize_row(row: &[f32], out: &mut [u8]) {
     debug_assert_eq!(out.len(), row.len() + Q8_ROWWISE_TRAILER);
-    let (min, max) = row
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+    let (min, max) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &w| (lo.min(w), hi.max(w)));
     let (min, max) = if row.is_empty() { (0.0, 0.0) } else { (min, max) };
     let range = max - min;
     let scale = range / 255.0;

@@ -134,8 +134,7 @@ impl<'a> MatRef<'a> {
     /// The whole view as one slice, if contiguous.
     pub fn as_slice(&self) -> Option<&'a [f32]> {
         // SAFETY: contiguous views cover exactly rows·cols readable elements.
-        self.is_contiguous()
-            .then(|| unsafe { core::slice::from_raw_parts(self.ptr, self.rows * self.cols) })
+        self.is_contiguous().then(|| unsafe { core::slice::from_raw_parts(self.ptr, self.rows * self.cols) })
     }
 }
 

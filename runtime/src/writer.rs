@@ -34,7 +34,11 @@ pub struct TensorOut<'a> {
 
 impl std::fmt::Debug for TensorOut<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TensorOut").field("name", &self.name).field("dtype", &self.dtype).field("shape", &self.shape).finish()
+        f.debug_struct("TensorOut")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .finish()
     }
 }
 

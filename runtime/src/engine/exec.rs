@@ -209,7 +209,14 @@ impl Exec<'_, '_> {
     }
 
     /// A linear, split across threads when it is big enough.
-    fn linear(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, bias: Option<&[f32]>, act: Option<Activation>, mut y: MatMut<'_>) {
+    fn linear(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        mut y: MatMut<'_>,
+    ) {
         let kernel = self.kernels.linear;
         let threads = self.threads();
         let macs = x.rows() * w.rows * w.cols;

@@ -214,11 +214,8 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
         if t.dtype() != want_dtype {
             return Err(Error::InputDtype { input: def.name.clone(), expected: want_dtype, actual: t.dtype() });
         }
-        let bad_shape = |expected: String| Error::InputShape {
-            input: def.name.clone(),
-            expected,
-            actual: format!("{shape:?}"),
-        };
+        let bad_shape =
+            |expected: String| Error::InputShape { input: def.name.clone(), expected, actual: format!("{shape:?}") };
         match def.kind {
             InputKind::Dense { width } => match shape.dims() {
                 &[n, w] if w == width => agree(&def.name, n)?,
@@ -243,7 +240,12 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
             && let Some(pos) = data.iter().position(|v| !v.is_finite())
         {
             let width = shape.dims().last().copied().unwrap_or(1).max(1);
-            return Err(Error::NonFinite { input: def.name.clone(), row: pos / width, col: pos % width, value: data[pos] });
+            return Err(Error::NonFinite {
+                input: def.name.clone(),
+                row: pos / width,
+                col: pos % width,
+                value: data[pos],
+            });
         }
     }
     let n = rows.ok_or(Error::EmptyBatch)?;

@@ -18,7 +18,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::Result;
-use crate::graph::{Activation, BagMode, Graph, InputKind, Op, ValueId};
+use crate::graph::{Activation, BagMode, Graph, Op, ValueId};
 use crate::kernels::LinearKernel;
 use crate::model::Model;
 
@@ -88,17 +88,111 @@ pub(crate) enum Step {
         act: Option<(Activation, usize)>,
         y: Place,
     },
-    Cross { node: usize, x0: Src, xl: Src, weight: usize, bias: Option<usize>, y: Place },
-    Bag { node: usize, table: usize, ids: Ids, mode: BagMode, y: Place },
-    Activation { node: usize, act: Activation, x: Src, y: Place },
-    Binary { node: usize, op: BinaryOp, a: Src, b: Operand, y: Place },
-    Copy { node: usize, src: Src, y: Place },
-    LayerNorm { node: usize, x: Src, gamma: usize, beta: Option<usize>, epsilon: f32, y: Place },
-    DotInteraction { node: usize, inputs: Vec<Src>, self_interaction: bool, y: Place },
-    Fm { node: usize, inputs: Vec<Src>, y: Place },
+    Cross {
+        node: usize,
+        x0: Src,
+        xl: Src,
+        weight: usize,
+        bias: Option<usize>,
+        y: Place,
+    },
+    Bag {
+        node: usize,
+        table: usize,
+        ids: Ids,
+        mode: BagMode,
+        y: Place,
+    },
+    Activation {
+        node: usize,
+        act: Activation,
+        x: Src,
+        y: Place,
+    },
+    Binary {
+        node: usize,
+        op: BinaryOp,
+        a: Src,
+        b: Operand,
+        y: Place,
+    },
+    Copy {
+        node: usize,
+        src: Src,
+        y: Place,
+    },
+    LayerNorm {
+        node: usize,
+        x: Src,
+        gamma: usize,
+        beta: Option<usize>,
+        epsilon: f32,
+        y: Place,
+    },
+    DotInteraction {
+        node: usize,
+        inputs: Vec<Src>,
+        self_interaction: bool,
+        y: Place,
+    },
+    Fm {
+        node: usize,
+        inputs: Vec<Src>,
+        y: Place,
+    },
 }
 
 impl Step {
+    /// A one-line description for `graft inspect --plan`.
+    pub fn describe(&self, g: &Graph) -> String {
+        let name = |n: usize| g.nodes.get(n).map_or("<output copy>", |node| node.name.as_str());
+        let at = |p: Place| alloc::format!("buf{}[{}..{}]", p.buffer, p.col, p.col + p.width);
+        let src = |s: Src| match s {
+            Src::Input(k) => alloc::format!("input `{}`", g.inputs[k].name),
+            Src::Arena(p) => at(p),
+        };
+        match self {
+            Step::Linear { node, x, weight, act, y, .. } => {
+                let fused = act.map_or(String::new(), |(a, n)| alloc::format!("+{} (`{}`)", a.as_str(), name(n)));
+                alloc::format!(
+                    "linear{fused} `{}`: {} x {} -> {}",
+                    name(*node),
+                    src(*x),
+                    g.weights[*weight].name,
+                    at(*y)
+                )
+            }
+            Step::Cross { node, x0, xl, y, .. } => {
+                alloc::format!("cross `{}`: {}, {} -> {}", name(*node), src(*x0), src(*xl), at(*y))
+            }
+            Step::Bag { node, table, mode, y, .. } => {
+                alloc::format!(
+                    "embedding_bag/{} `{}`: {} -> {}",
+                    mode.as_str(),
+                    name(*node),
+                    g.weights[*table].name,
+                    at(*y)
+                )
+            }
+            Step::Activation { node, act, x, y } => {
+                alloc::format!("{} `{}`: {} -> {}", act.as_str(), name(*node), src(*x), at(*y))
+            }
+            Step::Binary { node, op, a, y, .. } => {
+                alloc::format!("{op:?} `{}`: {} -> {}", name(*node), src(*a), at(*y)).to_lowercase()
+            }
+            Step::Copy { node, src: s, y } => alloc::format!("copy for `{}`: {} -> {}", name(*node), src(*s), at(*y)),
+            Step::LayerNorm { node, x, y, .. } => {
+                alloc::format!("layer_norm `{}`: {} -> {}", name(*node), src(*x), at(*y))
+            }
+            Step::DotInteraction { node, inputs, y, .. } => {
+                alloc::format!("dot_interaction `{}`: {} inputs -> {}", name(*node), inputs.len(), at(*y))
+            }
+            Step::Fm { node, inputs, y } => {
+                alloc::format!("fm `{}`: {} inputs -> {}", name(*node), inputs.len(), at(*y))
+            }
+        }
+    }
+
     fn output(&self) -> Place {
         match self {
             Step::Linear { y, .. }
@@ -341,18 +435,17 @@ impl Plan {
         let mut arena_len = 0;
         for &b in &order {
             // Candidate offsets: 0 and the end of every live-overlapping placed buffer.
-            let overlapping: Vec<usize> = placed
-                .iter()
-                .copied()
-                .filter(|&p| first[p] <= last[b] && first[b] <= last[p])
-                .collect();
+            let overlapping: Vec<usize> =
+                placed.iter().copied().filter(|&p| first[p] <= last[b] && first[b] <= last[p]).collect();
             let mut candidates: Vec<usize> = overlapping.iter().map(|&p| buffers[p].offset + sizes[p]).collect();
             candidates.push(0);
             candidates.sort_unstable();
             let offset = candidates
                 .into_iter()
                 .find(|&off| {
-                    overlapping.iter().all(|&p| off + sizes[b] <= buffers[p].offset || buffers[p].offset + sizes[p] <= off)
+                    overlapping
+                        .iter()
+                        .all(|&p| off + sizes[b] <= buffers[p].offset || buffers[p].offset + sizes[p] <= off)
                 })
                 .ok_or_else(|| internal("no arena offset"))?;
             buffers[b].offset = offset;
@@ -403,11 +496,6 @@ impl Plan {
             }
         }
         Ok(())
-    }
-
-    /// Whether an input kind is dense (what `Src::Input` may refer to).
-    pub fn dense_input(g: &Graph, k: usize) -> bool {
-        matches!(g.inputs[k].kind, InputKind::Dense { .. })
     }
 }
 

@@ -49,6 +49,8 @@ struct Shared {
     payload: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// Serializes `run` callers (a pool belongs to one session, but be safe).
     running: Mutex<()>,
+    /// Workers that finished starting up.
+    ready: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,11 +82,16 @@ impl Pool {
             panicked: AtomicBool::new(false),
             payload: Mutex::new(None),
             running: Mutex::new(()),
+            ready: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(threads.saturating_sub(1));
         for i in 1..threads.max(1) {
             let s = Arc::clone(&shared);
             workers.push(std::thread::Builder::new().name(format!("graft-worker-{i}")).spawn(move || worker(&s))?);
+        }
+        // Thread start-up allocates (name, thread-locals): finish it here, not in `run`.
+        while shared.ready.load(Ordering::Acquire) < workers.len() {
+            std::thread::yield_now();
         }
         Ok(Pool { shared, workers })
     }
@@ -108,7 +115,8 @@ impl Pool {
         // SAFETY (lifetime erasure): the pointer is published below and withdrawn before
         // this function returns; workers only call it between incrementing and
         // decrementing `active`, and we wait for `active == 0` after withdrawing it.
-        let erased: *const Task<'static> = unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(task) };
+        let erased: *const Task<'static> =
+            unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(task) };
         {
             let mut st = lock(&s.state);
             s.next.store(0, Ordering::Relaxed);
@@ -151,6 +159,8 @@ fn claim_tasks(s: &Shared, task: &Task<'_>, tasks: usize) {
 }
 
 fn worker(s: &Shared) {
+    let _ = std::thread::current();
+    s.ready.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
     loop {
         for _ in 0..SPIN {

@@ -14,6 +14,7 @@ use super::exec::{self, Exec};
 use super::input::{self, Input, NanPolicy};
 use super::plan::{Ids, Plan, Step};
 use crate::error::{Error, Result};
+use crate::graph::{Graph, ValueId};
 use crate::kernels::{self, Kernels, Level};
 use crate::model::Model;
 use crate::view::MatRef;
@@ -62,30 +63,35 @@ impl Session {
         if options.max_batch == 0 {
             return Err(Error::InvalidOption { detail: "max_batch must be at least 1".into() });
         }
+        check_activation_size(model.graph(), options.max_batch)?;
         let threads = resolve_threads(options.threads);
         let kernels = match options.kernels {
             Some(level) => kernels::select(level)?,
             None => kernels::from_env()?,
         };
         let plan = Plan::new(model, options.max_batch, kernels.linear)?;
-        let floats = plan
-            .buffers
-            .iter()
-            .map(|b| b.offset + b.width * options.max_batch)
-            .max()
-            .unwrap_or(0)
-            .max(plan.arena_len);
-        let arena = vec![0.0f32; floats + 16];
+        let floats =
+            plan.buffers.iter().map(|b| b.offset + b.width * options.max_batch).max().unwrap_or(0).max(plan.arena_len);
+        // Fallible: the widths come from the file, so an absurd model must not abort.
+        let mut arena = Vec::new();
+        arena.try_reserve_exact(floats + 16).map_err(|_| Error::InvalidOption {
+            detail: alloc::format!(
+                "cannot allocate {floats} floats of activations for max_batch {}",
+                options.max_batch
+            ),
+        })?;
+        arena.resize(floats + 16, 0.0f32);
         let arena_start = arena.as_ptr().align_offset(64).min(15);
         let scratch = vec![0.0f32; plan.scratch_len.max(1) * threads];
         #[cfg(feature = "std")]
-        let pool = if threads > 1 {
-            Some(super::pool::Pool::new(threads).map_err(|e| Error::InvalidOption {
-                detail: alloc::format!("cannot start {threads} threads: {e}"),
-            })?)
-        } else {
-            None
-        };
+        let pool =
+            if threads > 1 {
+                Some(super::pool::Pool::new(threads).map_err(|e| Error::InvalidOption {
+                    detail: alloc::format!("cannot start {threads} threads: {e}"),
+                })?)
+            } else {
+                None
+            };
         log::debug!(
             "session: {} steps, arena {} KiB, scratch {} KiB, kernels {}, {threads} thread(s)",
             plan.steps.len(),
@@ -125,6 +131,25 @@ impl Session {
     /// Bytes of activation memory (arena + scratch) this session holds.
     pub fn memory_bytes(&self) -> usize {
         (self.arena.len() + self.scratch.len()) * 4
+    }
+
+    /// One line per planned step: what runs, on which node, reading and writing where.
+    /// Shows fusions (`linear+relu`), elided concatenations (no step) and arena sizes.
+    pub fn describe(&self) -> Vec<alloc::string::String> {
+        let g = self.model.graph();
+        let mut lines = Vec::with_capacity(self.plan.steps.len() + 1);
+        lines.push(alloc::format!(
+            "{} steps, {} buffers, arena {} KiB, scratch {} KiB per thread, kernels {}",
+            self.plan.steps.len(),
+            self.plan.buffers.len(),
+            self.arena.len() * 4 / 1024,
+            self.plan.scratch_len * 4 / 1024,
+            self.kernels.level
+        ));
+        for step in &self.plan.steps {
+            lines.push(step.describe(g));
+        }
+        lines
     }
 
     /// Runs one batch. Inputs are matched to graph inputs by name; the outputs borrow the
@@ -170,7 +195,12 @@ impl Session {
                 Ids::Padded { input } => (input, input::ids(inputs, &self.binding, input)),
                 Ids::Bags { indices, offsets } => {
                     let idx = input::ids(inputs, &self.binding, indices);
-                    exec::check_offsets(&g.inputs[offsets].name, input::ids(inputs, &self.binding, offsets), idx.len(), rows)?;
+                    exec::check_offsets(
+                        &g.inputs[offsets].name,
+                        input::ids(inputs, &self.binding, offsets),
+                        idx.len(),
+                        rows,
+                    )?;
                     (indices, idx)
                 }
             };
@@ -185,6 +215,25 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses `max_batch` when the activations of `g` could not even be addressed: node and
+/// input widths come from the graph JSON (a dense input's width is backed by no tensor),
+/// and the planner multiplies them by `max_batch` unchecked. The bound is the planner's
+/// worst case: every node, and every output that copies an input, in its own buffer.
+fn check_activation_size(g: &Graph, max_batch: usize) -> Result<()> {
+    let mut widths = g
+        .nodes
+        .iter()
+        .map(|n| n.width)
+        .chain(g.outputs.iter().filter(|o| matches!(o.value, ValueId::Input(_))).map(|o| g.value_width(o.value)));
+    let floats = widths.try_fold(0usize, |acc, w| w.checked_mul(max_batch)?.checked_add(16)?.checked_add(acc));
+    match floats {
+        Some(n) if n <= isize::MAX as usize / 4 => Ok(()),
+        _ => Err(Error::InvalidOption {
+            detail: alloc::format!("the model's activations for max_batch {max_batch} exceed the address space"),
+        }),
     }
 }
 

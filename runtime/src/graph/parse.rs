@@ -26,10 +26,7 @@ use alloc::vec::Vec;
 
 use serde_json::{Map, Value};
 
-use super::{
-    Activation, BagMode, FORMAT_VERSION, Graph, InputDef, InputKind, Node, Op, OutputDef, ValueId,
-    WeightDef,
-};
+use super::{Activation, BagMode, FORMAT_VERSION, Graph, InputDef, InputKind, Node, Op, OutputDef, ValueId, WeightDef};
 use crate::container::Envelope;
 use crate::error::{Error, Result, graph_err};
 use crate::format::{DType, WeightFormat};
@@ -39,17 +36,11 @@ pub fn parse(json: &str, env: &Envelope) -> Result<Graph> {
     let root: Map<String, Value> =
         serde_json::from_str(json).map_err(|e| graph_err(format_args!("invalid JSON: {e}")))?;
     for key in root.keys() {
-        if !matches!(
-            key.as_str(),
-            "version" | "name" | "producer" | "inputs" | "weights" | "nodes" | "outputs"
-        ) {
+        if !matches!(key.as_str(), "version" | "name" | "producer" | "inputs" | "weights" | "nodes" | "outputs") {
             return Err(graph_err(format_args!("unknown top-level key `{key}`")));
         }
     }
-    let version = root
-        .get("version")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| graph_err("missing integer `version`"))?;
+    let version = root.get("version").and_then(Value::as_u64).ok_or_else(|| graph_err("missing integer `version`"))?;
     if version == 0 || version > FORMAT_VERSION {
         return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
@@ -66,9 +57,7 @@ pub fn parse(json: &str, env: &Envelope) -> Result<Graph> {
 }
 
 fn array<'a>(root: &'a Map<String, Value>, key: &str) -> Result<&'a Vec<Value>> {
-    root.get(key)
-        .and_then(Value::as_array)
-        .ok_or_else(|| graph_err(format_args!("missing array `{key}`")))
+    root.get(key).and_then(Value::as_array).ok_or_else(|| graph_err(format_args!("missing array `{key}`")))
 }
 
 fn opt_string(root: &Map<String, Value>, key: &str) -> Result<Option<String>> {
@@ -128,14 +117,20 @@ fn parse_weights(root: &Map<String, Value>, env: &Envelope) -> Result<Vec<Weight
         let format_str = obj.get("format").and_then(Value::as_str).unwrap_or("");
         let format = WeightFormat::parse(format_str)
             .ok_or_else(|| graph_err(format_args!("weight `{name}` has unknown format `{format_str}`")))?;
-        let shape: Option<Vec<usize>> = obj.get("shape").and_then(Value::as_array).and_then(|a| {
-            a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect()
-        });
+        let shape: Option<Vec<usize>> = obj
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect());
         let Some([rows, cols]) = shape.as_deref().map(|s| <[usize; 2]>::try_from(s).ok()).flatten() else {
             return Err(graph_err(format_args!("weight `{name}` needs `shape: [rows, cols]`")));
         };
         if rows == 0 || cols == 0 {
             return Err(graph_err(format_args!("weight `{name}` has an empty shape")));
+        }
+        // Row sizes are computed in bytes (`cols + 8` for q8_rowwise): refuse column counts
+        // no container can hold before that arithmetic can overflow.
+        if cols.checked_add(crate::quant::Q8_ROWWISE_TRAILER).and_then(|c| c.checked_mul(4)).is_none() {
+            return Err(graph_err(format_args!("weight `{name}` has {cols} columns, more than a container can hold")));
         }
         let (dtype, per_row) = format.main_tensor(cols);
         let data = expect_tensor(env, name, name, dtype, &[rows, per_row])?;
@@ -202,14 +197,9 @@ fn parse_nodes(
     let mut raw = Vec::with_capacity(objects.len());
     for (name, obj) in objects {
         let attrs = Attrs { node: name, obj, weights, env };
-        let op_name = obj
-            .get("op")
-            .and_then(Value::as_str)
-            .ok_or_else(|| attrs.invalid("op", "missing string"))?;
-        let edges = obj
-            .get("inputs")
-            .and_then(Value::as_array)
-            .ok_or_else(|| attrs.invalid("inputs", "missing array"))?;
+        let op_name = obj.get("op").and_then(Value::as_str).ok_or_else(|| attrs.invalid("op", "missing string"))?;
+        let edges =
+            obj.get("inputs").and_then(Value::as_array).ok_or_else(|| attrs.invalid("inputs", "missing array"))?;
         let mut node_inputs = Vec::with_capacity(edges.len());
         for e in edges {
             let value = e.as_str().ok_or_else(|| attrs.invalid("inputs", "entries must be strings"))?;
@@ -291,19 +281,20 @@ impl Attrs<'_> {
 
     fn weight(&self, key: &str) -> Result<usize> {
         let name = self.string(key)?.ok_or_else(|| self.invalid(key, "missing"))?;
-        self.weights.iter().position(|w| w.name == name).ok_or_else(|| Error::MissingTensor {
-            node: self.node.to_string(),
-            tensor: name.to_string(),
-        })
+        self.weights
+            .iter()
+            .position(|w| w.name == name)
+            .ok_or_else(|| Error::MissingTensor { node: self.node.to_string(), tensor: name.to_string() })
     }
 
     /// An f32 vector tensor; its length is checked once widths are known.
     fn vector(&self, key: &str) -> Result<Option<usize>> {
         let Some(name) = self.string(key)? else { return Ok(None) };
-        let &index = self.env.by_name.get(name).ok_or_else(|| Error::MissingTensor {
-            node: self.node.to_string(),
-            tensor: name.to_string(),
-        })?;
+        let &index = self
+            .env
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { node: self.node.to_string(), tensor: name.to_string() })?;
         let info = &self.env.tensors[index];
         if info.dtype != DType::F32 || info.shape.len() != 1 {
             return Err(Error::TensorMismatch {
@@ -437,7 +428,10 @@ fn infer_widths(g: &mut Graph, env: &Envelope) -> Result<()> {
         if let ValueId::Input(k) = o.value
             && !matches!(g.inputs[k].kind, InputKind::Dense { .. })
         {
-            return Err(Error::InvalidOutput { output: o.name.clone(), detail: "outputs must be dense f32 values".into() });
+            return Err(Error::InvalidOutput {
+                output: o.name.clone(),
+                detail: "outputs must be dense f32 values".into(),
+            });
         }
     }
     Ok(())
@@ -527,7 +521,10 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
         }
         Op::Concat => {
             arity(1..=usize::MAX)?;
-            Ok(widths(&node.inputs)?.iter().sum())
+            widths(&node.inputs)?
+                .iter()
+                .try_fold(0usize, |acc, &w| acc.checked_add(w))
+                .ok_or_else(|| mismatch("concatenated width overflows".into()))
         }
         Op::Add { bias: param } | Op::Mul { scale: param } => {
             let ins = widths(&node.inputs)?;
@@ -538,10 +535,7 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
                 }
                 (None, [a, b]) if a == b => Ok(*a),
                 (None, [a, b]) => Err(mismatch(format!("operand widths differ: {a} vs {b}"))),
-                _ => Err(mismatch(format!(
-                    "{} takes two inputs, or one input and a tensor operand",
-                    node.op.name()
-                ))),
+                _ => Err(mismatch(format!("{} takes two inputs, or one input and a tensor operand", node.op.name()))),
             }
         }
         Op::LayerNorm { gamma, beta, .. } => {
@@ -561,7 +555,7 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             }
             let f = ins.len();
             let pairs = f * (f - 1) / 2 + if *self_interaction { f } else { 0 };
-            Ok(ins[0] + pairs)
+            ins[0].checked_add(pairs).ok_or_else(|| mismatch("output width overflows".into()))
         }
         Op::Fm => {
             arity(2..=usize::MAX)?;

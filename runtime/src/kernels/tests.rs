@@ -81,7 +81,14 @@ fn fast_tables() -> Vec<&'static Kernels> {
     available().into_iter().filter(|k| k.level != SCALAR.level).collect()
 }
 
-fn run_linear(k: &Kernels, x: &[f32], m: usize, w: &WeightMatrix<'_>, bias: Option<&[f32]>, act: Option<Activation>) -> Vec<f32> {
+fn run_linear(
+    k: &Kernels,
+    x: &[f32],
+    m: usize,
+    w: &WeightMatrix<'_>,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+) -> Vec<f32> {
     let mut y = vec![0.0f32; m * w.rows];
     let mut scratch = vec![0.0f32; k.linear.scratch_len(w, m).max(1)];
     k.linear.linear(MatRef::dense(x, w.cols), w, bias, act, MatMut::dense(&mut y, w.rows), &mut scratch);
@@ -95,7 +102,8 @@ fn values(len: usize) -> impl Strategy<Value = Vec<f32>> {
 const LINEAR_FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4];
 
-fn linear_case() -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, usize, Option<Activation>)> {
+fn linear_case() -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, usize, Option<Activation>)>
+{
     (1usize..10, 1usize..14, 1usize..80).prop_flat_map(|(m, n, k)| {
         (
             Just(m),
@@ -252,6 +260,29 @@ fn tails_around_the_vector_width() {
                     }
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn many_panels_and_long_rows() {
+    // k large enough that the dequantized panel holds only a few weight rows, so the
+    // panel loop runs several times with sub-sliced biases.
+    let (m, n, k) = (5, 20, 8200);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 50.0).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 40.0).collect();
+    let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    for f in LINEAR_FORMATS {
+        let owned = Owned::new(f, n, k, &w);
+        let wm = owned.view();
+        let e = run_linear(&SCALAR, &x, m, &wm, Some(&b), Some(Activation::Relu));
+        for fast in fast_tables() {
+            let g = run_linear(fast, &x, m, &wm, Some(&b), Some(Activation::Relu));
+            for (a, c) in g.iter().zip(&e) {
+                assert!((a - c).abs() <= 1e-3 * (1.0 + c.abs()), "{f:?}: {a} vs {c}");
+            }
+            let single = run_linear(fast, &x[..k], 1, &wm, Some(&b), Some(Activation::Relu));
+            assert_eq!(bits(&single), bits(&g[..n]), "{f:?}: gemv vs panel path");
         }
     }
 }

@@ -56,7 +56,10 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
                     let row = d.as_ptr().add(r * cols);
                     let mut c = 0;
                     while c < c8 {
-                        _mm256_storeu_ps(o.add(c), _mm256_add_ps(_mm256_loadu_ps(o.add(c)), _mm256_loadu_ps(row.add(c))));
+                        _mm256_storeu_ps(
+                            o.add(c),
+                            _mm256_add_ps(_mm256_loadu_ps(o.add(c)), _mm256_loadu_ps(row.add(c))),
+                        );
                         c += 8;
                     }
                     for c in c8..cols {

@@ -82,7 +82,13 @@ pub(super) unsafe fn activate(act: Activation, x: &mut [f32]) {
 
 /// `y = a ∘ b` for an element-wise `op`.
 #[inline(always)]
-unsafe fn binary(a: &[f32], b: &[f32], y: &mut [f32], op: impl Fn(__m256, __m256) -> __m256, s: impl Fn(f32, f32) -> f32) {
+unsafe fn binary(
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    op: impl Fn(__m256, __m256) -> __m256,
+    s: impl Fn(f32, f32) -> f32,
+) {
     let n = y.len().min(a.len()).min(b.len());
     let n8 = n - n % 8;
     let mut i = 0;
@@ -187,7 +193,10 @@ pub(super) unsafe fn layer_norm(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, 
         let n8 = n - n % 8;
         let mut i = 0;
         while i < n8 {
-            let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m), iv), _mm256_loadu_ps(gamma.as_ptr().add(i)));
+            let v = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m), iv),
+                _mm256_loadu_ps(gamma.as_ptr().add(i)),
+            );
             let v = match beta {
                 Some(b) => _mm256_add_ps(v, _mm256_loadu_ps(b.as_ptr().add(i))),
                 None => _mm256_add_ps(v, _mm256_setzero_ps()),

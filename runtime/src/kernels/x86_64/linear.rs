@@ -220,18 +220,20 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
     }
 }
 
-/// Writes a finished tile with bias and activation.
+/// Writes a finished tile with bias and activation: tile column `j` is weight row
+/// `o0 + j` (which indexes `bias`) and output column `col0 + o0 + j`.
 #[inline(always)]
 fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
     y: &mut MatMut<'_>,
     m0: usize,
     o0: usize,
+    col0: usize,
     bias: Option<&[f32]>,
     act: Option<Activation>,
 ) {
     for (i, row) in out.iter().enumerate() {
-        let yrow = &mut y.row_mut(m0 + i)[o0..o0 + NR];
+        let yrow = &mut y.row_mut(m0 + i)[col0 + o0..col0 + o0 + NR];
         for (j, (dst, &s)) in yrow.iter_mut().zip(row).enumerate() {
             let v = s + bias.map_or(0.0, |b| b[o0 + j]);
             *dst = match act {
@@ -293,7 +295,7 @@ unsafe fn dispatch_tile<L: Loader>(
             let mut out = [[0.0f32; $nr]; $mr];
             // SAFETY: forwarded from the caller.
             unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
-            store::<$mr, $nr>(&out, y, m0, col0 + o0, bias, act);
+            store::<$mr, $nr>(&out, y, m0, o0, col0, bias, act);
         }};
     }
     match (mr, nr) {
@@ -317,11 +319,7 @@ unsafe fn dispatch_tile<L: Loader>(
 
 /// Floats of scratch `linear` needs for this weight and batch.
 pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
-    if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) {
-        0
-    } else {
-        panel_rows(w) * w.cols
-    }
+    if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
 
 fn panel_rows(w: &WeightMatrix<'_>) -> usize {

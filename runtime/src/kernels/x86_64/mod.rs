@@ -14,15 +14,23 @@ use crate::view::{MatMut, MatRef};
 
 /// Whether the CPU has every feature the AVX2 table uses.
 pub(crate) fn cpu_has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 /// The AVX2 kernels. Constructed only in [`AVX2`], handed out only after detection.
 #[derive(Debug)]
 pub(crate) struct Avx2(());
 
-static AVX2: Kernels =
-    Kernels { level: Level::Avx2, linear: &Avx2(()), bag: &Avx2(()), elementwise: &Avx2(()), dot: &Avx2(()), norm: &Avx2(()) };
+static AVX2: Kernels = Kernels {
+    level: Level::Avx2,
+    linear: &Avx2(()),
+    bag: &Avx2(()),
+    elementwise: &Avx2(()),
+    dot: &Avx2(()),
+    norm: &Avx2(()),
+};
 
 /// The AVX2 table. Callers must have checked [`cpu_has_avx2`].
 pub(crate) fn table() -> &'static Kernels {

@@ -1,0 +1,80 @@
+//! `Session::run` allocates nothing: a counting global allocator watches repeated runs of
+//! a model that uses every op, on one thread and on a pool of three.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use graft::builder::WeightFormats;
+use graft::synthetic::{Dlrm, GraphInputs};
+use graft::{Input, Model, Session, SessionOptions, WeightFormat};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn run_allocates_nothing() {
+    // One test function: the counter is process-wide, so nothing else may run meanwhile.
+    // The everything-model covers every op; the small DLRM's linears are big enough to be
+    // split across the pool's threads.
+    let dlrm = Dlrm { fields: 3, vocab: 50, dim: 16, bottom: vec![64, 16], top: vec![128], ..Dlrm::demo() };
+    for f in [WeightFormat::F32, WeightFormat::Q8, WeightFormat::Q4] {
+        let model = common::model(2, WeightFormats::uniform(f));
+        let (big, small) = (common::Inputs::new(64, 3), common::Inputs::new(1, 4));
+        assert_no_alloc(&model, &big.inputs(), &small.inputs(), &format!("everything {f}"));
+
+        let model = Model::from_slice_copy(&dlrm.build().to_bytes(WeightFormats::uniform(f)).unwrap()).unwrap();
+        let (big, small) = (GraphInputs::new(model.graph(), 64, 3), GraphInputs::new(model.graph(), 1, 4));
+        assert_no_alloc(&model, &big.inputs(), &small.inputs(), &format!("dlrm {f}"));
+    }
+}
+
+fn assert_no_alloc(model: &Model, big: &[Input<'_>], small: &[Input<'_>], label: &str) {
+    for threads in [1, 3] {
+        let mut s = Session::new(model, SessionOptions { max_batch: 64, threads, ..Default::default() }).unwrap();
+        s.run(big).unwrap();
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        let mut checksum = 0.0f32;
+        for _ in 0..20 {
+            checksum += s.run(big).unwrap().get("logit").map_or(0.0, |v| v[0]);
+            checksum += s.run(small).unwrap().get("prob").map_or(0.0, |v| v[0]);
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        let n = ALLOCATIONS.load(Ordering::SeqCst);
+        assert!(checksum.is_finite());
+        assert_eq!(n, 0, "{label}, {threads} thread(s): {n} allocations in 40 runs");
+    }
+}
