@@ -1,1 +1,69 @@
-fn main() {}
+//! `graft`: convert ONNX recommender models, inspect containers, run them on `.npy`
+//! inputs, benchmark them, and run the serving demo.
+
+mod bench;
+mod convert;
+mod demo;
+mod inspect;
+mod report;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The graft command line.
+#[derive(Debug, Parser)]
+#[command(name = "graft", version, about = "Adapter runtime for edge recommender models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert an ONNX model to a `.graft` container.
+    Convert(convert::Args),
+    /// List a container's inputs, outputs, nodes and tensors.
+    Inspect(inspect::Args),
+    /// Run a model on `.npy` inputs and write `.npy` outputs.
+    Run(run::Args),
+    /// Measure latency and throughput of a model on synthetic inputs.
+    Bench(bench::Args),
+    /// Build a DLRM-size model, open it and serve request batches from several threads.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(a) => convert::main(a),
+        Command::Inspect(a) => inspect::main(a),
+        Command::Run(a) => run::main(a),
+        Command::Bench(a) => bench::main(a),
+        Command::Demo(a) => demo::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a `--kernels` value: `auto` (honour `GRAFT_KERNELS`, else detect) or a level.
+fn parse_level(s: &str) -> graft::Result<Option<graft::kernels::Level>> {
+    match s {
+        "auto" => Ok(None),
+        other => graft::kernels::Level::parse(other).map(Some).ok_or_else(|| graft::Error::KernelUnavailable {
+            level: other.into(),
+            detail: "expected auto, scalar or avx2".into(),
+        }),
+    }
+}

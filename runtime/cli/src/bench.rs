@@ -1,0 +1,66 @@
+//! `graft bench`: latency and throughput of one model on random inputs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use graft::synthetic::GraphInputs;
+use graft::{Model, Result, Session, SessionOptions};
+
+use crate::report::{Latencies, micros};
+
+/// Arguments of `graft bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The `.graft` file.
+    model: PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Threads per batch.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds to measure (after a short warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Kernel level: auto, scalar, avx2.
+    #[arg(long, default_value = "auto")]
+    kernels: String,
+}
+
+pub fn main(args: Args) -> Result<()> {
+    let model = Model::open(&args.model)?;
+    let options = SessionOptions {
+        max_batch: args.batch.max(1),
+        threads: args.threads,
+        kernels: crate::parse_level(&args.kernels)?,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, options)?;
+    let data = GraphInputs::new(model.graph(), args.batch.max(1), 42);
+    let inputs = data.inputs();
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(300) {
+        session.run(&inputs)?;
+    }
+    let mut lat = Latencies::default();
+    let start = Instant::now();
+    let budget = Duration::from_secs_f64(args.seconds.max(0.01));
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        session.run(&inputs)?;
+        lat.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    let runs = lat.len();
+    println!(
+        "{}: batch {}, {} thread(s), {} kernels: {runs} runs, mean {}, {}, {:.0} rows/s",
+        args.model.display(),
+        args.batch,
+        session.options().threads,
+        session.kernels().level,
+        micros(total / runs.max(1) as u32),
+        lat.summary(),
+        (runs * args.batch) as f64 / total.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The `graft` binary end to end: convert the fixture ONNX model, inspect it, run it on
+//! the fixture's `.npy` inputs (whole and in batches), honour `GRAFT_KERNELS`, and run a
+//! small demo.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use graft::npy::{self, NpyData};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dlrm_small")
+}
+
+fn graft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "graft failed:\n{}\n{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    stdout(&o)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("graft-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn f32s(path: &Path) -> Vec<f32> {
+    match npy::read(path).unwrap().data {
+        NpyData::F32(v) => v,
+        NpyData::I64(_) => panic!("{} is not f32", path.display()),
+    }
+}
+
+fn run_args(model: &str, out: &str) -> Vec<String> {
+    let fx = fixtures();
+    let mut args = vec!["run".into(), model.into(), "--output-dir".into(), out.into()];
+    args.push("--input".into());
+    args.push(format!("dense={}", fx.join("dense.npy").display()));
+    for k in 0..4 {
+        args.push("--input".into());
+        args.push(format!("ids_f{k}={}", fx.join(format!("ids_f{k}_padded.npy")).display()));
+    }
+    args
+}
+
+#[test]
+fn convert_inspect_run_matches_torch() {
+    let dir = scratch("convert");
+    let model = dir.join("dlrm.graft");
+    let onnx = fixtures().join("model.onnx");
+    let printed = ok(graft(&["convert", onnx.to_str().unwrap(), "-o", model.to_str().unwrap(), "--weights", "f32"]));
+    assert!(printed.contains("wrote"), "{printed}");
+
+    let listing = ok(graft(&["inspect", model.to_str().unwrap(), "--plan", "--tensors"]));
+    for needle in ["dense", "ids_f0", "top_fc1", "emb_f3", "prob", "logit", "top_fc1.weight", "linear+relu"] {
+        assert!(listing.contains(needle), "inspect output lacks `{needle}`:\n{listing}");
+    }
+
+    let want = f32s(&fixtures().join("out_base_logits.npy"));
+    for batch in [None, Some("7")] {
+        let out = dir.join(format!("out-{}", batch.unwrap_or("all")));
+        let mut args = run_args(model.to_str().unwrap(), out.to_str().unwrap());
+        if let Some(b) = batch {
+            args.extend(["--batch".into(), b.into(), "--threads".into(), "2".into()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(graft(&refs));
+        let got = f32s(&out.join("logit.npy"));
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5, "{g} vs {w} (batch {batch:?})");
+        }
+        assert_eq!(f32s(&out.join("prob.npy")).len(), 64);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kernel_override_from_the_environment() {
+    let dir = scratch("kernels");
+    let model = dir.join("m.graft");
+    ok(graft(&[
+        "convert",
+        fixtures().join("model.onnx").to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--weights",
+        "q8",
+    ]));
+    let args = run_args(model.to_str().unwrap(), dir.join("out").to_str().unwrap());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_graft")).args(&refs).env("GRAFT_KERNELS", "scalar").output().unwrap();
+    assert!(stdout(&o).contains("scalar kernels"), "{}", stdout(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_graft")).args(&refs).env("GRAFT_KERNELS", "sse9").output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sse9"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let o = graft(&["convert", "/nonexistent.onnx", "-o", "/tmp/x.graft", "--weights", "q3"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("q3"));
+    let o = graft(&["inspect", "/nonexistent.graft"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.graft"));
+}
+
+#[test]
+fn small_demo_runs() {
+    let dir = scratch("demo");
+    let printed = ok(graft(&[
+        "demo",
+        "--fields",
+        "4",
+        "--vocab",
+        "1000",
+        "--dim",
+        "16",
+        "--requests",
+        "40",
+        "--batch",
+        "8",
+        "--model-dir",
+        dir.to_str().unwrap(),
+    ]));
+    for needle in ["build", "open", "first inference", "batch 1 latency", "rows/s", "p99", "rss"] {
+        assert!(printed.contains(needle), "demo output lacks `{needle}`:\n{printed}");
+    }
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "demo left its model behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
