@@ -148,7 +148,7 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope> {
             continue;
         }
         let offset = data_start + begin as usize;
-        if offset % TENSOR_ALIGN != 0 {
+        if !offset.is_multiple_of(TENSOR_ALIGN) {
             return Err(Error::Misaligned { tensor: name, offset: offset as u64, align: TENSOR_ALIGN as u64 });
         }
         by_name.insert(name.clone(), tensors.len());

@@ -134,7 +134,7 @@ impl Model {
     fn from_storage(storage: Storage, source: Option<String>) -> Result<Model> {
         let bytes = storage.bytes();
         let address = bytes.as_ptr() as usize;
-        if address % BUFFER_ALIGN != 0 {
+        if !address.is_multiple_of(BUFFER_ALIGN) {
             return Err(Error::MisalignedBuffer { address, align: BUFFER_ALIGN });
         }
         let envelope = container::parse_envelope(bytes)?;

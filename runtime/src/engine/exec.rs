@@ -19,6 +19,8 @@ use crate::view::{MatMut, MatRef};
 const PAR_MIN_MACS: usize = 1 << 17;
 /// Rows below which embedding bags run on one thread.
 const PAR_MIN_BAG_ROWS: usize = 32;
+/// How many bags ahead the executor prefetches table rows.
+const PREFETCH_BAGS: usize = 4;
 
 /// A raw pointer that may cross threads; every use documents why it is exclusive.
 #[derive(Clone, Copy)]
@@ -98,7 +100,7 @@ impl Exec<'_, '_> {
     /// The step must come from a plan that passed `Plan::check_disjoint` for an arena of
     /// at least `rows` rows, and the inputs must have passed `bind` and the id checks.
     pub unsafe fn step(&self, step: &Step) -> Result<()> {
-        // SAFETY (for every `src`/`dst` below): the plan guarantees each step's output
+        // SAFETY: for every `src`/`dst` below, the plan guarantees each step's output
         // place is disjoint from its input places and inside the arena.
         unsafe {
             match step {
@@ -177,10 +179,10 @@ impl Exec<'_, '_> {
                         let first = self.src(inputs[0]).row(r);
                         row[..first.len()].copy_from_slice(first);
                         let mut k = first.len();
-                        for i in 0..inputs.len() {
-                            let vi = self.src(inputs[i]).row(r);
-                            for j in 0..i + extra {
-                                row[k] = self.kernels.dot.dot(vi, self.src(inputs[j]).row(r));
+                        for (i, &a) in inputs.iter().enumerate() {
+                            let vi = self.src(a).row(r);
+                            for &b in &inputs[..i + extra] {
+                                row[k] = self.kernels.dot.dot(vi, self.src(b).row(r));
                                 k += 1;
                             }
                         }
@@ -261,8 +263,8 @@ impl Exec<'_, '_> {
             let r = chunk(rows, threads, t, 1);
             // SAFETY: tasks own disjoint row blocks of `y`.
             let mut y = unsafe { MatMut::from_raw_parts(ptr.0.add(r.start * stride), r.len(), cols, stride) };
-            for (i, row) in r.clone().enumerate() {
-                let bag = match ids {
+            let bag_of = |row: usize| -> &[i64] {
+                match ids {
                     Ids::Padded { input } => {
                         let data = input::ids(inputs, binding, input);
                         let slots = data.len() / rows;
@@ -274,8 +276,15 @@ impl Exec<'_, '_> {
                         let end = if row + 1 < rows { off[row + 1] as usize } else { idx.len() };
                         &idx[start..end]
                     }
-                };
-                kernel.bag(table, bag, mode, y.row_mut(i));
+                }
+            };
+            for (i, row) in r.clone().enumerate() {
+                // Random rows of a large table miss cache and TLB: start fetching a few
+                // bags ahead while this one is summed.
+                if row + PREFETCH_BAGS < r.end {
+                    kernel.prefetch(table, bag_of(row + PREFETCH_BAGS));
+                }
+                kernel.bag(table, bag_of(row), mode, y.row_mut(i));
             }
         };
         if threads == 1 {

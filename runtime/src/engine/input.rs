@@ -218,16 +218,16 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
             |expected: String| Error::InputShape { input: def.name.clone(), expected, actual: format!("{shape:?}") };
         match def.kind {
             InputKind::Dense { width } => match shape.dims() {
-                &[n, w] if w == width => agree(&def.name, n)?,
+                [n, w] if *w == width => agree(&def.name, *n)?,
                 _ => return Err(bad_shape(format!("[batch, {width}]"))),
             },
             InputKind::Ids { slots } => match shape.dims() {
-                &[n, s] if s == slots => agree(&def.name, n)?,
-                &[n] if slots == 1 => agree(&def.name, n)?,
+                [n, s] if *s == slots => agree(&def.name, *n)?,
+                [n] if slots == 1 => agree(&def.name, *n)?,
                 _ => return Err(bad_shape(format!("[batch, {slots}]"))),
             },
             InputKind::BagOffsets => match shape.dims() {
-                &[n] => agree(&def.name, n)?,
+                [n] => agree(&def.name, *n)?,
                 _ => return Err(bad_shape("[batch]".into())),
             },
             InputKind::BagIndices => {

@@ -112,7 +112,7 @@ impl Pool {
         }
         let s = &*self.shared;
         let _serial = lock(&s.running);
-        // SAFETY (lifetime erasure): the pointer is published below and withdrawn before
+        // SAFETY: lifetime erasure only; the pointer is published below and withdrawn before
         // this function returns; workers only call it between incrementing and
         // decrementing `active`, and we wait for `active == 0` after withdrawing it.
         let erased: *const Task<'static> =

@@ -121,7 +121,7 @@ fn parse_weights(root: &Map<String, Value>, env: &Envelope) -> Result<Vec<Weight
             .get("shape")
             .and_then(Value::as_array)
             .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect());
-        let Some([rows, cols]) = shape.as_deref().map(|s| <[usize; 2]>::try_from(s).ok()).flatten() else {
+        let Some([rows, cols]) = shape.as_deref().and_then(|s| <[usize; 2]>::try_from(s).ok()) else {
             return Err(graph_err(format_args!("weight `{name}` needs `shape: [rows, cols]`")));
         };
         if rows == 0 || cols == 0 {

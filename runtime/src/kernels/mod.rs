@@ -54,6 +54,13 @@ pub trait EmbeddingBagKernel: Send + Sync {
     /// added in order. Every id must be in `0..table.rows` (the engine checks first).
     /// An empty bag gives zeros.
     fn bag(&self, table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, out: &mut [f32]);
+
+    /// Hints that the rows `ids` of `table` will be gathered soon (a later bag of the
+    /// batch), so their cache lines and page-table entries can be fetched meanwhile.
+    /// Every id must be in `0..table.rows`. The default does nothing.
+    fn prefetch(&self, table: &WeightMatrix<'_>, ids: &[i64]) {
+        let _ = (table, ids);
+    }
 }
 
 /// Element-wise operations on rows.

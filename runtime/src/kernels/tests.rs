@@ -102,8 +102,10 @@ fn values(len: usize) -> impl Strategy<Value = Vec<f32>> {
 const LINEAR_FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4];
 
-fn linear_case() -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, usize, Option<Activation>)>
-{
+/// (rows, outputs, inputs, x, w, bias, format index, activation).
+type LinearCase = (usize, usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, usize, Option<Activation>);
+
+fn linear_case() -> impl Strategy<Value = LinearCase> {
     (1usize..10, 1usize..14, 1usize..80).prop_flat_map(|(m, n, k)| {
         (
             Just(m),

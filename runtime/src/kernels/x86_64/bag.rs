@@ -24,6 +24,26 @@ unsafe fn prefetch_row(base: *const u8, row_bytes: usize, id: usize) {
     }
 }
 
+/// The start of a table's storage and the bytes of one stored row.
+fn storage(table: &WeightMatrix<'_>) -> (*const u8, usize) {
+    let cols = table.cols;
+    match table.data {
+        WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4),
+        WeightData::F16(d) | WeightData::Bf16(d) => (d.as_ptr().cast::<u8>(), cols * 2),
+        WeightData::Q8 { codes, .. } => (codes.as_ptr().cast::<u8>(), cols),
+        WeightData::Q8Rowwise(d) | WeightData::Q4(d) => (d.as_ptr(), table.row_bytes()),
+    }
+}
+
+/// Prefetches the rows `ids` of `table` (at most the first 4 lines of each).
+pub(super) fn prefetch(table: &WeightMatrix<'_>, ids: &[i64]) {
+    let (base, row_bytes) = storage(table);
+    for &id in ids {
+        // SAFETY: prefetching is a hint that never faults; SSE is baseline on x86-64.
+        unsafe { prefetch_row(base, row_bytes, id as usize) };
+    }
+}
+
 /// `out = Σ rows(ids)` (or the mean), see the module docs.
 ///
 /// # Safety
@@ -36,19 +56,14 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
     let c8 = cols - cols % 8;
     // All writes below go through `o` (not `out`), so the pointer stays valid throughout.
     let o = out.as_mut_ptr();
-    let (base, row_bytes) = match table.data {
-        WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4),
-        WeightData::F16(d) | WeightData::Bf16(d) => (d.as_ptr().cast::<u8>(), cols * 2),
-        WeightData::Q8 { codes, .. } => (codes.as_ptr().cast::<u8>(), cols),
-        WeightData::Q8Rowwise(d) | WeightData::Q4(d) => (d.as_ptr(), table.row_bytes()),
-    };
+    let (base, row_bytes) = storage(table);
     for (i, &id) in ids.iter().enumerate() {
         let r = id as usize;
         if let Some(&next) = ids.get(i + 1) {
             // SAFETY: ids were validated by the caller; prefetch is a hint.
             unsafe { prefetch_row(base, row_bytes, next as usize) };
         }
-        // SAFETY (each arm): row `r` is in bounds (ids validated); c + 8 <= c8 <= cols
+        // SAFETY: in each arm, row `r` is in bounds (ids validated); c + 8 <= c8 <= cols
         // for vector steps, and `out` holds `cols` floats.
         unsafe {
             match table.data {
@@ -117,8 +132,8 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
                         _mm256_storeu_ps(o.add(c), _mm256_add_ps(_mm256_loadu_ps(o.add(c)), v));
                         c += 8;
                     }
-                    for c in c8..cols {
-                        *o.add(c) += quant::q8_rowwise_dequant(codes[c], scale, bias);
+                    for (c, &q) in codes.iter().enumerate().skip(c8) {
+                        *o.add(c) += quant::q8_rowwise_dequant(q, scale, bias);
                     }
                 }
                 WeightData::Q4(d) => {

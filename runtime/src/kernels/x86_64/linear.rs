@@ -344,7 +344,7 @@ pub(super) unsafe fn linear(
     debug_assert_eq!(x.cols(), k);
     debug_assert!(y.rows() == m && y.cols() == n);
     let y = &mut y;
-    // SAFETY (all calls below): AVX2/FMA/F16C per this function's contract; the loaders
+    // SAFETY: for all calls below, AVX2/FMA/F16C are available per this function's contract; the loaders
     // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
     unsafe {
         if let WeightData::F32(data) = w.data {

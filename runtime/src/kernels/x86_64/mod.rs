@@ -63,6 +63,10 @@ impl EmbeddingBagKernel for Avx2 {
         // validates ids before running.
         unsafe { bag::bag(table, ids, mode, out) }
     }
+
+    fn prefetch(&self, table: &WeightMatrix<'_>, ids: &[i64]) {
+        bag::prefetch(table, ids);
+    }
 }
 
 impl ElementwiseKernel for Avx2 {

@@ -1,0 +1,82 @@
+//! Fuzzes the whole load path: container envelope, graph JSON validation, planning and
+//! execution.
+//!
+//! Any bytes go to `Model::from_slice_copy`, which must return (`Ok` or a typed `Err`).
+//! When they parse, the model is planned (`max_batch` 4) on every kernel table this CPU
+//! has and run on zero-filled inputs of the right shapes (ids 0, one id per bag): a model
+//! that validated must run such a batch, so an error there is a finding too. Models whose
+//! declared widths would need more than `MAX_FLOATS` floats are parsed but not run
+//! (a consistent graph may declare any dense width; allocating for it is not the point).
+
+#![no_main]
+
+use graft::graph::InputKind;
+use graft::{Input, Model, Session, SessionOptions};
+use libfuzzer_sys::fuzz_target;
+
+const MAX_BATCH: usize = 4;
+const MAX_FLOATS: usize = 1 << 22;
+
+fuzz_target!(|data: &[u8]| {
+    match Model::from_slice_copy(data) {
+        Ok(model) => run_zeros(&model),
+        // Formatting walks every field of the error: it must not panic either.
+        Err(e) => drop(e.to_string()),
+    }
+});
+
+fn run_zeros(model: &Model) {
+    let g = model.graph();
+    let widths = g.inputs.iter().map(|d| match d.kind {
+        InputKind::Dense { width } => width,
+        InputKind::Ids { slots } => slots,
+        InputKind::BagIndices | InputKind::BagOffsets => 1,
+    });
+    let total = widths.chain(g.nodes.iter().map(|n| n.width)).try_fold(0usize, |a, w| a.checked_add(w));
+    if total.is_none_or(|t| t.saturating_mul(MAX_BATCH) > MAX_FLOATS) {
+        return;
+    }
+    let rows = MAX_BATCH - 1;
+    let f32s: Vec<Vec<f32>> = g
+        .inputs
+        .iter()
+        .map(|d| match d.kind {
+            InputKind::Dense { width } => vec![0.0; rows * width],
+            _ => Vec::new(),
+        })
+        .collect();
+    let i64s: Vec<Vec<i64>> = g
+        .inputs
+        .iter()
+        .map(|d| match d.kind {
+            InputKind::Dense { .. } => Vec::new(),
+            InputKind::Ids { slots } => vec![0; rows * slots],
+            InputKind::BagIndices => vec![0; rows],
+            InputKind::BagOffsets => (0..rows as i64).collect(),
+        })
+        .collect();
+    let inputs: Vec<Input<'_>> = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, d)| match d.kind {
+            InputKind::Dense { width } => Input::dense(&d.name, &f32s[k], width),
+            InputKind::Ids { slots } => Input::ids(&d.name, &i64s[k], slots),
+            InputKind::BagIndices | InputKind::BagOffsets => Input::flat(&d.name, &i64s[k]),
+        })
+        .collect();
+    for kernels in graft::kernels::available() {
+        let options =
+            SessionOptions { max_batch: MAX_BATCH, kernels: Some(kernels.level), ..SessionOptions::default() };
+        let mut session = Session::new(model, options).expect("a validated model plans");
+        let out = session.run(&inputs).expect("a validated model runs a valid zero batch");
+        assert_eq!(out.rows(), rows);
+        for (_, view) in out.iter() {
+            assert_eq!(view.rows(), rows);
+            // Read every output value, so the sanitizer checks the views' bounds.
+            for r in 0..rows {
+                std::hint::black_box(view.row(r).iter().sum::<f32>());
+            }
+        }
+    }
+}

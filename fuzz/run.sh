@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds and runs the `container` fuzz target for N seconds (default 60).
+#
+#   fuzz/run.sh [seconds] [extra libFuzzer flags...]     e.g. fuzz/run.sh 600 -jobs=2
+#
+# Writes the seed corpus first (valid models in every weight format, see
+# examples/seed_corpus.rs) into fuzz/corpus/container, which libFuzzer then grows.
+# Uses the nightly toolchain when rustup has one (unless GRAFT_FUZZ_STABLE=1), else the
+# default toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z sanitizer flags).
+# Installs cargo-fuzz (`cargo install cargo-fuzz --locked`) if it is missing. Exits
+# non-zero when the target crashes or fails to build; the reproducer is saved under
+# fuzz/artifacts/container/ and replays with `cargo +nightly fuzz run container <file>`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+seconds="${1:-60}"
+if [[ $# -gt 0 ]]; then shift; fi
+target=container
+corpus="corpus/$target"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "run.sh: installing cargo-fuzz (about a minute)" >&2
+    cargo install cargo-fuzz --locked
+fi
+toolchain=""
+if [[ -z "${GRAFT_FUZZ_STABLE:-}" ]] && command -v rustup >/dev/null 2>&1 \
+    && rustup run nightly rustc --version >/dev/null 2>&1; then
+    toolchain="+nightly"
+else
+    echo "run.sh: using $(rustc --version) with RUSTC_BOOTSTRAP=1" >&2
+    export RUSTC_BOOTSTRAP=1
+fi
+
+cargo $toolchain run --quiet --example seed_corpus -- "$corpus"
+cargo $toolchain fuzz build "$target"
+exec cargo $toolchain fuzz run "$target" "$corpus" -- -max_total_time="$seconds" "$@"
