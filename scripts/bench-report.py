@@ -13,6 +13,7 @@ from collections import defaultdict
 
 root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
 results = {}  # (group, function) -> median ns
+throughput = {}  # (group, function) -> bytes per iteration, when declared
 for dirpath, _, files in os.walk(root):
     if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
         continue
@@ -20,7 +21,11 @@ for dirpath, _, files in os.walk(root):
         meta = json.load(f)
     with open(os.path.join(dirpath, "estimates.json")) as f:
         est = json.load(f)
-    results[(meta["group_id"], meta["function_id"])] = est["median"]["point_estimate"]
+    key = (meta["group_id"], meta["function_id"])
+    results[key] = est["median"]["point_estimate"]
+    tp = meta.get("throughput") or {}
+    if "Bytes" in tp:
+        throughput[key] = tp["Bytes"]
 
 
 def fmt_time(ns):
@@ -85,19 +90,20 @@ if opens:
         )
 
 # GEMV bandwidth.
-for g in sorted(x for x in by_group if x.startswith("gemv_")):
+bw = by_group.get("memory_bandwidth", {})
+gbps = lambda key: throughput[key] / (results[key] / 1e9) if key in results and key in throughput else None
+read_bw = gbps(("memory_bandwidth", "memory-read"))
+copy_bw = gbps(("memory_bandwidth", "memcpy"))
+if read_bw and copy_bw:
+    print(f"\n### Batch-1 GEMV (bandwidth = weight bytes read / time)\n")
+    print(f"Machine, same run: streaming read {read_bw / 1e9:.1f} GB/s, memcpy {copy_bw / 1e9:.1f} GB/s (bytes copied / time).\n")
+for g in sorted((x for x in by_group if x.startswith("gemv_")), key=lambda g: (len(g), g)):
     r = by_group[g]
-    n = int(g.split("_")[1].split("x")[0])
-    weight_bytes = {"graft-f32": n * n * 4, "graft-q8": n * n + n * 4, "graft-q4": n * (n // 32) * 18, "ort-f32": n * n * 4, "tract-f32": n * n * 4}
-    stream = 64 << 20
-    read_bw = (stream * 4) / (r["memory-read"] / 1e9) if r.get("memory-read") else None
-    copy_bw = (stream * 4) / (r["memcpy"] / 1e9) if r.get("memcpy") else None
-    print(f"\n### Batch-1 GEMV {n}×{n} (bandwidth = weight bytes / time)\n")
-    print(f"Machine, same run: streaming read {read_bw / 1e9:.1f} GB/s, memcpy {copy_bw / 1e9:.1f} GB/s (bytes copied / time).\n" if read_bw and copy_bw else "")
-    print("| engine | time | weight bytes | GB/s | fraction of read bandwidth |")
+    print(f"\n{g.replace('gemv_', '').replace('x', ' × ')}:\n")
+    print("| engine | time | weight bytes | GB/s | fraction of streaming read |")
     print("|---|---|---|---|---|")
     for k in ["graft-f32", "graft-q8", "graft-q4", "ort-f32", "tract-f32"]:
-        if r.get(k):
-            bw = weight_bytes[k] / (r[k] / 1e9)
-            frac = f"{bw / read_bw:.2f}" if read_bw else "—"
-            print(f"| {k} | {fmt_time(r[k])} | {weight_bytes[k] / 1e6:.1f} MB | {bw / 1e9:.1f} | {frac} |")
+        if r.get(k) and (g, k) in throughput:
+            b = gbps((g, k))
+            frac = f"{b / read_bw:.2f}" if read_bw else "—"
+            print(f"| {k} | {fmt_time(r[k])} | {throughput[(g, k)] / 1e6:.1f} MB | {b / 1e9:.1f} | {frac} |")

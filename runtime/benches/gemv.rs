@@ -1,7 +1,8 @@
-//! Batch-1 GEMV on a 4096 × 4096 weight (larger than L2, and in q8 about the size of a
-//! typical L3): achieved weight bytes per second for graft f32/q8/q4, ONNX Runtime and
-//! tract (f32), next to this machine's memory bandwidth measured in the same run
-//! (a streaming read and a memcpy of 256 MiB).
+//! Batch-1 GEMV on 4096 × 4096 (the design's reference size; its q8 form fits a 32 MiB
+//! L3) and 8192 × 8192 (larger than any cache in every format but q4): achieved weight
+//! bytes per second for graft f32/q8/q4, ONNX Runtime and tract (f32), next to this
+//! machine's memory bandwidth measured in the same run (a streaming read and a memcpy of
+//! 256 MiB).
 //!
 //! `cargo bench -p graft --bench gemv`.
 
@@ -10,6 +11,7 @@
 mod peers;
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use graft::builder::{Matrix, ModelBuilder, WeightFormats};
@@ -18,7 +20,14 @@ use graft::{Input, Model, Session, SessionOptions};
 use peers::{Feed, OrtRunner, TractRunner, quick, scratch};
 
 fn gemv(c: &mut Criterion) {
-    let n = if quick() { 256 } else { 4096 };
+    let sizes: &[usize] = if quick() { &[256] } else { &[4096, 8192] };
+    for &n in sizes {
+        gemv_size(c, n);
+    }
+    bandwidth(c);
+}
+
+fn gemv_size(c: &mut Criterion, n: usize) {
     let dir = scratch();
     let build = || {
         let mut b = ModelBuilder::new("gemv");
@@ -38,6 +47,8 @@ fn gemv(c: &mut Criterion) {
     let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1).collect();
     let feeds = vec![Feed::F32 { name: "x".into(), data: x.clone(), width: n }];
     let mut g = c.benchmark_group(format!("gemv_{n}x{n}"));
+    g.warm_up_time(Duration::from_millis(if quick() { 10 } else { 1000 }));
+    g.measurement_time(Duration::from_millis(if quick() { 50 } else { 3000 }));
     for fmt in ["f32", "q8", "q4"] {
         let path = dir.join(format!("gemv-{n}-{fmt}.graft"));
         if !path.exists() {
@@ -63,8 +74,14 @@ fn gemv(c: &mut Criterion) {
     }
     let tract = TractRunner::load(&onnx, &feeds);
     g.bench_function("tract-f32", |b| b.iter(|| black_box(tract.run())));
+    g.finish();
+}
 
-    // The machine's bandwidth, same run: a streaming f32 read (sum) and a memcpy.
+/// The machine's bandwidth, same run: a streaming f32 read (sum) and a memcpy.
+fn bandwidth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memory_bandwidth");
+    g.warm_up_time(Duration::from_millis(if quick() { 10 } else { 1000 }));
+    g.measurement_time(Duration::from_millis(if quick() { 50 } else { 3000 }));
     let len = if quick() { 1 << 20 } else { 64 << 20 };
     let src: Vec<f32> = (0..len).map(|i| i as f32).collect();
     let mut dst = vec![0.0f32; len];

@@ -9,6 +9,7 @@ mod peers;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use graft::builder::{ModelBuilder, WeightFormats};
@@ -50,6 +51,8 @@ fn compare(
         let feeds = feeds_for(batch);
         let mut g = c.benchmark_group(format!("{group}/batch{batch}"));
         g.throughput(Throughput::Elements(batch as u64));
+        g.warm_up_time(Duration::from_millis(if quick() { 10 } else { 1000 }));
+        g.measurement_time(Duration::from_millis(if quick() { 50 } else { 3000 }));
         if quick() {
             g.sample_size(10);
         }

@@ -95,79 +95,44 @@ impl<'a> WeightMatrix<'a> {
 
     /// Dequantizes row `r` into `out[..cols]`, exactly as every kernel does.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
-        let c = self.cols;
-        let out = &mut out[..c];
-        match self.data {
-            WeightData::F32(d) => out.copy_from_slice(&d[r * c..(r + 1) * c]),
-            WeightData::F16(d) => {
-                for (o, &b) in out.iter_mut().zip(&d[r * c..(r + 1) * c]) {
-                    *o = quant::f16_to_f32(b);
-                }
-            }
-            WeightData::Bf16(d) => {
-                for (o, &b) in out.iter_mut().zip(&d[r * c..(r + 1) * c]) {
-                    *o = quant::bf16_to_f32(b);
-                }
-            }
-            WeightData::Q8 { codes, scales } => {
-                let s = scales[r];
-                for (o, &q) in out.iter_mut().zip(&codes[r * c..(r + 1) * c]) {
-                    *o = quant::q8_dequant(q, s);
-                }
-            }
-            WeightData::Q8Rowwise(d) => {
-                let (codes, scale, bias) = quant::q8_rowwise_parts(&d[r * (c + 8)..(r + 1) * (c + 8)]);
-                for (o, &q) in out.iter_mut().zip(codes) {
-                    *o = quant::q8_rowwise_dequant(q, scale, bias);
-                }
-            }
-            WeightData::Q4(d) => {
-                let rb = c.div_ceil(quant::Q4_BLOCK) * Q4_BLOCK_BYTES;
-                quant::q4_dequant_row(&d[r * rb..(r + 1) * rb], out);
-            }
-        }
+        let out = &mut out[..self.cols];
+        self.for_each_in_row(r, |c, v| out[c] = v);
     }
 
     /// Adds row `r` (dequantized) to `acc[..cols]`, element by element in order.
     pub fn accumulate_row(&self, r: usize, acc: &mut [f32]) {
+        let acc = &mut acc[..self.cols];
+        self.for_each_in_row(r, |c, v| acc[c] += v);
+    }
+
+    /// Calls `f(column, value)` for each dequantized value of row `r`, in column order.
+    #[inline(always)]
+    fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, f32)) {
         let c = self.cols;
-        let acc = &mut acc[..c];
         match self.data {
-            WeightData::F32(d) => {
-                for (a, &w) in acc.iter_mut().zip(&d[r * c..(r + 1) * c]) {
-                    *a += w;
-                }
-            }
+            WeightData::F32(d) => d[r * c..(r + 1) * c].iter().enumerate().for_each(|(i, &v)| f(i, v)),
             WeightData::F16(d) => {
-                for (a, &b) in acc.iter_mut().zip(&d[r * c..(r + 1) * c]) {
-                    *a += quant::f16_to_f32(b);
-                }
+                d[r * c..(r + 1) * c].iter().enumerate().for_each(|(i, &b)| f(i, quant::f16_to_f32(b)));
             }
             WeightData::Bf16(d) => {
-                for (a, &b) in acc.iter_mut().zip(&d[r * c..(r + 1) * c]) {
-                    *a += quant::bf16_to_f32(b);
-                }
+                d[r * c..(r + 1) * c].iter().enumerate().for_each(|(i, &b)| f(i, quant::bf16_to_f32(b)));
             }
             WeightData::Q8 { codes, scales } => {
                 let s = scales[r];
-                for (a, &q) in acc.iter_mut().zip(&codes[r * c..(r + 1) * c]) {
-                    *a += quant::q8_dequant(q, s);
-                }
+                codes[r * c..(r + 1) * c].iter().enumerate().for_each(|(i, &q)| f(i, quant::q8_dequant(q, s)));
             }
             WeightData::Q8Rowwise(d) => {
                 let (codes, scale, bias) = quant::q8_rowwise_parts(&d[r * (c + 8)..(r + 1) * (c + 8)]);
-                for (a, &q) in acc.iter_mut().zip(codes) {
-                    *a += quant::q8_rowwise_dequant(q, scale, bias);
-                }
+                codes.iter().enumerate().for_each(|(i, &q)| f(i, quant::q8_rowwise_dequant(q, scale, bias)));
             }
             WeightData::Q4(d) => {
                 let rb = c.div_ceil(quant::Q4_BLOCK) * Q4_BLOCK_BYTES;
                 let row = &d[r * rb..(r + 1) * rb];
-                for (b, chunk) in acc.chunks_mut(quant::Q4_BLOCK).enumerate() {
-                    let block = &row[b * Q4_BLOCK_BYTES..(b + 1) * Q4_BLOCK_BYTES];
+                for (b, block) in row.chunks_exact(Q4_BLOCK_BYTES).enumerate() {
                     let scale = quant::q4_scale(block);
-                    for (j, a) in chunk.iter_mut().enumerate() {
-                        *a += quant::q4_dequant(quant::q4_code(block, j), scale);
+                    let start = b * quant::Q4_BLOCK;
+                    for j in 0..quant::Q4_BLOCK.min(c.saturating_sub(start)) {
+                        f(start + j, quant::q4_dequant(quant::q4_code(block, j), scale));
                     }
                 }
             }

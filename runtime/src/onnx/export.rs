@@ -77,15 +77,15 @@ struct Exporter<'m> {
     axes_1: Option<String>,
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..AttributeProto::default() }
 }
 
-fn attr_float(name: &str, v: f32) -> AttributeProto {
+pub(super) fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..AttributeProto::default() }
 }
 
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(super) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use tract_onnx::pb::{
-    self, AttributeProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
-    tensor_proto::DataType, tensor_shape_proto::dimension,
+    self, AttributeProto, NodeProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_proto::DataType,
+    tensor_shape_proto::dimension,
 };
 
 use super::tensor::{f32_proto, i64_proto};
@@ -30,22 +30,7 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<
     }
 }
 
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..AttributeProto::default() }
-}
-
-fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..AttributeProto::default() }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..AttributeProto::default()
-    }
-}
+use super::export::{attr_float as float, attr_int as int, attr_ints as ints};
 
 /// A `[batch, dims…]` graph input or output.
 fn io(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {

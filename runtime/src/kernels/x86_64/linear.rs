@@ -319,6 +319,10 @@ unsafe fn dispatch_tile<L: Loader>(
 
 /// Floats of scratch `linear` needs for this weight and batch.
 pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
+    if matches!(w.data, WeightData::Q8Rowwise(_)) {
+        // Not a linear format; `linear` hands it to the reference, which needs a row.
+        return w.cols;
+    }
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
 
@@ -347,24 +351,25 @@ pub(super) unsafe fn linear(
     // SAFETY: for all calls below, AVX2/FMA/F16C are available per this function's contract; the loaders
     // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
     unsafe {
-        if let WeightData::F32(data) = w.data {
-            let rows = F32Rows { data, stride: k };
-            return if m >= PANEL_MIN_ROWS {
-                grid::<4, 3, _>(&x, &rows, n, k, 0, bias, act, y)
-            } else {
-                gemv(&x, &rows, n, k, bias, act, y)
-            };
-        }
         if m >= PANEL_MIN_ROWS {
+            // Cache blocking: one L2-sized panel of weight rows serves every input row
+            // before the next panel is touched. f32 weights are used in place; other
+            // formats are dequantized into the scratch panel first.
             let nb = panel_rows(w);
             let mut o = 0;
             while o < n {
                 let rows = nb.min(n - o);
-                let panel = &mut scratch[..rows * k];
-                let sub = w.rows_range(o..o + rows);
-                for r in 0..rows {
-                    dequant_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
-                }
+                let panel: &[f32] = match w.data {
+                    WeightData::F32(data) => &data[o * k..(o + rows) * k],
+                    _ => {
+                        let panel = &mut scratch[..rows * k];
+                        let sub = w.rows_range(o..o + rows);
+                        for r in 0..rows {
+                            dequant_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
+                        }
+                        panel
+                    }
+                };
                 let loader = F32Rows { data: panel, stride: k };
                 grid::<4, 3, _>(&x, &loader, rows, k, o, bias.map(|b| &b[o..o + rows]), act, y);
                 o += rows;
@@ -372,13 +377,14 @@ pub(super) unsafe fn linear(
             return;
         }
         match w.data {
+            WeightData::F32(data) => gemv(&x, &F32Rows { data, stride: k }, n, k, bias, act, y),
             WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, bias, act, y),
             WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, bias, act, y),
             WeightData::Q8 { codes, scales } => gemv(&x, &Q8Rows { codes, scales, cols: k }, n, k, bias, act, y),
             WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, bias, act, y),
-            WeightData::F32(_) | WeightData::Q8Rowwise(_) => {
-                // F32 returned above; q8_rowwise is rejected for linears at validation.
-                // Fall back to the reference rather than guess.
+            WeightData::Q8Rowwise(_) => {
+                // Rejected for linears at validation; fall back to the reference rather
+                // than guess.
                 crate::kernels::SCALAR.linear.linear(x, w, bias, act, y.reborrow(), scratch);
             }
         }
