@@ -14,8 +14,11 @@
 //! thread split and path): for output (m, o), lane `l` accumulates
 //! `fma(w[o, 8c + l], x[m, 8c + l], acc)` for c = 0, 1, …; the 8 lanes are summed in a
 //! fixed tree ([`hsum`]); the `K mod 8` tail columns are added with scalar FMAs in order;
-//! then the bias is added and the activation applied. Dequantized values are the same
-//! IEEE products in every path (`q · scale`, `(code − 8) · d`, exact f16/bf16 widening).
+//! then the [`Epilogue`] multiplies by the row scale (q8), adds the bias and applies the
+//! activation. `w` is the same value in every path: the exact f16/bf16 widening, the
+//! q4 product `(code − 8) · d`, and for q8 the code itself — its per-row scale is applied
+//! once to the finished dot product instead of once per weight, which takes a multiply
+//! out of the memory-bound inner loop and rounds once instead of `K` times.
 
 use core::arch::x86_64::*;
 
@@ -101,9 +104,9 @@ impl Loader for Bf16Rows<'_> {
     }
 }
 
+/// q8 codes as f32, unscaled: the row scale is applied by the [`Epilogue`].
 struct Q8Rows<'a> {
     codes: &'a [i8],
-    scales: &'a [f32],
     cols: usize,
 }
 
@@ -114,14 +117,13 @@ impl Loader for Q8Rows<'_> {
         // SAFETY: in bounds per the caller; 8 codes are read with a 64-bit load.
         unsafe {
             let q = _mm_loadl_epi64(self.codes.as_ptr().add(o * self.cols + k).cast());
-            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-            _mm256_mul_ps(f, _mm256_set1_ps(*self.scales.get_unchecked(o)))
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
         }
     }
 
     #[inline(always)]
     fn scalar(&self, o: usize, k: usize) -> f32 {
-        quant::q8_dequant(self.codes[o * self.cols + k], self.scales[o])
+        self.codes[o * self.cols + k] as f32
     }
 }
 
@@ -220,43 +222,65 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
     }
 }
 
-/// Writes a finished tile with bias and activation: tile column `j` is weight row
-/// `o0 + j` (which indexes `bias`) and output column `col0 + o0 + j`.
+/// What happens to a finished dot product of weight row `o` (local to the grid) before
+/// it is stored at output column `col0 + o`: row scale, bias, activation.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    col0: usize,
+    scales: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+    act: Option<Activation>,
+}
+
+impl<'a> Epilogue<'a> {
+    #[inline(always)]
+    fn apply(&self, o: usize, dot: f32) -> f32 {
+        let scaled = self.scales.map_or(dot, |s| dot * s[o]);
+        let v = scaled + self.bias.map_or(0.0, |b| b[o]);
+        match self.act {
+            None => v,
+            Some(Activation::Relu) => activation::relu(v),
+            Some(a) => activation::apply(a, v),
+        }
+    }
+
+    /// The epilogue of weight rows `o..o + n` as a grid of their own.
+    fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
+        Epilogue {
+            col0: self.col0 + o,
+            scales: self.scales.map(|s| &s[o..o + n]),
+            bias: self.bias.map(|b| &b[o..o + n]),
+            act: self.act,
+        }
+    }
+}
+
+/// Writes a finished tile: tile column `j` is weight row `o0 + j` of the grid.
 #[inline(always)]
 fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
     y: &mut MatMut<'_>,
     m0: usize,
     o0: usize,
-    col0: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
+    ep: &Epilogue<'_>,
 ) {
     for (i, row) in out.iter().enumerate() {
-        let yrow = &mut y.row_mut(m0 + i)[col0 + o0..col0 + o0 + NR];
+        let yrow = &mut y.row_mut(m0 + i)[ep.col0 + o0..ep.col0 + o0 + NR];
         for (j, (dst, &s)) in yrow.iter_mut().zip(row).enumerate() {
-            let v = s + bias.map_or(0.0, |b| b[o0 + j]);
-            *dst = match act {
-                None => v,
-                Some(Activation::Relu) => activation::relu(v),
-                Some(a) => activation::apply(a, v),
-            };
+            *dst = ep.apply(o0 + j, s);
         }
     }
 }
 
 /// Runs the tile grid over rows `m` (all of x) × weight rows `0..n` of loader `w`,
-/// writing output columns `col0..col0+n`.
-#[allow(clippy::too_many_arguments)]
+/// finishing each dot product with `ep`.
 #[inline(always)]
 unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
     x: &MatRef<'_>,
     w: &L,
     n: usize,
     k: usize,
-    col0: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
+    ep: &Epilogue<'_>,
     y: &mut MatMut<'_>,
 ) {
     let m = x.rows();
@@ -267,7 +291,7 @@ unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
         while o < n {
             let nr = (n - o).min(NR);
             // SAFETY: forwarded; (mr, nr) bound the tile inside x and the loader's rows.
-            unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, col0, bias, act, y) };
+            unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, ep, y) };
             o += nr;
         }
         m0 += mr;
@@ -285,9 +309,7 @@ unsafe fn dispatch_tile<L: Loader>(
     o0: usize,
     nr: usize,
     k: usize,
-    col0: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
+    ep: &Epilogue<'_>,
     y: &mut MatMut<'_>,
 ) {
     macro_rules! go {
@@ -295,7 +317,7 @@ unsafe fn dispatch_tile<L: Loader>(
             let mut out = [[0.0f32; $nr]; $mr];
             // SAFETY: forwarded from the caller.
             unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
-            store::<$mr, $nr>(&out, y, m0, o0, col0, bias, act);
+            store::<$mr, $nr>(&out, y, m0, o0, ep);
         }};
     }
     match (mr, nr) {
@@ -351,10 +373,12 @@ pub(super) unsafe fn linear(
     // SAFETY: for all calls below, AVX2/FMA/F16C are available per this function's contract; the loaders
     // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
     unsafe {
+        let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
+        let ep = Epilogue { col0: 0, scales, bias, act };
         if m >= PANEL_MIN_ROWS {
             // Cache blocking: one L2-sized panel of weight rows serves every input row
             // before the next panel is touched. f32 weights are used in place; other
-            // formats are dequantized into the scratch panel first.
+            // formats are expanded into the scratch panel first.
             let nb = panel_rows(w);
             let mut o = 0;
             while o < n {
@@ -365,23 +389,22 @@ pub(super) unsafe fn linear(
                         let panel = &mut scratch[..rows * k];
                         let sub = w.rows_range(o..o + rows);
                         for r in 0..rows {
-                            dequant_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
+                            panel_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
                         }
                         panel
                     }
                 };
-                let loader = F32Rows { data: panel, stride: k };
-                grid::<4, 3, _>(&x, &loader, rows, k, o, bias.map(|b| &b[o..o + rows]), act, y);
+                grid::<4, 3, _>(&x, &F32Rows { data: panel, stride: k }, rows, k, &ep.rows(o, rows), y);
                 o += rows;
             }
             return;
         }
         match w.data {
-            WeightData::F32(data) => gemv(&x, &F32Rows { data, stride: k }, n, k, bias, act, y),
-            WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, bias, act, y),
-            WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, bias, act, y),
-            WeightData::Q8 { codes, scales } => gemv(&x, &Q8Rows { codes, scales, cols: k }, n, k, bias, act, y),
-            WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, bias, act, y),
+            WeightData::F32(data) => gemv(&x, &F32Rows { data, stride: k }, n, k, &ep, y),
+            WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
+            WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
+            WeightData::Q8 { codes, .. } => gemv(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
+            WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y),
             WeightData::Q8Rowwise(_) => {
                 // Rejected for linears at validation; fall back to the reference rather
                 // than guess.
@@ -393,27 +416,20 @@ pub(super) unsafe fn linear(
 
 /// Fewer than 4 rows: tiles of (rows × 4) or (3 × 3) straight from the stored weights.
 #[inline(always)]
-unsafe fn gemv<L: Loader>(
-    x: &MatRef<'_>,
-    w: &L,
-    n: usize,
-    k: usize,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    y: &mut MatMut<'_>,
-) {
+unsafe fn gemv<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
     // SAFETY: forwarded from `linear`.
     unsafe {
         match x.rows() {
-            3 => grid::<3, 3, L>(x, w, n, k, 0, bias, act, y),
-            _ => grid::<2, 4, L>(x, w, n, k, 0, bias, act, y),
+            3 => grid::<3, 3, L>(x, w, n, k, ep, y),
+            _ => grid::<2, 4, L>(x, w, n, k, ep, y),
         }
     }
 }
 
-/// Dequantizes row `r` with the same arithmetic as the loaders.
+/// Expands row `r` into f32 panel values, exactly as the loaders produce them (q8 rows
+/// stay unscaled codes; the epilogue scales them).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequant_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
+unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
     let k = w.cols;
     let k8 = k - k % 8;
     macro_rules! run {
@@ -433,7 +449,7 @@ unsafe fn dequant_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
     match w.data {
         WeightData::F16(data) => run!(F16Rows { data, cols: k }),
         WeightData::Bf16(data) => run!(Bf16Rows { data, cols: k }),
-        WeightData::Q8 { codes, scales } => run!(Q8Rows { codes, scales, cols: k }),
+        WeightData::Q8 { codes, .. } => run!(Q8Rows { codes, cols: k }),
         WeightData::Q4(data) => run!(Q4Rows { data, row_bytes: w.row_bytes() }),
         WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
     }
