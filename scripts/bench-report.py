@@ -77,7 +77,13 @@ for model in ["dlrm_fixture", "dlrm_demo"]:
     )
 
 # Open + first inference.
-opens = sorted((g for g in by_group if g.startswith("open_first_inference/")), key=lambda g: (len(g), g))
+def size_key(g):
+    label = g.split("/")[1]
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+    return next((float(label[: -len(u)]) * m for u, m in units.items() if label.endswith(u)), 0.0)
+
+
+opens = sorted((g for g in by_group if g.startswith("open_first_inference/")), key=size_key)
 if opens:
     print("\n### Open + first inference (warm page cache)\n")
     print("| tables | graft | ORT | tract | ORT / graft | tract / graft |")
