@@ -13,20 +13,6 @@ fn values(n: usize, seed: f32) -> Vec<f32> {
     (0..n).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.5).collect()
 }
 
-/// dense → linear(+bias) → relu; ids → embedding_bag; concat → linear → output.
-fn small() -> ModelBuilder {
-    let mut b = ModelBuilder::new("small");
-    b.dense_input("dense", 4);
-    b.ids_input("ids", 2);
-    b.linear("fc", "dense", Matrix::new(8, 4, values(32, 1.0)), Some(values(8, 2.0)));
-    b.activation("act", Activation::Relu, "fc");
-    b.embedding_bag("emb", &["ids"], Matrix::new(10, 4, values(40, 3.0)), BagMode::Sum);
-    b.concat("cat", &["act", "emb"]);
-    b.linear("head", "cat", Matrix::new(1, 12, values(12, 4.0)), Some(vec![0.25]));
-    b.output("score", "head");
-    b
-}
-
 /// Every op and input kind: layer_norm, cross, fused and standalone activations, mean
 /// and flat bags, dot_interaction, fm, add/mul with values and tensors, an input output.
 fn zoo() -> ModelBuilder {
@@ -69,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     formats.extend(
         [(Q8, Q8), (F16, Q4), (Q4, Bf16), (Bf16, Q8Rowwise)].map(|(linear, table)| WeightFormats { linear, table }),
     );
-    for (name, builder) in [("small", small()), ("zoo", zoo())] {
+    for (name, builder) in [("small", graft::synthetic::tiny()), ("zoo", zoo())] {
         for f in &formats {
             let bytes = builder.to_bytes(*f)?;
             // Check the seed is valid: a corpus of rejected files would fuzz only the envelope.

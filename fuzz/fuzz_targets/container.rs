@@ -11,7 +11,8 @@
 #![no_main]
 
 use graft::graph::InputKind;
-use graft::{Input, Model, Session, SessionOptions};
+use graft::synthetic::GraphInputs;
+use graft::{Model, Session, SessionOptions};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_BATCH: usize = 4;
@@ -37,34 +38,8 @@ fn run_zeros(model: &Model) {
         return;
     }
     let rows = MAX_BATCH - 1;
-    let f32s: Vec<Vec<f32>> = g
-        .inputs
-        .iter()
-        .map(|d| match d.kind {
-            InputKind::Dense { width } => vec![0.0; rows * width],
-            _ => Vec::new(),
-        })
-        .collect();
-    let i64s: Vec<Vec<i64>> = g
-        .inputs
-        .iter()
-        .map(|d| match d.kind {
-            InputKind::Dense { .. } => Vec::new(),
-            InputKind::Ids { slots } => vec![0; rows * slots],
-            InputKind::BagIndices => vec![0; rows],
-            InputKind::BagOffsets => (0..rows as i64).collect(),
-        })
-        .collect();
-    let inputs: Vec<Input<'_>> = g
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, d)| match d.kind {
-            InputKind::Dense { width } => Input::dense(&d.name, &f32s[k], width),
-            InputKind::Ids { slots } => Input::ids(&d.name, &i64s[k], slots),
-            InputKind::BagIndices | InputKind::BagOffsets => Input::flat(&d.name, &i64s[k]),
-        })
-        .collect();
+    let zeros = GraphInputs::zeros(g, rows);
+    let inputs = zeros.inputs();
     for kernels in graft::kernels::available() {
         let options =
             SessionOptions { max_batch: MAX_BATCH, kernels: Some(kernels.level), ..SessionOptions::default() };

@@ -194,6 +194,25 @@ impl Dlrm {
     }
 }
 
+/// The smallest model with every kind of tensor the container knows (bias vectors, linear
+/// weights, a table, alignment fillers): `dense[4] → fc (linear 4→8, bias) → act (relu)`,
+/// `ids[2] → emb (embedding_bag, table 10×4)`, `cat = concat(act, emb)`, `head` (linear
+/// 12→1, bias) → output `score`. Fixed, seed-free values; the malformed-container corpus
+/// and the fuzz seeds start from it.
+pub fn tiny() -> ModelBuilder {
+    let values = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.5).collect() };
+    let mut b = ModelBuilder::new("small");
+    b.dense_input("dense", 4);
+    b.ids_input("ids", 2);
+    b.linear("fc", "dense", Matrix::new(8, 4, values(32, 1.0)), Some(values(8, 2.0)));
+    b.activation("act", Activation::Relu, "fc");
+    b.embedding_bag("emb", &["ids"], Matrix::new(10, 4, values(40, 3.0)), BagMode::Sum);
+    b.concat("cat", &["act", "emb"]);
+    b.linear("head", "cat", Matrix::new(1, 12, values(12, 4.0)), Some(vec![0.25]));
+    b.output("score", "head");
+    b
+}
+
 /// He-normal `[rows, cols]` weights, generated row by row.
 fn he_matrix(rows: usize, cols: usize, seed: u64) -> Matrix {
     let std = (2.0 / cols as f32).sqrt();
@@ -289,8 +308,9 @@ mod tests {
     }
 }
 
-/// Owned random inputs for any graph: dense values N(0, 1), ids uniform over the smallest
-/// table each ids input feeds, bags of two ids per row.
+/// Owned inputs for any graph: random ([`GraphInputs::new`]: dense values N(0, 1), ids
+/// uniform over the smallest table each ids input feeds, bags of two ids per row) or
+/// zeros ([`GraphInputs::zeros`]: id 0, bags of one id).
 #[derive(Clone, Debug)]
 pub struct GraphInputs {
     names: Vec<String>,
@@ -305,7 +325,24 @@ enum InputData {
 }
 
 impl GraphInputs {
-    /// `rows` rows of inputs for `graph` from `seed`.
+    /// `rows` rows of zeros: dense 0.0, every id 0, one id per flat bag. Valid for any
+    /// graph that validated.
+    pub fn zeros(graph: &crate::graph::Graph, rows: usize) -> GraphInputs {
+        use crate::graph::InputKind;
+        let data = graph
+            .inputs
+            .iter()
+            .map(|def| match def.kind {
+                InputKind::Dense { width } => InputData::Dense(vec![0.0; rows * width], width),
+                InputKind::Ids { slots } => InputData::Ids(vec![0; rows * slots], slots),
+                InputKind::BagIndices => InputData::Flat(vec![0; rows]),
+                InputKind::BagOffsets => InputData::Flat((0..rows as i64).collect()),
+            })
+            .collect();
+        GraphInputs { names: graph.inputs.iter().map(|d| d.name.clone()).collect(), data }
+    }
+
+    /// `rows` rows of random inputs for `graph` from `seed`.
     pub fn new(graph: &crate::graph::Graph, rows: usize, seed: u64) -> GraphInputs {
         use crate::graph::{InputKind, Op, ValueId};
         let mut rng = Rng::new(seed);
