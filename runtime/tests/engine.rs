@@ -117,3 +117,22 @@ fn forced_scalar_level_is_honoured() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
+
+#[test]
+fn the_arena_reuses_dead_buffers() {
+    // A 12-layer MLP: only an input and an output buffer are live at a time, so the arena
+    // must stay far below the sum of all activations.
+    let (layers, width, batch) = (12, 64, 32);
+    let mut b = graft::builder::ModelBuilder::new("deep");
+    let mut x = b.dense_input("x", width);
+    for l in 0..layers {
+        let w = graft::builder::Matrix::new(width, width, vec![0.01; width * width]);
+        let y = b.linear(&format!("fc{l}"), &x, w, None);
+        x = b.activation(&format!("act{l}"), graft::graph::Activation::Tanh, &y);
+    }
+    b.output("y", &x);
+    let model = Model::from_slice_copy(&b.to_bytes(WeightFormats::default()).unwrap()).unwrap();
+    let s = Session::new(&model, SessionOptions { max_batch: batch, ..Default::default() }).unwrap();
+    let one_buffer = width * batch * 4;
+    assert!(s.memory_bytes() <= 3 * one_buffer, "{} bytes for {layers} layers", s.memory_bytes());
+}

@@ -14,9 +14,6 @@ use crate::report::bytes;
 pub struct Args {
     /// The `.graft` file.
     model: PathBuf,
-    /// Also print every tensor with its offset.
-    #[arg(long)]
-    tensors: bool,
     /// Also print the execution plan of a session (fusions, elided concats, arena).
     #[arg(long)]
     plan: bool,
@@ -90,17 +87,9 @@ pub fn main(args: Args) -> Result<()> {
         env.tensors.len(),
         by_dtype.iter().map(|(d, (n, b))| format!("{n} {d}, {}", bytes(*b))).collect::<Vec<_>>().join("; ")
     );
-    if args.tensors {
-        for t in &env.tensors {
-            println!(
-                "  {:<40} {:<5} {:<16} {:>12} @ {}",
-                t.name,
-                t.dtype.as_str(),
-                format!("{:?}", t.shape),
-                t.len,
-                t.offset
-            );
-        }
+    for t in &env.tensors {
+        let shape = format!("{:?}", t.shape);
+        println!("  {:<40} {:<5} {shape:<16} {:>12} B @ {}", t.name, t.dtype.as_str(), t.len, t.offset);
     }
     if args.plan {
         let session = Session::new(&model, SessionOptions::default())?;

@@ -235,7 +235,7 @@ pub(crate) struct Plan {
     pub steps: Vec<Step>,
     pub buffers: Vec<Buffer>,
     pub outputs: Vec<OutputSlot>,
-    /// Floats of arena per row of batch (the arena is `arena_per_row · max_batch` plus alignment).
+    /// Floats of arena (for `max_batch` rows, buffers 64-byte aligned).
     pub arena_len: usize,
     /// Floats of scratch per worker.
     pub scratch_len: usize,
@@ -256,150 +256,15 @@ impl Plan {
     /// Plans `model` for batches of up to `max_batch` rows.
     pub fn new(model: &Model, max_batch: usize, linear: &dyn LinearKernel) -> Result<Plan> {
         let g = model.graph();
-        let uses = g.node_use_counts();
-        let is_output = |i: usize| g.outputs.iter().any(|o| o.value == ValueId::Node(i));
-
-        // 1 + 2: decide homes.
-        let mut home = vec![Home::Own; g.nodes.len()];
-        // absorbed[a]: activation `a` is computed by the linear fused into it.
-        let mut absorbed = vec![false; g.nodes.len()];
-        for (i, node) in g.nodes.iter().enumerate() {
-            if let Op::Activation(_) = node.op
-                && let [ValueId::Node(l)] = node.inputs[..]
-                && matches!(g.nodes[l].op, Op::Linear { .. })
-                && uses[l] == 1
-                && !is_output(l)
-            {
-                home[l] = Home::FusedInto { act: i };
-                absorbed[i] = true;
-            }
-        }
-        for (c, node) in g.nodes.iter().enumerate() {
-            if node.op != Op::Concat {
-                continue;
-            }
-            let mut col = 0;
-            for v in &node.inputs {
-                let width = g.value_width(*v);
-                if let ValueId::Node(p) = *v {
-                    let once = node.inputs.iter().filter(|&&u| u == *v).count() == 1;
-                    let placeable = matches!(home[p], Home::Own);
-                    if uses[p] == 1 && once && !is_output(p) && placeable {
-                        home[p] = Home::InConcat { parent: c, col };
-                    }
-                }
-                col += width;
-            }
-        }
-
-        // Resolve places in reverse topological order (parents before children).
-        let mut buffers: Vec<Buffer> = Vec::new();
-        let mut place: Vec<Option<Place>> = vec![None; g.nodes.len()];
-        for i in (0..g.nodes.len()).rev() {
-            let width = g.nodes[i].width;
-            place[i] = Some(match home[i] {
-                Home::Own => {
-                    buffers.push(Buffer { offset: 0, width });
-                    Place { buffer: buffers.len() - 1, col: 0, width }
-                }
-                Home::InConcat { parent, col } => {
-                    let p = place[parent].ok_or_else(|| internal("concat placed before its parts"))?;
-                    Place { buffer: p.buffer, col: p.col + col, width }
-                }
-                Home::FusedInto { act } => place[act].ok_or_else(|| internal("activation placed late"))?,
-            });
-        }
-        let at = |i: usize| place[i].ok_or_else(|| internal("unplaced node"));
-        let src = |v: ValueId| -> Result<Src> {
-            Ok(match v {
-                ValueId::Input(k) => Src::Input(k),
-                ValueId::Node(k) => Src::Arena(at(k)?),
-            })
-        };
-
-        // Steps in topological order.
-        let mut steps = Vec::with_capacity(g.nodes.len());
-        for (i, node) in g.nodes.iter().enumerate() {
-            let y = at(i)?;
-            match &node.op {
-                Op::Linear { weight, bias } => {
-                    let act = match home[i] {
-                        Home::FusedInto { act } => match g.nodes[act].op {
-                            Op::Activation(a) => Some((a, act)),
-                            _ => None,
-                        },
-                        _ => None,
-                    };
-                    steps.push(Step::Linear { node: i, x: src(node.inputs[0])?, weight: *weight, bias: *bias, act, y });
-                }
-                Op::Activation(act) => {
-                    if !absorbed[i] {
-                        steps.push(Step::Activation { node: i, act: *act, x: src(node.inputs[0])?, y });
-                    }
-                }
-                Op::Cross { weight, bias } => steps.push(Step::Cross {
-                    node: i,
-                    x0: src(node.inputs[0])?,
-                    xl: src(node.inputs[1])?,
-                    weight: *weight,
-                    bias: *bias,
-                    y,
-                }),
-                Op::EmbeddingBag { table, mode } => {
-                    let ids = match node.inputs[..] {
-                        [ValueId::Input(input)] => Ids::Padded { input },
-                        [ValueId::Input(indices), ValueId::Input(offsets)] => Ids::Bags { indices, offsets },
-                        _ => return Err(internal("embedding_bag inputs")),
-                    };
-                    steps.push(Step::Bag { node: i, table: *table, ids, mode: *mode, y });
-                }
-                Op::Concat => {
-                    let mut col = 0;
-                    for v in &node.inputs {
-                        let width = g.value_width(*v);
-                        let elided = matches!(v, ValueId::Node(p) if matches!(home[*p], Home::InConcat { parent, .. } if parent == i));
-                        if !elided {
-                            let dst = Place { buffer: y.buffer, col: y.col + col, width };
-                            steps.push(Step::Copy { node: i, src: src(*v)?, y: dst });
-                        }
-                        col += width;
-                    }
-                }
-                Op::Add { bias: t } | Op::Mul { scale: t } => {
-                    let op = if matches!(node.op, Op::Add { .. }) { BinaryOp::Add } else { BinaryOp::Mul };
-                    let b = match t {
-                        Some(t) => Operand::Tensor(*t),
-                        None => Operand::Value(src(node.inputs[1])?),
-                    };
-                    steps.push(Step::Binary { node: i, op, a: src(node.inputs[0])?, b, y });
-                }
-                Op::LayerNorm { gamma, beta, epsilon } => steps.push(Step::LayerNorm {
-                    node: i,
-                    x: src(node.inputs[0])?,
-                    gamma: *gamma,
-                    beta: *beta,
-                    epsilon: *epsilon,
-                    y,
-                }),
-                Op::DotInteraction { self_interaction } => steps.push(Step::DotInteraction {
-                    node: i,
-                    inputs: node.inputs.iter().map(|&v| src(v)).collect::<Result<_>>()?,
-                    self_interaction: *self_interaction,
-                    y,
-                }),
-                Op::Fm => steps.push(Step::Fm {
-                    node: i,
-                    inputs: node.inputs.iter().map(|&v| src(v)).collect::<Result<_>>()?,
-                    y,
-                }),
-            }
-        }
+        let (home, absorbed) = decide_homes(g);
+        let (mut buffers, place) = resolve_places(g, &home)?;
+        let mut steps = emit_steps(g, &home, &absorbed, &place)?;
 
         // Graph outputs: node values are read in place; inputs are copied to a buffer.
         let mut outputs = Vec::with_capacity(g.outputs.len());
         for o in &g.outputs {
             let place = match o.value {
-                ValueId::Node(k) => at(k)?,
+                ValueId::Node(k) => place[k],
                 ValueId::Input(k) => {
                     let width = g.value_width(o.value);
                     buffers.push(Buffer { offset: 0, width });
@@ -411,57 +276,14 @@ impl Plan {
             outputs.push(OutputSlot { name: o.name.clone(), place });
         }
 
-        // 3: live ranges and offsets.
-        let n_steps = steps.len();
-        let mut first = vec![usize::MAX; buffers.len()];
-        let mut last = vec![0usize; buffers.len()];
-        for (s, step) in steps.iter().enumerate() {
-            let out = step.output();
-            first[out.buffer] = first[out.buffer].min(s);
-            last[out.buffer] = last[out.buffer].max(s);
-            for r in step.reads() {
-                if let Src::Arena(p) = r {
-                    last[p.buffer] = last[p.buffer].max(s);
-                }
-            }
-        }
-        for o in &outputs {
-            last[o.place.buffer] = n_steps;
-        }
-        let sizes: Vec<usize> = buffers.iter().map(|b| round_up(b.width * max_batch, ALIGN_FLOATS)).collect();
-        let mut order: Vec<usize> = (0..buffers.len()).collect();
-        order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
-        let mut placed: Vec<usize> = Vec::with_capacity(buffers.len());
-        let mut arena_len = 0;
-        for &b in &order {
-            // Candidate offsets: 0 and the end of every live-overlapping placed buffer.
-            let overlapping: Vec<usize> =
-                placed.iter().copied().filter(|&p| first[p] <= last[b] && first[b] <= last[p]).collect();
-            let mut candidates: Vec<usize> = overlapping.iter().map(|&p| buffers[p].offset + sizes[p]).collect();
-            candidates.push(0);
-            candidates.sort_unstable();
-            let offset = candidates
-                .into_iter()
-                .find(|&off| {
-                    overlapping
-                        .iter()
-                        .all(|&p| off + sizes[b] <= buffers[p].offset || buffers[p].offset + sizes[p] <= off)
-                })
-                .ok_or_else(|| internal("no arena offset"))?;
-            buffers[b].offset = offset;
-            arena_len = arena_len.max(offset + sizes[b]);
-            placed.push(b);
-        }
-
-        // 4: scratch.
+        let (first, last) = live_ranges(&steps, &outputs, buffers.len());
+        let arena_len = pack_arena(&mut buffers, &first, &last, max_batch)?;
         let mut scratch_len = 0;
         for step in &steps {
             if let Step::Linear { weight, .. } | Step::Cross { weight, .. } = step {
-                let w = model.weight(*weight)?;
-                scratch_len = scratch_len.max(linear.scratch_len(&w, max_batch));
+                scratch_len = scratch_len.max(linear.scratch_len(&model.weight(*weight)?, max_batch));
             }
         }
-
         let plan = Plan { steps, buffers, outputs, arena_len, scratch_len };
         plan.check_disjoint(max_batch, &first, &last)?;
         Ok(plan)
@@ -497,6 +319,185 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// Decides where each node's value lives (fusion and concat elision). Also returns,
+/// per node, whether it is an activation computed by the linear fused into it.
+fn decide_homes(g: &Graph) -> (Vec<Home>, Vec<bool>) {
+    let uses = g.node_use_counts();
+    let is_output = |i: usize| g.outputs.iter().any(|o| o.value == ValueId::Node(i));
+    let mut home = vec![Home::Own; g.nodes.len()];
+    let mut absorbed = vec![false; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if let Op::Activation(_) = node.op
+            && let [ValueId::Node(l)] = node.inputs[..]
+            && matches!(g.nodes[l].op, Op::Linear { .. })
+            && uses[l] == 1
+            && !is_output(l)
+        {
+            home[l] = Home::FusedInto { act: i };
+            absorbed[i] = true;
+        }
+    }
+    for (c, node) in g.nodes.iter().enumerate() {
+        if node.op != Op::Concat {
+            continue;
+        }
+        let mut col = 0;
+        for v in &node.inputs {
+            if let ValueId::Node(p) = *v {
+                let once = node.inputs.iter().filter(|&&u| u == *v).count() == 1;
+                if uses[p] == 1 && once && !is_output(p) && matches!(home[p], Home::Own) {
+                    home[p] = Home::InConcat { parent: c, col };
+                }
+            }
+            col += g.value_width(*v);
+        }
+    }
+    (home, absorbed)
+}
+
+/// Gives every `Own` value a buffer and resolves the others to a place inside their
+/// concat's or activation's, in reverse topological order (parents before children).
+fn resolve_places(g: &Graph, home: &[Home]) -> Result<(Vec<Buffer>, Vec<Place>)> {
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut place: Vec<Option<Place>> = vec![None; g.nodes.len()];
+    for i in (0..g.nodes.len()).rev() {
+        let width = g.nodes[i].width;
+        place[i] = Some(match home[i] {
+            Home::Own => {
+                buffers.push(Buffer { offset: 0, width });
+                Place { buffer: buffers.len() - 1, col: 0, width }
+            }
+            Home::InConcat { parent, col } => {
+                let p = place[parent].ok_or_else(|| internal("concat placed before its parts"))?;
+                Place { buffer: p.buffer, col: p.col + col, width }
+            }
+            Home::FusedInto { act } => place[act].ok_or_else(|| internal("activation placed late"))?,
+        });
+    }
+    let place = place.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| internal("unplaced node"))?;
+    Ok((buffers, place))
+}
+
+/// One step per node in topological order; fused activations and elided concats emit
+/// none, concats copy only their non-elided parts.
+fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> Result<Vec<Step>> {
+    let src = |v: ValueId| match v {
+        ValueId::Input(k) => Src::Input(k),
+        ValueId::Node(k) => Src::Arena(place[k]),
+    };
+    let mut steps = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let y = place[i];
+        let x = || src(node.inputs[0]);
+        match &node.op {
+            Op::Linear { weight, bias } => {
+                let act = match home[i] {
+                    Home::FusedInto { act } => match g.nodes[act].op {
+                        Op::Activation(a) => Some((a, act)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                steps.push(Step::Linear { node: i, x: x(), weight: *weight, bias: *bias, act, y });
+            }
+            Op::Activation(act) => {
+                if !absorbed[i] {
+                    steps.push(Step::Activation { node: i, act: *act, x: x(), y });
+                }
+            }
+            Op::Cross { weight, bias } => {
+                let xl = src(node.inputs[1]);
+                steps.push(Step::Cross { node: i, x0: x(), xl, weight: *weight, bias: *bias, y });
+            }
+            Op::EmbeddingBag { table, mode } => {
+                let ids = match node.inputs[..] {
+                    [ValueId::Input(input)] => Ids::Padded { input },
+                    [ValueId::Input(indices), ValueId::Input(offsets)] => Ids::Bags { indices, offsets },
+                    _ => return Err(internal("embedding_bag inputs")),
+                };
+                steps.push(Step::Bag { node: i, table: *table, ids, mode: *mode, y });
+            }
+            Op::Concat => {
+                let mut col = 0;
+                for v in &node.inputs {
+                    let width = g.value_width(*v);
+                    let elided = matches!(v, ValueId::Node(p) if matches!(home[*p], Home::InConcat { parent, .. } if parent == i));
+                    if !elided {
+                        let dst = Place { buffer: y.buffer, col: y.col + col, width };
+                        steps.push(Step::Copy { node: i, src: src(*v), y: dst });
+                    }
+                    col += width;
+                }
+            }
+            Op::Add { bias: t } | Op::Mul { scale: t } => {
+                let op = if matches!(node.op, Op::Add { .. }) { BinaryOp::Add } else { BinaryOp::Mul };
+                let b = match t {
+                    Some(t) => Operand::Tensor(*t),
+                    None => Operand::Value(src(node.inputs[1])),
+                };
+                steps.push(Step::Binary { node: i, op, a: x(), b, y });
+            }
+            Op::LayerNorm { gamma, beta, epsilon } => {
+                steps.push(Step::LayerNorm { node: i, x: x(), gamma: *gamma, beta: *beta, epsilon: *epsilon, y })
+            }
+            Op::DotInteraction { self_interaction } => {
+                let inputs = node.inputs.iter().map(|&v| src(v)).collect();
+                steps.push(Step::DotInteraction { node: i, inputs, self_interaction: *self_interaction, y });
+            }
+            Op::Fm => steps.push(Step::Fm { node: i, inputs: node.inputs.iter().map(|&v| src(v)).collect(), y }),
+        }
+    }
+    Ok(steps)
+}
+
+/// First write and last use (step index) of every buffer; outputs live to the end.
+fn live_ranges(steps: &[Step], outputs: &[OutputSlot], buffers: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut first = vec![usize::MAX; buffers];
+    let mut last = vec![0usize; buffers];
+    for (s, step) in steps.iter().enumerate() {
+        let out = step.output();
+        first[out.buffer] = first[out.buffer].min(s);
+        last[out.buffer] = last[out.buffer].max(s);
+        for r in step.reads() {
+            if let Src::Arena(p) = r {
+                last[p.buffer] = last[p.buffer].max(s);
+            }
+        }
+    }
+    for o in outputs {
+        last[o.place.buffer] = steps.len();
+    }
+    (first, last)
+}
+
+/// Assigns arena offsets (greedy first fit, largest buffer first) so that buffers live at
+/// the same time never overlap. Returns the arena length in floats.
+fn pack_arena(buffers: &mut [Buffer], first: &[usize], last: &[usize], max_batch: usize) -> Result<usize> {
+    let sizes: Vec<usize> = buffers.iter().map(|b| round_up(b.width * max_batch, ALIGN_FLOATS)).collect();
+    let mut order: Vec<usize> = (0..buffers.len()).collect();
+    order.sort_by(|&a, &b| sizes[b].cmp(&sizes[a]).then(a.cmp(&b)));
+    let mut placed: Vec<usize> = Vec::with_capacity(buffers.len());
+    let mut arena_len = 0;
+    for &b in &order {
+        // Candidate offsets: 0 and the end of every live-overlapping placed buffer.
+        let overlapping: Vec<usize> =
+            placed.iter().copied().filter(|&p| first[p] <= last[b] && first[b] <= last[p]).collect();
+        let mut candidates: Vec<usize> = overlapping.iter().map(|&p| buffers[p].offset + sizes[p]).collect();
+        candidates.push(0);
+        candidates.sort_unstable();
+        let offset = candidates
+            .into_iter()
+            .find(|&off| {
+                overlapping.iter().all(|&p| off + sizes[b] <= buffers[p].offset || buffers[p].offset + sizes[p] <= off)
+            })
+            .ok_or_else(|| internal("no arena offset"))?;
+        buffers[b].offset = offset;
+        arena_len = arena_len.max(offset + sizes[b]);
+        placed.push(b);
+    }
+    Ok(arena_len)
 }
 
 fn round_up(n: usize, to: usize) -> usize {
