@@ -10,7 +10,6 @@
 
 #![no_main]
 
-use graft::graph::InputKind;
 use graft::synthetic::GraphInputs;
 use graft::{Model, Session, SessionOptions};
 use libfuzzer_sys::fuzz_target;
@@ -28,12 +27,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn run_zeros(model: &Model) {
     let g = model.graph();
-    let widths = g.inputs.iter().map(|d| match d.kind {
-        InputKind::Dense { width } => width,
-        InputKind::Ids { slots } => slots,
-        InputKind::BagIndices | InputKind::BagOffsets => 1,
-    });
-    let total = widths.chain(g.nodes.iter().map(|n| n.width)).try_fold(0usize, |a, w| a.checked_add(w));
+    let total = g.row_floats();
     if total.is_none_or(|t| t.saturating_mul(MAX_BATCH) > MAX_FLOATS) {
         return;
     }

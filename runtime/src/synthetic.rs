@@ -54,6 +54,11 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
+    /// `n` values uniform in `[-scale, scale)`.
+    pub fn symmetric(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| (2.0 * self.uniform() - 1.0) * scale).collect()
+    }
+
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f32 {
         let u1 = (self.uniform() + f32::EPSILON).min(1.0);

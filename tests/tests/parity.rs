@@ -371,15 +371,7 @@ fn import_keeps_pytorch_module_names() -> TestResult {
 
 /// Deterministic pseudo-random values in [-scale, scale).
 fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            ((s % 20_000) as f32 / 10_000.0 - 1.0) * scale
-        })
-        .collect()
+    graft::synthetic::Rng::new(seed as u64).symmetric(n, scale)
 }
 
 /// A model using every exportable op.

@@ -14,7 +14,7 @@ use super::exec::{self, Exec};
 use super::input::{self, Input, NanPolicy};
 use super::plan::{Ids, Plan, Step};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, ValueId};
+use crate::graph::Graph;
 use crate::kernels::{self, Kernels, Level};
 use crate::model::Model;
 use crate::view::MatRef;
@@ -223,12 +223,9 @@ impl Session {
 /// and the planner multiplies them by `max_batch` unchecked. The bound is the planner's
 /// worst case: every node, and every output that copies an input, in its own buffer.
 fn check_activation_size(g: &Graph, max_batch: usize) -> Result<()> {
-    let mut widths = g
-        .nodes
-        .iter()
-        .map(|n| n.width)
-        .chain(g.outputs.iter().filter(|o| matches!(o.value, ValueId::Input(_))).map(|o| g.value_width(o.value)));
-    let floats = widths.try_fold(0usize, |acc, w| w.checked_mul(max_batch)?.checked_add(16)?.checked_add(acc));
+    // Each value may get its own 64-byte-aligned buffer: 16 floats of slack per value.
+    let slack = (g.inputs.len() + g.nodes.len()) * 16;
+    let floats = g.row_floats().and_then(|f| f.checked_mul(max_batch)?.checked_add(slack));
     match floats {
         Some(n) if n <= isize::MAX as usize / 4 => Ok(()),
         _ => Err(Error::InvalidOption {

@@ -305,6 +305,14 @@ impl Graph {
         self.weights.iter().position(|w| w.name == name)
     }
 
+    /// Floats one batch row of this graph touches at most: every input and node value
+    /// side by side (`None` on overflow). Bounds a session's activation memory before it
+    /// is planned, whatever widths a file declares.
+    pub fn row_floats(&self) -> Option<usize> {
+        let inputs = (0..self.inputs.len()).map(|k| self.value_width(ValueId::Input(k)));
+        inputs.chain(self.nodes.iter().map(|n| n.width)).try_fold(0usize, |acc, w| acc.checked_add(w))
+    }
+
     /// The number of times each node's output is consumed (by nodes and outputs).
     pub fn node_use_counts(&self) -> Vec<usize> {
         let mut uses = alloc::vec![0usize; self.nodes.len()];

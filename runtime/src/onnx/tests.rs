@@ -73,15 +73,7 @@ fn model(
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 20_000) as f32 / 10_000.0 - 1.0
-        })
-        .collect()
+    crate::synthetic::Rng::new(seed as u64).symmetric(n, 1.0)
 }
 
 /// Writes the builder as f32, runs it and returns every output as rows × width values.

@@ -4,7 +4,6 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use graft::builder::{ModelBuilder, WeightFormats};
-use graft::graph::InputKind;
 use graft::synthetic::GraphInputs;
 use graft::{Model, Session, SessionOptions};
 
@@ -33,12 +32,7 @@ pub const MAX_FLOATS: usize = 1 << 22;
 /// here is returned to the caller, which decides whether it is acceptable.
 pub fn run_zeros(model: &Model, rows: usize) -> graft::Result<usize> {
     let g = model.graph();
-    let widths = g.inputs.iter().map(|d| match d.kind {
-        InputKind::Dense { width } => width,
-        InputKind::Ids { slots } => slots,
-        InputKind::BagIndices | InputKind::BagOffsets => 1,
-    });
-    let total = widths.chain(g.nodes.iter().map(|n| n.width)).try_fold(0usize, |a, w| a.checked_add(w));
+    let total = g.row_floats();
     if total.is_none_or(|t| t.saturating_mul(4) > MAX_FLOATS) {
         return Ok(0);
     }
