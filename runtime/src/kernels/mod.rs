@@ -46,6 +46,12 @@ pub trait LinearKernel: Send + Sync {
         y: MatMut<'_>,
         scratch: &mut [f32],
     );
+
+    /// Computes `y[m, o] += alpha · Σ_k x[m, k] · w[o, k]` — the shrink and expand steps
+    /// of low-rank adapters, which add into a layer's output instead of overwriting it.
+    ///
+    /// Shapes and scratch as for [`LinearKernel::linear`].
+    fn linear_accumulate(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, alpha: f32, y: MatMut<'_>, scratch: &mut [f32]);
 }
 
 /// Embedding-bag gather and reduction.

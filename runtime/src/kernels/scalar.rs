@@ -45,6 +45,27 @@ impl LinearKernel for Scalar {
             }
         }
     }
+
+    fn linear_accumulate(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        alpha: f32,
+        mut y: MatMut<'_>,
+        scratch: &mut [f32],
+    ) {
+        let wrow = &mut scratch[..w.cols];
+        for o in 0..w.rows {
+            w.dequant_row(o, wrow);
+            for m in 0..x.rows() {
+                let mut acc = 0.0f32;
+                for (&a, &b) in x.row(m).iter().zip(wrow.iter()) {
+                    acc += a * b;
+                }
+                y.row_mut(m)[o] += alpha * acc;
+            }
+        }
+    }
 }
 
 impl EmbeddingBagKernel for Scalar {

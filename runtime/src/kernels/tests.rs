@@ -120,8 +120,46 @@ fn linear_case() -> impl Strategy<Value = LinearCase> {
     })
 }
 
+/// `y0 + alpha · x·Wᵀ` through `linear_accumulate`.
+fn run_accumulate(k: &Kernels, x: &[f32], m: usize, w: &WeightMatrix<'_>, alpha: f32, y0: &[f32]) -> Vec<f32> {
+    let mut y = y0.to_vec();
+    let mut scratch = vec![0.0f32; k.linear.scratch_len(w, m).max(1)];
+    k.linear.linear_accumulate(MatRef::dense(x, w.cols), w, alpha, MatMut::dense(&mut y, w.rows), &mut scratch);
+    y
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// The adapter shrink/expand kernel: every level agrees with the reference, the
+    /// reference agrees with `linear` (plus the prior `y`), and rows stay independent
+    /// of the batch.
+    #[test]
+    fn linear_accumulate_matches_reference((m, n, k, x, w, y0, f, _act) in linear_case().prop_flat_map(|(m, n, k, x, w, _b, f, act)| {
+        (Just(m), Just(n), Just(k), Just(x), Just(w), values(m * n), Just(f), Just(act))
+    }), alpha in -3.0f32..3.0) {
+        let owned = Owned::new(LINEAR_FORMATS[f], n, k, &w);
+        let wm = owned.view();
+        let reference = run_accumulate(&SCALAR, &x, m, &wm, alpha, &y0);
+        let plain = run_linear(&SCALAR, &x, m, &wm, None, None);
+        for i in 0..m * n {
+            prop_assert!((reference[i] - (y0[i] + alpha * plain[i])).abs() <= 1e-5 * (1.0 + plain[i].abs() * alpha.abs()));
+        }
+        let mut deq = vec![0.0f32; k];
+        for kern in available() {
+            let got = run_accumulate(kern, &x, m, &wm, alpha, &y0);
+            for r in 0..m {
+                for o in 0..n {
+                    wm.dequant_row(o, &mut deq);
+                    let mag: f32 = x[r * k..(r + 1) * k].iter().zip(&deq).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                    let (g, e) = (got[r * n + o], reference[r * n + o]);
+                    prop_assert!((g - e).abs() <= 2e-6 * mag * alpha.abs() + 2e-6 * (1.0 + y0[r * n + o].abs()), "{} {:?} m{m} n{n} k{k} [{r},{o}]: {g} vs {e}", kern.level, LINEAR_FORMATS[f]);
+                }
+                let alone = run_accumulate(kern, &x[r * k..(r + 1) * k], 1, &wm, alpha, &y0[r * n..(r + 1) * n]);
+                prop_assert_eq!(&alone[..], &got[r * n..(r + 1) * n], "{} row {} alone", kern.level, r);
+            }
+        }
+    }
 
     #[test]
     fn linear_matches_reference((m, n, k, x, w, b, f, act) in linear_case()) {

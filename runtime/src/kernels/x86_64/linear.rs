@@ -223,13 +223,15 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
 }
 
 /// What happens to a finished dot product of weight row `o` (local to the grid) before
-/// it is stored at output column `col0 + o`: row scale, bias, activation.
+/// it is stored at output column `col0 + o`: row scale, bias, activation — or, for
+/// adapter steps, `y += alpha · dot` instead of a store.
 #[derive(Clone, Copy)]
 struct Epilogue<'a> {
     col0: usize,
     scales: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
     act: Option<Activation>,
+    accumulate: Option<f32>,
 }
 
 impl<'a> Epilogue<'a> {
@@ -251,6 +253,7 @@ impl<'a> Epilogue<'a> {
             scales: self.scales.map(|s| &s[o..o + n]),
             bias: self.bias.map(|b| &b[o..o + n]),
             act: self.act,
+            accumulate: self.accumulate,
         }
     }
 }
@@ -267,7 +270,11 @@ fn store<const MR: usize, const NR: usize>(
     for (i, row) in out.iter().enumerate() {
         let yrow = &mut y.row_mut(m0 + i)[ep.col0 + o0..ep.col0 + o0 + NR];
         for (j, (dst, &s)) in yrow.iter_mut().zip(row).enumerate() {
-            *dst = ep.apply(o0 + j, s);
+            let v = ep.apply(o0 + j, s);
+            *dst = match ep.accumulate {
+                Some(alpha) => *dst + alpha * v,
+                None => v,
+            };
         }
     }
 }
@@ -352,7 +359,8 @@ fn panel_rows(w: &WeightMatrix<'_>) -> usize {
     (PANEL_FLOATS / w.cols.max(1)).clamp(3, w.rows.max(3)).div_ceil(3) * 3
 }
 
-/// `y = act(x · Wᵀ + b)`.
+/// `y = act(x · Wᵀ + b)`, or `y += accumulate · (x · Wᵀ)` when `accumulate` is set
+/// (then `bias` and `act` must be `None`).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; shapes must satisfy the `LinearKernel`
@@ -363,6 +371,7 @@ pub(super) unsafe fn linear(
     w: &WeightMatrix<'_>,
     bias: Option<&[f32]>,
     act: Option<Activation>,
+    accumulate: Option<f32>,
     mut y: MatMut<'_>,
     scratch: &mut [f32],
 ) {
@@ -374,7 +383,7 @@ pub(super) unsafe fn linear(
     // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
     unsafe {
         let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
-        let ep = Epilogue { col0: 0, scales, bias, act };
+        let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
         if m >= PANEL_MIN_ROWS {
             // Cache blocking: one L2-sized panel of weight rows serves every input row
             // before the next panel is touched. f32 weights are used in place; other
@@ -408,7 +417,11 @@ pub(super) unsafe fn linear(
             WeightData::Q8Rowwise(_) => {
                 // Rejected for linears at validation; fall back to the reference rather
                 // than guess.
-                crate::kernels::SCALAR.linear.linear(x, w, bias, act, y.reborrow(), scratch);
+                let reference = crate::kernels::SCALAR.linear;
+                match accumulate {
+                    Some(alpha) => reference.linear_accumulate(x, w, alpha, y.reborrow(), scratch),
+                    None => reference.linear(x, w, bias, act, y.reborrow(), scratch),
+                }
             }
         }
     }

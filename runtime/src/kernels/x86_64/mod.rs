@@ -53,7 +53,12 @@ impl LinearKernel for Avx2 {
         scratch: &mut [f32],
     ) {
         // SAFETY: an `Avx2` is only reachable through `table`, after `cpu_has_avx2`.
-        unsafe { linear::linear(x, w, bias, act, y, scratch) }
+        unsafe { linear::linear(x, w, bias, act, None, y, scratch) }
+    }
+
+    fn linear_accumulate(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, alpha: f32, y: MatMut<'_>, scratch: &mut [f32]) {
+        // SAFETY: as for `linear`.
+        unsafe { linear::linear(x, w, None, None, Some(alpha), y, scratch) }
     }
 }
 
