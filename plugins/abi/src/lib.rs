@@ -1,0 +1,269 @@
+//! # graft-plugin-abi
+//!
+//! The one interface between graft and adapter kinds. An adapter kind (LoRA, SSF, a
+//! third-party kind) is a [`AdapterKindMod`] root module: a prefix-type vtable that only
+//! ever grows at the end, so a host built against version *n* loads a kind built against
+//! *n + k* and the other way round (a field the other side lacks reads as `None`). The
+//! host asks the kind to [`load`](AdapterKindMod::load) an adapter against a
+//! [`ModelView`]; what comes back is an [`Adapter`] object, whose hooks the host calls
+//! once per (hook point, row group) with row-major views into its arena.
+//!
+//! Why abi_stable rather than plain `extern "C"`: the layout of every type crossing the
+//! boundary is checked when a library is loaded, so a kind built against an incompatible
+//! interface is refused with an error instead of corrupting memory. The built-in kinds
+//! link statically and still go through exactly these types: there is no private path
+//! that a third-party kind could not take.
+//!
+//! Nothing here depends on the runtime; the runtime and every kind depend on this crate.
+
+#![warn(missing_docs)]
+// `#[sabi_trait]` expands to impls inside a const block (abi_stable 0.11).
+#![allow(non_local_definitions)]
+
+mod error;
+mod view;
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::{RRef, VersionStrings};
+use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
+use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
+
+pub use abi_stable;
+pub use error::{ErrorCode, PluginError};
+pub use view::{ElemFormat, KernelStatus, MatView, MatViewMut, WeightView};
+
+/// The version of the hook protocol. A host refuses kinds whose `abi_version` differs in
+/// the major sense (semantics changed); layout compatibility is checked by abi_stable.
+pub const ABI_VERSION: u32 = 1;
+
+/// Where an adapter attaches.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// `y = f(x, y)` right after the base linear at the node (before its activation).
+    LinearDelta = 0,
+}
+
+/// What a graph node is, as far as adapters care.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOp {
+    /// A linear layer `y = x·Wᵀ + b`, `W` stored `[out, in]`.
+    Linear = 0,
+    /// An embedding bag over a table `[rows, dim]`.
+    EmbeddingBag = 1,
+    /// Anything else (activations, concat, interactions…).
+    Other = 2,
+}
+
+/// A graph node an adapter file named, resolved by the host.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct NodeInfo {
+    /// Node index, stable for the model's life.
+    pub node: u32,
+    /// The node's name in the graph (may differ from the module path that named it).
+    pub name: RString,
+    /// The node's operation.
+    pub op: NodeOp,
+    /// Input features (`W` columns) for a linear; table rows for a bag.
+    pub in_features: usize,
+    /// Output features (`W` rows) for a linear; table width for a bag.
+    pub out_features: usize,
+    /// Whether the base layer has a bias.
+    pub has_bias: bool,
+    /// The base weight's storage format name (`f32`, `f16`, `q8`, …).
+    pub base_format: RString,
+}
+
+/// One attachment of an adapter: a hook at a node.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct Target {
+    /// The node (from [`NodeInfo::node`]).
+    pub node: u32,
+    /// The hook.
+    pub hook: HookKind,
+}
+
+/// A human-readable summary of one attachment, for `graft adapter inspect`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct TargetInfo {
+    /// The module path the adapter file used.
+    pub module: RString,
+    /// The graph node it resolved to.
+    pub node: RString,
+    /// Rank (0 where the kind has none).
+    pub rank: u32,
+    /// The effective scale the kind applies (before any per-request multiplier).
+    pub scale: f32,
+    /// Kind-specific variant (`lora`, `rslora`, `dora`, …).
+    pub variant: RString,
+    /// Bytes of adapter parameters for this attachment.
+    pub bytes: u64,
+}
+
+/// A summary of a loaded adapter.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct AdapterInfo {
+    /// The kind's name.
+    pub kind: RString,
+    /// Where it was loaded from.
+    pub source: RString,
+    /// One entry per attachment, in [`Adapter::targets`] order.
+    pub targets: RVec<TargetInfo>,
+    /// Bytes of parameters mapped from files (not copied).
+    pub mapped_bytes: u64,
+    /// Bytes the adapter allocated (caches such as DoRA norms).
+    pub owned_bytes: u64,
+    /// Free-form `key=value` notes (format version, source library, …).
+    pub notes: RVec<RString>,
+}
+
+/// Host kernels handed to adapters, already dispatched to the best instruction set.
+/// Calls are single-threaded and allocation-free: the host parallelizes across row
+/// chunks and hands each call its own scratch.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostKernelsRef)))]
+pub struct HostKernels {
+    /// The instruction-set level (`scalar`, `avx2`, `neon`, …).
+    pub level: extern "C" fn() -> RStr<'static>,
+    /// Floats of scratch one [`linear`](Self::linear) call over `rows` rows of `w` needs.
+    pub scratch_floats: extern "C" fn(w: WeightView<'_>, rows: usize) -> usize,
+    /// `y = alpha · x·Wᵀ`, or `y += alpha · x·Wᵀ` with `accumulate`. `x` is
+    /// `rows × w.cols`, `y` is `rows × w.rows`; per-row results do not depend on `rows`.
+    #[sabi(last_prefix_field)]
+    pub linear: extern "C" fn(
+        x: MatView<'_>,
+        w: WeightView<'_>,
+        alpha: f32,
+        accumulate: bool,
+        y: MatViewMut<'_>,
+        scratch: RSliceMut<'_, f32>,
+    ) -> KernelStatus,
+}
+
+/// The model as an adapter sees it while it is being loaded.
+#[sabi_trait]
+pub trait ModelView {
+    /// Resolves a module path from an adapter file (`top_fc1`, `encoder.layer.0.fc`) to a
+    /// node, with the host's name mapping and overrides. Unknown paths are an error
+    /// naming the path.
+    fn resolve(&self, module_path: RStr<'_>) -> RResult<NodeInfo, PluginError>;
+
+    /// Writes row `row` of the node's base weight, dequantized to f32, into `out`
+    /// (`in_features` values).
+    fn base_weight_row(&self, node: u32, row: usize, out: RSliceMut<'_, f32>) -> RResult<(), PluginError>;
+
+    /// The node's base bias, if it has one.
+    #[sabi(last_prefix_field)]
+    fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>>;
+}
+
+/// A [`ModelView`] borrowed for one `load` call.
+pub type ModelViewRef<'a> = ModelView_TO<'a, RRef<'a, ()>>;
+
+/// One `linear_delta` call: a contiguous (or host-gathered) group of rows that share an
+/// adapter set, at one target.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct LinearDelta<'a> {
+    /// Index into [`Adapter::targets`].
+    pub target: u32,
+    /// The layer input, `rows × in_features`.
+    pub x: MatView<'a>,
+    /// The layer output so far (base result plus earlier adapters of the row's set),
+    /// `rows × out_features`; the hook updates it in place.
+    pub y: MatViewMut<'a>,
+    /// The base layer's bias, if any.
+    pub base_bias: ROption<RSlice<'a, f32>>,
+    /// Per-request multiplier on the adapter's own scale (PEFT `set_scale` semantics).
+    pub scale: f32,
+    /// Host kernels.
+    pub kernels: HostKernelsRef,
+    /// At least [`Adapter::scratch_floats`]`(target, rows)` floats.
+    pub scratch: RSliceMut<'a, f32>,
+}
+
+/// A loaded adapter instance: immutable once published, shared by every run that uses it.
+#[sabi_trait]
+pub trait Adapter: Send + Sync + Debug {
+    /// Where the adapter attaches; `target` indices in calls refer to this list.
+    fn targets(&self) -> RVec<Target>;
+
+    /// A summary for inspection and logs.
+    fn info(&self) -> AdapterInfo;
+
+    /// Floats of scratch a `linear_delta` call at `target` over `rows` rows needs.
+    fn scratch_floats(&self, target: u32, rows: usize, kernels: HostKernelsRef) -> usize;
+
+    /// Applies the adapter at a [`HookKind::LinearDelta`] target.
+    fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError>;
+
+    /// Folds the adapter into the node's dequantized base weight `[out, in]` and bias
+    /// (`out` values, zeros when the base has none), for an explicit merge.
+    #[sabi(last_prefix_field)]
+    fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError>;
+}
+
+/// An owned adapter object.
+pub type AdapterBox = Adapter_TO<'static, RBox<()>>;
+
+/// What to load: the adapter's id, its files, and kind-specific options.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LoadRequest<'a> {
+    /// The id it will be registered under (for error messages).
+    pub id: RStr<'a>,
+    /// A file or directory path, as the kind expects.
+    pub source: RStr<'a>,
+    /// A JSON object of kind-specific options, or empty.
+    pub options: RStr<'a>,
+}
+
+/// The root module every adapter kind exports (the built-in kinds too).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = AdapterKindModRef)))]
+pub struct AdapterKindMod {
+    /// [`ABI_VERSION`] the kind was built against.
+    pub abi_version: u32,
+    /// The kind's name (`lora`, `ssf`, …), unique in a host.
+    pub kind: extern "C" fn() -> RStr<'static>,
+    /// Loads one adapter and validates it against the model.
+    #[sabi(last_prefix_field)]
+    pub load: extern "C" fn(request: LoadRequest<'_>, model: ModelViewRef<'_>) -> RResult<AdapterBox, PluginError>,
+}
+
+impl core::fmt::Debug for HostKernels {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostKernels").field("level", &(self.level)()).finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for LinearDelta<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LinearDelta")
+            .field("target", &self.target)
+            .field("x", &self.x)
+            .field("y", &self.y)
+            .field("scale", &self.scale)
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for AdapterKindMod {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AdapterKindMod").field("abi_version", &self.abi_version).field("kind", &(self.kind)()).finish()
+    }
+}
+
+impl RootModule for AdapterKindModRef {
+    declare_root_module_statics! {AdapterKindModRef}
+    const BASE_NAME: &'static str = "graft_adapter_kind";
+    const NAME: &'static str = "graft adapter kind";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
