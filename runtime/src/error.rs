@@ -146,6 +146,26 @@ pub enum Error {
     #[error("npy `{path}`: {detail}")]
     Npy { path: String, detail: String },
 
+    // === Adapters (std) ===
+    /// An adapter kind refused an adapter, or failed while running it.
+    #[error("adapter `{id}` ({kind}): {code} {field_note}{detail}", field_note = if field.is_empty() { String::new() } else { alloc::format!("`{field}`: ") })]
+    Adapter { id: String, kind: String, code: &'static str, field: String, detail: String },
+    /// No adapter is registered under this id.
+    #[error("adapter `{id}` is not registered (registered: {known})")]
+    UnknownAdapter { id: String, known: String },
+    /// An id is already registered (`insert`), or is not (`replace`).
+    #[error("adapter `{id}`: {detail}")]
+    AdapterId { id: String, detail: String },
+    /// No adapter kind has this name.
+    #[error("adapter kind `{kind}` is not available (kinds: {known})")]
+    UnknownAdapterKind { kind: String, known: String },
+    /// An adapter or row assignment was made for another model than the one running it.
+    #[error("adapter `{id}` was loaded for another model than this session's")]
+    AdapterModel { id: String },
+    /// A per-row adapter assignment does not fit the batch.
+    #[error("row adapters: {detail}")]
+    RowAdapters { detail: String },
+
     // === ONNX import ===
     /// An ONNX node uses an op (or an op form) graft cannot import.
     #[error("onnx node `{node}` ({op}): {detail}")]

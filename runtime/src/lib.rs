@@ -34,6 +34,8 @@ compile_error!("graft reads little-endian containers in place and supports littl
 extern crate alloc;
 
 #[cfg(feature = "std")]
+pub mod adapters;
+#[cfg(feature = "std")]
 pub mod builder;
 pub mod container;
 pub mod engine;

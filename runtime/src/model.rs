@@ -191,6 +191,12 @@ impl Model {
         &self.bytes()[info.range()]
     }
 
+    /// Whether `self` and `other` are handles to the same opened model (not merely equal
+    /// files): adapters are validated against one model and may only run on it.
+    pub fn same_as(&self, other: &Model) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// An f32 vector tensor (bias, gain) by envelope index.
     pub fn vector(&self, tensor: usize) -> Result<&[f32]> {
         let info = &self.inner.envelope.tensors[tensor];

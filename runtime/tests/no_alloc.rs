@@ -1,5 +1,7 @@
 //! `Session::run` allocates nothing: a counting global allocator watches repeated runs of
-//! a model that uses every op, on one thread and on a pool of three.
+//! a model that uses every op, on one thread and on a pool of three. `run_with` neither,
+//! once the session has seen adapters of that size: mixed rows (gathered groups), DoRA
+//! and stacks included.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +10,9 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use graft::adapters::{Registry, RowAdapters};
 use graft::builder::WeightFormats;
+use graft::synthetic::lora::{LoraSpec, write_peft_lora};
 use graft::synthetic::{Dlrm, GraphInputs};
 use graft::{Input, Model, Session, SessionOptions, WeightFormat};
 
@@ -58,6 +62,45 @@ fn run_allocates_nothing() {
         let model = Model::from_slice_copy(&dlrm.build().to_bytes(WeightFormats::uniform(f)).unwrap()).unwrap();
         let (big, small) = (GraphInputs::new(model.graph(), 64, 3), GraphInputs::new(model.graph(), 1, 4));
         assert_no_alloc(&model, &big.inputs(), &small.inputs(), &format!("dlrm {f}"));
+        assert_no_alloc_with_adapters(&model, &big.inputs(), &small.inputs(), &format!("dlrm {f} + adapters"));
+    }
+}
+
+fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Input<'_>], label: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no_alloc_adapters");
+    let registry = Registry::new(model);
+    for (id, spec) in
+        [("lora", LoraSpec::every_linear(8, 1)), ("dora", LoraSpec { dora: true, ..LoraSpec::every_linear(4, 2) })]
+    {
+        let path = dir.join(id);
+        write_peft_lora(model, &path, &spec).unwrap();
+        registry.insert(registry.load_peft(id, &path).unwrap()).unwrap();
+    }
+    let mut mixed = RowAdapters::new(&registry);
+    for r in 0..64 {
+        match r % 4 {
+            0 => mixed.push("lora").unwrap(),
+            1 => mixed.push("dora").unwrap(),
+            2 => mixed.push_stack(&[("lora", 0.5), ("dora", 1.5)]).unwrap(),
+            _ => mixed.push_base().unwrap(),
+        }
+    }
+    let one = RowAdapters::all(&registry, "dora").unwrap();
+    for threads in [1, 3] {
+        let mut s = Session::new(model, SessionOptions { max_batch: 64, threads, ..Default::default() }).unwrap();
+        s.run_with(big, &mixed).unwrap();
+        s.run_with(small, &one).unwrap();
+        ALLOCATIONS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        let mut checksum = 0.0f32;
+        for _ in 0..20 {
+            checksum += s.run_with(big, &mixed).unwrap().get("logit").map_or(0.0, |v| v[0]);
+            checksum += s.run_with(small, &one).unwrap().get("prob").map_or(0.0, |v| v[0]);
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        let n = ALLOCATIONS.load(Ordering::SeqCst);
+        assert!(checksum.is_finite());
+        assert_eq!(n, 0, "{label}, {threads} thread(s): {n} allocations in 40 runs");
     }
 }
 

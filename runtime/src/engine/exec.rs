@@ -24,7 +24,7 @@ const PREFETCH_BAGS: usize = 4;
 
 /// A raw pointer that may cross threads; every use documents why it is exclusive.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: SendPtr is only dereferenced into disjoint blocks by tasks of one `Pool::run`.
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
@@ -43,10 +43,13 @@ pub(crate) struct Exec<'a, 'i> {
     pub rows: usize,
     #[cfg(feature = "std")]
     pub pool: Option<&'a super::pool::Pool>,
+    /// Adapters of this run, if any.
+    #[cfg(feature = "std")]
+    pub adapters: Option<super::adapt::AdapterPass<'a>>,
 }
 
 impl Exec<'_, '_> {
-    fn threads(&self) -> usize {
+    pub(super) fn threads(&self) -> usize {
         #[cfg(feature = "std")]
         if let Some(p) = self.pool {
             return p.threads();
@@ -55,7 +58,7 @@ impl Exec<'_, '_> {
     }
 
     /// Runs `f(0..tasks)`, on the pool if there is one.
-    fn parallel(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    pub(super) fn parallel(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         #[cfg(feature = "std")]
         if let Some(p) = self.pool {
             p.run(tasks, f);
@@ -104,9 +107,23 @@ impl Exec<'_, '_> {
         // place is disjoint from its input places and inside the arena.
         unsafe {
             match step {
-                Step::Linear { x, weight, bias, act, y, .. } => {
+                Step::Linear { node, x, weight, bias, act, y } => {
                     let w = self.model.weight(*weight)?;
                     let bias = bias.map(|b| self.model.vector(b)).transpose()?;
+                    #[cfg(feature = "std")]
+                    if let Some(pass) = self.adapters.as_ref().filter(|p| p.rows.touches(*node)) {
+                        // Adapters act on the pre-activation output, so the fused
+                        // activation waits until they have run.
+                        self.linear(self.src(*x), &w, bias, None, self.dst(*y));
+                        self.adapt_linear(pass, *node, self.src(*x), bias, *y)?;
+                        if let Some((act, _)) = act {
+                            let ew = self.kernels.elementwise;
+                            self.dst(*y).for_each_row(|_, row| ew.activate(*act, row));
+                        }
+                        return Ok(());
+                    }
+                    #[cfg(not(feature = "std"))]
+                    let _ = node;
                     self.linear(self.src(*x), &w, bias, act.map(|a| a.0), self.dst(*y));
                 }
                 Step::Cross { x0, xl, weight, bias, y, .. } => {
@@ -296,7 +313,7 @@ impl Exec<'_, '_> {
 }
 
 /// The `t`-th of `parts` near-equal chunks of `0..n`, boundaries rounded to `multiple`.
-fn chunk(n: usize, parts: usize, t: usize, multiple: usize) -> Range<usize> {
+pub(super) fn chunk(n: usize, parts: usize, t: usize, multiple: usize) -> Range<usize> {
     let per = n.div_ceil(parts).div_ceil(multiple) * multiple;
     let start = (t * per).min(n);
     start..((t + 1) * per).min(n)

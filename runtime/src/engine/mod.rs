@@ -1,5 +1,7 @@
 //! The execution engine: plan once, run many times without allocating.
 
+#[cfg(feature = "std")]
+mod adapt;
 mod exec;
 mod input;
 mod plan;

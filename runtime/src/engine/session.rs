@@ -55,6 +55,9 @@ pub struct Session {
     binding: Vec<usize>,
     #[cfg(feature = "std")]
     pool: Option<super::pool::Pool>,
+    /// Per-thread hook scratch, grown (rarely) when a run's adapters need more.
+    #[cfg(feature = "std")]
+    adapter_scratch: Vec<f32>,
 }
 
 impl Session {
@@ -110,6 +113,8 @@ impl Session {
             scratch,
             #[cfg(feature = "std")]
             pool,
+            #[cfg(feature = "std")]
+            adapter_scratch: Vec::new(),
         })
     }
 
@@ -155,12 +160,59 @@ impl Session {
     /// Runs one batch. Inputs are matched to graph inputs by name; the outputs borrow the
     /// session until dropped.
     pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs<'_>> {
-        let g = self.model.graph();
-        let rows = input::bind(g, inputs, self.options.nan_policy, &mut self.binding)?;
+        let rows = self.bind(inputs)?;
+        // SAFETY: `bind` validated the inputs for this batch.
+        unsafe { self.execute(inputs, rows, None) }
+    }
+
+    /// Runs one batch where each row uses its own adapter set (base only, one adapter,
+    /// or a scaled stack) from `adapters`. Rows that share a set are processed together;
+    /// every row's result equals running its set alone. Allocation-free once the session
+    /// has seen adapters of this size (hook scratch only grows).
+    #[cfg(feature = "std")]
+    pub fn run_with(&mut self, inputs: &[Input<'_>], adapters: &crate::adapters::RowAdapters) -> Result<Outputs<'_>> {
+        let rows = self.bind(inputs)?;
+        adapters.check(&self.model, rows)?;
+        let kernels = crate::adapters::host_kernels(self.kernels.level);
+        let threads = self.options.threads;
+        let block = super::adapt::scratch_per_thread(self.model.graph(), adapters, kernels, rows, threads).max(1);
+        let floats = block.checked_mul(threads).ok_or_else(|| Error::InvalidOption {
+            detail: alloc::format!("adapter scratch of {block} floats × {threads} threads overflows"),
+        })?;
+        if self.adapter_scratch.len() < floats {
+            self.adapter_scratch.resize(floats, 0.0);
+        }
+        let pass =
+            super::adapt::AdapterPass { rows: adapters, kernels, scratch: self.adapter_scratch.as_mut_ptr(), block };
+        // SAFETY: `bind` validated the inputs; the scratch holds threads × block floats
+        // and is used by nothing else during the run.
+        unsafe { self.execute(inputs, rows, Some(pass)) }
+    }
+
+    /// Binds and validates inputs; returns the batch size.
+    fn bind(&mut self, inputs: &[Input<'_>]) -> Result<usize> {
+        let rows = input::bind(self.model.graph(), inputs, self.options.nan_policy, &mut self.binding)?;
         if rows > self.options.max_batch {
             return Err(Error::BatchTooLarge { rows, max_batch: self.options.max_batch });
         }
         self.check_ids(inputs, rows)?;
+        Ok(rows)
+    }
+
+    /// Executes the plan on bound inputs.
+    ///
+    /// # Safety
+    /// `inputs` must have passed [`Session::bind`] for `rows` rows, and any adapter pass
+    /// must satisfy [`super::adapt::AdapterPass`]'s scratch contract.
+    unsafe fn execute<'s>(
+        &'s mut self,
+        inputs: &[Input<'_>],
+        rows: usize,
+        #[cfg(feature = "std")] adapters: Option<super::adapt::AdapterPass<'_>>,
+        #[cfg(not(feature = "std"))] adapters: Option<()>,
+    ) -> Result<Outputs<'s>> {
+        #[cfg(not(feature = "std"))]
+        let _ = adapters;
         let exec = Exec {
             model: &self.model,
             kernels: self.kernels,
@@ -174,6 +226,8 @@ impl Session {
             rows,
             #[cfg(feature = "std")]
             pool: self.pool.as_ref(),
+            #[cfg(feature = "std")]
+            adapters,
         };
         for step in &self.plan.steps {
             // SAFETY: the plan was checked by `Plan::check_disjoint` (no step writes what it

@@ -4,7 +4,10 @@
 //! embedding bag per sparse field, concatenation, a top MLP, a sigmoid) whose parameters
 //! are generated row by row from a seed, so models of any size — the demo's is 26 fields
 //! of 100 000 × 64 — are written without holding them in memory. [`Requests`] produces
-//! request batches with power-law ("popular items") ids, like real recommendation traffic.
+//! request batches with power-law ("popular items") ids, like real recommendation traffic;
+//! [`lora`] writes PEFT LoRA directories for any model.
+
+pub mod lora;
 
 use std::vec::Vec;
 

@@ -1,0 +1,38 @@
+//! The adapter host: kinds, the per-model registry, per-row adapter sets, and the
+//! services (kernels, model view) lent to kinds.
+//!
+//! graft reaches every adapter kind — the built-in LoRA included — through the stable
+//! plugin interface of `graft-plugin-abi`, never through a private shortcut. A kind loads
+//! an adapter against a [`HostModelView`] (module names resolved by the host, base
+//! weights dequantized on request) and returns an object whose hooks the executor calls
+//! once per (hook point, row group). The [`Registry`] publishes adapters with atomic
+//! snapshot swaps, so serving threads never wait for a load or a swap.
+//!
+//! ```no_run
+//! use graft::adapters::{Registry, RowAdapters};
+//! use graft::{Model, Session, SessionOptions};
+//!
+//! let model = Model::open("model.graft")?;
+//! let registry = Registry::new(&model);
+//! registry.insert(registry.load_peft("user42", "adapters/user42")?)?;
+//! let mut rows = RowAdapters::new(&registry);
+//! rows.push("user42")?; // row 0
+//! rows.push_base()?; // row 1: base model only
+//! let mut session = Session::new(&model, SessionOptions::default())?;
+//! # let inputs = [];
+//! let out = session.run_with(&inputs, &rows)?;
+//! # Ok::<(), graft::Error>(())
+//! ```
+
+mod host;
+mod kinds;
+mod merge;
+mod registry;
+mod rows;
+
+pub use graft_plugin_abi as abi;
+pub use host::{HostModelView, ModuleMap, host_kernels, resolve_module};
+pub use kinds::Kinds;
+pub use merge::{MergeReport, merge_to_file};
+pub use registry::{LoadedAdapter, Registry, Snapshot};
+pub use rows::{Group, Member, RowAdapters};
