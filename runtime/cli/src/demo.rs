@@ -6,7 +6,12 @@
 //! 2. opens it (mmap: nothing is read) and times the open and the first inference;
 //! 3. measures batch-1 latency on one thread;
 //! 4. serves a stream of request batches from several threads, one session each, all
-//!    sharing the one mapping, and reports throughput, latency percentiles and memory.
+//!    sharing the one mapping, and reports throughput, latency percentiles and memory;
+//! 5. writes one PEFT LoRA adapter per user (rank 8 on every linear), loads them through
+//!    the registry, measures the LoRA overhead at batch 1, then serves the same stream
+//!    with every row scored by its own user's adapter (mixed batches) while another
+//!    thread hot-swaps one user's adapter between two versions, and reports throughput
+//!    against the base run and the swap (publish) latency.
 //!
 //! The serving loop is [`serve`]: a per-request closure over a session and a batch, so
 //! later stages (per-row adapters, feedback) plug in without changing the harness.
@@ -20,6 +25,10 @@ use graft::synthetic::{Batch, Dlrm, Requests};
 use graft::{Error, Model, Result, Session, SessionOptions};
 
 use crate::report::{Latencies, bytes, micros, rss_line};
+
+mod adapters;
+
+use adapters::AdapterStage;
 
 /// Arguments of `graft demo`.
 #[derive(Debug, clap::Args)]
@@ -54,6 +63,12 @@ pub struct Args {
     /// Kernel level: auto, scalar, avx2.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// Per-user LoRA adapters served in mixed batches (0 skips the adapter stage).
+    #[arg(long, default_value_t = 8)]
+    users: usize,
+    /// Rank of the users' adapters.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -159,6 +174,20 @@ pub fn main(args: Args) -> Result<()> {
         rss_line(),
         bytes(size as usize)
     );
+    if args.users > 0 {
+        let base_rate = rows as f64 / stats.elapsed.as_secs_f64();
+        adapters::stage(&AdapterStage {
+            model: &model,
+            spec: &spec,
+            dir: &dir,
+            args: &args,
+            options,
+            workers,
+            names: &names,
+            singles: &singles,
+            base_rate,
+        })?;
+    }
     drop(session);
     drop(model);
     if !args.keep {

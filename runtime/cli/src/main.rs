@@ -1,6 +1,7 @@
 //! `graft`: convert ONNX recommender models, inspect containers, run them on `.npy`
 //! inputs, benchmark them, and run the serving demo.
 
+mod adapters;
 mod bench;
 mod convert;
 mod demo;
@@ -30,6 +31,8 @@ enum Command {
     Run(run::Args),
     /// Measure latency and throughput of a model on synthetic inputs.
     Bench(bench::Args),
+    /// Inspect adapters.
+    Adapter(adapters::Args),
     /// Build a DLRM-size model, open it and serve request batches from several threads.
     Demo(demo::Args),
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Demo(a) => demo::main(a),
+        Command::Adapter(a) => adapters::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,8 @@
 //!
 //! Inputs are matched to graph inputs by name (`--input dense=dense.npy`). With
 //! `--batch N` the rows are fed in batches of N (flat bag inputs are re-based per batch),
-//! and the outputs are concatenated back in order.
+//! and the outputs are concatenated back in order. `--adapter ID=DIR` loads PEFT LoRA
+//! directories and `--row-adapters rows.json` picks each row's adapter set.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct Args {
     /// Run even if dense inputs hold NaN or ±Inf (they propagate to the outputs).
     #[arg(long)]
     allow_non_finite: bool,
+    #[command(flatten)]
+    adapters: crate::adapters::AdapterArgs,
 }
 
 struct Loaded {
@@ -66,6 +69,7 @@ pub fn main(args: Args) -> Result<()> {
         kernels: crate::parse_level(&args.kernels)?,
         nan_policy: if args.allow_non_finite { NanPolicy::Propagate } else { NanPolicy::Reject },
     };
+    let plan = args.adapters.plan(&model, rows)?;
     let mut session = Session::new(&model, options)?;
     let mut outputs: Vec<(String, usize, Vec<f32>)> = Vec::new();
     let mut latencies = Latencies::default();
@@ -75,8 +79,12 @@ pub fn main(args: Args) -> Result<()> {
         let end = (row + batch).min(rows);
         let slices = slice_batch(&loaded, row, end)?;
         let inputs: Vec<Input<'_>> = slices.iter().map(Slice::input).collect::<Result<_>>()?;
+        let row_adapters = plan.rows(row, end)?;
         let t = Instant::now();
-        let out = session.run(&inputs)?;
+        let out = match &row_adapters {
+            Some(r) => session.run_with(&inputs, r)?,
+            None => session.run(&inputs)?,
+        };
         latencies.push(t.elapsed());
         if outputs.is_empty() {
             outputs = out.iter().map(|(n, v)| (n.to_string(), v.cols(), Vec::new())).collect();
@@ -99,6 +107,9 @@ pub fn main(args: Args) -> Result<()> {
         session.kernels().level,
         session.options().threads
     );
+    if let Some(line) = plan.describe() {
+        println!("{line}");
+    }
     println!("batch latency: {}", latencies.summary());
     for (name, width, data) in &outputs {
         let path = args.output_dir.join(format!("{name}.npy"));

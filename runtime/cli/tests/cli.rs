@@ -1,6 +1,6 @@
 //! The `graft` binary end to end: convert the fixture ONNX model, inspect it, run it on
-//! the fixture's `.npy` inputs (whole and in batches), honour `GRAFT_KERNELS`, and run a
-//! small demo.
+//! the fixture's `.npy` inputs (whole and in batches), honour `GRAFT_KERNELS`, serve PEFT
+//! adapters per row, inspect and merge adapters, and run a small demo.
 
 #![allow(clippy::unwrap_used)]
 
@@ -133,9 +133,98 @@ fn small_demo_runs() {
         "--model-dir",
         dir.to_str().unwrap(),
     ]));
-    for needle in ["build", "open", "first inference", "batch 1 latency", "rows/s", "p99", "rss"] {
+    for needle in
+        ["build", "open", "first inference", "batch 1 latency", "rows/s", "p99", "rss", "adapters", "overhead", "swap"]
+    {
         assert!(printed.contains(needle), "demo output lacks `{needle}`:\n{printed}");
     }
     assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "demo left its model behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn lora_fixture(name: &str) -> PathBuf {
+    fixtures().join("../dlrm_small_lora").join(name)
+}
+
+fn max_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn peft_adapters_per_row_inspect_and_merge() {
+    let dir = scratch("adapters");
+    let model = dir.join("dlrm.graft");
+    let onnx = fixtures().join("model.onnx");
+    ok(graft(&["convert", onnx.to_str().unwrap(), "-o", model.to_str().unwrap(), "--weights", "f32"]));
+    let adapter = |name: &str| lora_fixture(&format!("adapters/{name}")).to_str().unwrap().to_string();
+
+    // One adapter on every row.
+    let out = dir.join("one");
+    let mut args = run_args(model.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--adapter".into(), format!("lora_a={}", adapter("lora_a"))]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(graft(&refs));
+    let want = f32s(&lora_fixture("out_lora_a_logits.npy"));
+    assert!(max_diff(&f32s(&out.join("logit.npy")), &want) <= 1e-5);
+
+    // Per-row sets from rows.json, in batches of 10 so groups straddle batch edges.
+    let fixture_rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lora_fixture("row_adapters.json")).unwrap()).unwrap();
+    let rows: Vec<serde_json::Value> = fixture_rows["out_mixed4_composed.f32"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| if r == "__base__" { serde_json::Value::Null } else { r.clone() })
+        .collect();
+    let rows_path = dir.join("rows.json");
+    std::fs::write(&rows_path, serde_json::to_vec(&rows).unwrap()).unwrap();
+    let out = dir.join("mixed");
+    let mut args = run_args(model.to_str().unwrap(), out.to_str().unwrap());
+    for name in ["lora_a", "lora_b", "dora_c"] {
+        args.extend(["--adapter".into(), format!("{name}={}", adapter(name))]);
+    }
+    args.extend(["--row-adapters".into(), rows_path.to_str().unwrap().into(), "--batch".into(), "10".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let printed = ok(graft(&refs));
+    assert!(printed.contains("per row"), "{printed}");
+    let want = f32s(&lora_fixture("out_mixed4_composed_logits.npy"));
+    assert!(max_diff(&f32s(&out.join("logit.npy")), &want) <= 1e-5);
+
+    // A rows file of the wrong length and an unknown id are errors that say so.
+    std::fs::write(&rows_path, "[null, \"lora_a\"]").unwrap();
+    let o = graft(&refs);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("2 entries for 64"));
+    std::fs::write(&rows_path, serde_json::to_vec(&vec!["nobody"; 64]).unwrap()).unwrap();
+    let o = graft(&refs);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nobody"));
+
+    // Inspect, with and without a model.
+    let listing = ok(graft(&["adapter", "inspect", &adapter("dora_c")]));
+    for needle in ["kind lora", "top_fc1", "dora", "8", "2.000000", "peft_version=0.21.2"] {
+        assert!(listing.contains(needle), "inspect lacks `{needle}`:\n{listing}");
+    }
+    let listing = ok(graft(&["adapter", "inspect", &adapter("lora_b"), "--model", model.to_str().unwrap()]));
+    for needle in ["bot_fc1", "rslora", "16", "4.000000"] {
+        assert!(listing.contains(needle), "inspect lacks `{needle}`:\n{listing}");
+    }
+
+    // Merge into the f32 base, then the merged model alone reproduces PEFT.
+    let merged = dir.join("merged.graft");
+    ok(graft(&[
+        "adapter",
+        "merge",
+        model.to_str().unwrap(),
+        "--adapter",
+        &adapter("dora_c"),
+        "-o",
+        merged.to_str().unwrap(),
+    ]));
+    let out = dir.join("merged-out");
+    let args = run_args(merged.to_str().unwrap(), out.to_str().unwrap());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(graft(&refs));
+    let want = f32s(&lora_fixture("out_dora_c_logits.npy"));
+    assert!(max_diff(&f32s(&out.join("logit.npy")), &want) <= 1e-5);
     let _ = std::fs::remove_dir_all(&dir);
 }
