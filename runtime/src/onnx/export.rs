@@ -14,9 +14,19 @@
 //! naming the graft node. Weights are embedded, so a model must stay under protobuf's
 //! 2 GiB limit.
 //!
+//! [`to_proto_with_lora`] writes the same model prepared for ONNX Runtime's own LoRA
+//! mechanism ("multi-LoRA"), so that ORT can be measured against graft's LoRA: each
+//! targeted linear `y = x·Wᵀ + b` becomes `y = x·Wᵀ + b + scale · (x·A)·B`, where `A`
+//! `[in, r]` and `B` `[r, out]` are *graph inputs* named `<node>.lora_A` / `<node>.lora_B`
+//! that also have zero initializers of the same names. ONNX treats such an input as an
+//! overridable default: without an adapter the model runs and equals the plain export;
+//! with an adapter file (see [`super::adapter_format`]) whose tensors carry those names
+//! active in the run options, ORT feeds them in place of the zeros. A following
+//! activation is a separate graft node, so it applies after the LoRA sum, as in PyTorch.
+//!
 //! [`WeightMatrix::dequant_row`]: crate::kernels::WeightMatrix::dequant_row
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -51,7 +61,105 @@ pub fn export_to_path(model: &Model, path: &Path) -> Result<()> {
 
 /// Builds the ONNX model for `model` without serializing it.
 pub fn to_proto(model: &Model) -> Result<pb::ModelProto> {
-    let graph = Exporter::new(model).build()?;
+    finish(model, Exporter::new(model).build()?)
+}
+
+/// The linears to export with ONNX Runtime LoRA inputs (see [`to_proto_with_lora`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoraInputs {
+    /// `(linear node name, rank, scale)`: the node's output gains `scale · (x·A)·B`.
+    pub targets: Vec<(String, usize, f32)>,
+}
+
+impl LoraInputs {
+    /// Every linear node of `model`, in graph order, with one rank and scale.
+    pub fn every_linear(model: &Model, rank: usize, scale: f32) -> LoraInputs {
+        let targets = model
+            .graph()
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Linear { .. }))
+            .map(|n| (n.name.clone(), rank, scale))
+            .collect();
+        LoraInputs { targets }
+    }
+
+    /// The graph input (and adapter parameter) holding `A` `[in, r]` of `node`.
+    pub fn a_name(node: &str) -> String {
+        format!("{node}.lora_A")
+    }
+
+    /// The graph input (and adapter parameter) holding `B` `[r, out]` of `node`.
+    pub fn b_name(node: &str) -> String {
+        format!("{node}.lora_B")
+    }
+
+    /// The name and dims of every LoRA input, `A` then `B` for each target in order — what
+    /// an adapter file for the exported model must contain. Fails as
+    /// [`to_proto_with_lora`] does for a target that is not a linear of `model`.
+    pub fn parameter_dims(&self, model: &Model) -> Result<Vec<(String, Vec<usize>)>> {
+        let resolved = self.resolve(model.graph())?;
+        let mut dims = Vec::with_capacity(2 * self.targets.len());
+        for (name, _, _) in &self.targets {
+            let Some(target) = resolved.get(name) else { continue };
+            let w = &model.graph().weights[target.weight];
+            dims.push((LoraInputs::a_name(name), vec![w.cols, target.rank]));
+            dims.push((LoraInputs::b_name(name), vec![target.rank, w.rows]));
+        }
+        Ok(dims)
+    }
+
+    /// Checks the targets against `g`: node name → its LoRA.
+    fn resolve(&self, g: &Graph) -> Result<HashMap<String, LoraTarget>> {
+        let mut out = HashMap::with_capacity(self.targets.len());
+        for (name, rank, scale) in &self.targets {
+            let bad = |detail: String| Error::Onnx { detail: format!("LoRA target `{name}`: {detail}") };
+            let node = g.nodes.iter().find(|n| &n.name == name).ok_or_else(|| bad("no node has this name".into()))?;
+            let Op::Linear { weight, .. } = node.op else {
+                return Err(Error::OnnxUnsupported {
+                    node: name.clone(),
+                    op: node.op.name().into(),
+                    detail: "ONNX Runtime LoRA inputs are exported for linear nodes only".into(),
+                });
+            };
+            if *rank == 0 {
+                return Err(bad("the rank must be at least 1".into()));
+            }
+            if !scale.is_finite() {
+                return Err(bad(format!("the scale {scale} is not finite")));
+            }
+            let target = LoraTarget { weight, rank: *rank, scale: *scale };
+            if out.insert(name.clone(), target).is_some() {
+                return Err(bad("targeted more than once".into()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One resolved LoRA target.
+#[derive(Clone, Copy, Debug)]
+struct LoraTarget {
+    weight: usize,
+    rank: usize,
+    scale: f32,
+}
+
+/// Builds the ONNX model for `model` with ONNX Runtime LoRA inputs on the linears named
+/// in `lora`: for each, graph inputs `<node>.lora_A` `[in, r]` and `<node>.lora_B`
+/// `[r, out]` (f32, zero-initialized defaults) and `y = x·Wᵀ + b + scale·(x·A)·B`.
+///
+/// Fails with [`Error::OnnxUnsupported`] for a target that is not a linear node, and with
+/// [`Error::Onnx`] for an unknown or repeated target, a zero rank, a non-finite scale, or
+/// a LoRA input name already used by the model; otherwise as [`to_proto`].
+pub fn to_proto_with_lora(model: &Model, lora: &LoraInputs) -> Result<pb::ModelProto> {
+    let mut exporter = Exporter::new(model);
+    exporter.lora = lora.resolve(model.graph())?;
+    let graph = exporter.build()?;
+    finish(model, graph)
+}
+
+fn finish(model: &Model, graph: pb::GraphProto) -> Result<pb::ModelProto> {
     Ok(pb::ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
@@ -75,6 +183,10 @@ struct Exporter<'m> {
     /// Lazily created shared scalar constants.
     scalars: Vec<(u32, String)>,
     axes_1: Option<String>,
+    /// Linears exported with ONNX Runtime LoRA inputs, by node name.
+    lora: HashMap<String, LoraTarget>,
+    /// The LoRA graph inputs, appended after the model's own.
+    lora_inputs: Vec<ValueInfoProto>,
 }
 
 pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
@@ -95,6 +207,12 @@ pub(super) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 fn value_info(name: &str, elem: DataType, width: usize) -> ValueInfoProto {
+    let dims = [dimension::Value::DimParam(BATCH.into()), dimension::Value::DimValue(width as i64)];
+    tensor_info(name, elem, dims)
+}
+
+/// A 2-D tensor value info.
+fn tensor_info(name: &str, elem: DataType, dims: [dimension::Value; 2]) -> ValueInfoProto {
     let dim = |value| pb::tensor_shape_proto::Dimension { denotation: String::new(), value: Some(value) };
     ValueInfoProto {
         name: name.into(),
@@ -102,12 +220,7 @@ fn value_info(name: &str, elem: DataType, width: usize) -> ValueInfoProto {
             denotation: String::new(),
             value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
                 elem_type: elem as i32,
-                shape: Some(TensorShapeProto {
-                    dim: vec![
-                        dim(dimension::Value::DimParam(BATCH.into())),
-                        dim(dimension::Value::DimValue(width as i64)),
-                    ],
-                }),
+                shape: Some(TensorShapeProto { dim: dims.into_iter().map(dim).collect() }),
             })),
         }),
         doc_string: String::new(),
@@ -125,6 +238,8 @@ impl<'m> Exporter<'m> {
             initializers: Vec::new(),
             scalars: Vec::new(),
             axes_1: None,
+            lora: HashMap::new(),
+            lora_inputs: Vec::new(),
         }
     }
 
@@ -224,6 +339,16 @@ impl<'m> Exporter<'m> {
                 }
             });
         }
+        // LoRA inputs must carry exactly the names the adapter file uses.
+        for name in g.nodes.iter().filter(|n| self.lora.contains_key(&n.name)).map(|n| &n.name) {
+            for input in [LoraInputs::a_name(name), LoraInputs::b_name(name)] {
+                if !self.used.insert(input.clone()) {
+                    return Err(Error::Onnx {
+                        detail: format!("LoRA target `{name}`: its input name `{input}` is already a graph input"),
+                    });
+                }
+            }
+        }
         for o in &g.outputs {
             if !self.used.insert(o.name.clone()) {
                 return Err(Error::OnnxUnsupported {
@@ -253,6 +378,7 @@ impl<'m> Exporter<'m> {
             }
             outputs.push(value_info(&o.name, DataType::Float, g.value_width(o.value)));
         }
+        inputs.append(&mut self.lora_inputs);
         Ok(pb::GraphProto {
             node: self.nodes,
             name: g.name.clone().unwrap_or_else(|| "graft".into()),
@@ -279,7 +405,14 @@ impl<'m> Exporter<'m> {
                 }
                 let name = step(self, "Gemm");
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
-                self.emit("Gemm", &name, &refs, &out, vec![attr_int("transB", 1)]);
+                match self.lora.get(&node.name).copied() {
+                    None => self.emit("Gemm", &name, &refs, &out, vec![attr_int("transB", 1)]),
+                    Some(lora) => {
+                        let base = step(self, "Gemm_out");
+                        self.emit("Gemm", &name, &refs, &base, vec![attr_int("transB", 1)]);
+                        self.lora_delta(i, lora, &x, &base, &out);
+                    }
+                }
             }
             Op::EmbeddingBag { table, mode } => {
                 if inputs.len() != 1 {
@@ -362,6 +495,30 @@ impl<'m> Exporter<'m> {
             }
         }
         Ok(())
+    }
+
+    /// `out = base + scale · (x·A)·B` for linear node `i`, declaring `A` and `B` as graph
+    /// inputs with zero defaults.
+    fn lora_delta(&mut self, i: usize, lora: LoraTarget, x: &str, base: &str, out: &str) {
+        let node_name = self.g.nodes[i].name.clone();
+        let step = |this: &mut Self, op: &str| this.fresh(&format!("{node_name}/lora/{op}"));
+        let w = &self.g.weights[lora.weight];
+        let (fan_in, fan_out, r) = (w.cols, w.rows, lora.rank);
+        let (a, b) = (LoraInputs::a_name(&node_name), LoraInputs::b_name(&node_name));
+        for (name, rows, cols) in [(&a, fan_in, r), (&b, r, fan_out)] {
+            let dims = [dimension::Value::DimValue(rows as i64), dimension::Value::DimValue(cols as i64)];
+            self.lora_inputs.push(tensor_info(name, DataType::Float, dims));
+            self.initializers.push(f32_proto(name, &[rows, cols], &vec![0.0; rows * cols]));
+        }
+        let scale = self.scalar(lora.scale);
+        let (xa, xa_name) = (step(self, "MatMul_out"), step(self, "MatMul"));
+        self.emit("MatMul", &xa_name, &[x, &a], &xa, Vec::new());
+        let (xab, xab_name) = (step(self, "MatMul_1_out"), step(self, "MatMul_1"));
+        self.emit("MatMul", &xab_name, &[&xa, &b], &xab, Vec::new());
+        let (delta, delta_name) = (step(self, "Mul_out"), step(self, "Mul"));
+        self.emit("Mul", &delta_name, &[&xab, &scale], &delta, Vec::new());
+        let add_name = step(self, "Add");
+        self.emit("Add", &add_name, &[base, &delta], out, Vec::new());
     }
 
     fn activation(&mut self, i: usize, act: Activation, x: &str, out: &str) {

@@ -20,7 +20,9 @@
 //! [`export`] goes the other way: it writes a graft model as an equivalent ONNX model
 //! (opset 17, IR version 8, weights dequantized to f32 exactly as graft's kernels see
 //! them), so ONNX Runtime and tract can run the very model graft runs — the basis of the
-//! parity tests and the peer benchmarks.
+//! parity tests and the peer benchmarks. [`to_proto_with_lora`] exports a model prepared
+//! for ONNX Runtime's own LoRA mechanism and [`adapter_format`] writes the matching
+//! `.onnx_adapter` files, so ORT's LoRA can be benchmarked against graft's.
 //!
 //! Supported on import: `Gemm`, `MatMul` with a constant weight (plus a following `Add`
 //! of a constant bias), `Add`, `Mul`, `Relu`, `Sigmoid`, `Tanh`, `Gelu` and the
@@ -31,6 +33,7 @@
 //!
 //! [`ModelBuilder`]: crate::builder::ModelBuilder
 
+pub mod adapter_format;
 mod export;
 mod import;
 mod tensor;
@@ -41,7 +44,8 @@ use std::path::Path;
 
 pub use tract_onnx::pb;
 
-pub use export::{IR_VERSION, OPSET, export, export_to_path, to_proto};
+pub use adapter_format::write_onnx_adapter;
+pub use export::{IR_VERSION, LoraInputs, OPSET, export, export_to_path, to_proto, to_proto_with_lora};
 pub use import::{import, import_bytes, import_proto};
 
 use crate::error::{Error, Result};
