@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
-# Builds and runs the `container` fuzz target for N seconds (default 60).
+# Builds and runs one fuzz target for N seconds (default 60; target default `container`).
 #
-#   fuzz/run.sh [seconds] [extra libFuzzer flags...]     e.g. fuzz/run.sh 600 -jobs=2
+#   fuzz/run.sh [seconds] [target] [extra libFuzzer flags...]
+#   e.g. fuzz/run.sh 600 -jobs=2        fuzz/run.sh 60 peft        fuzz/run.sh 600 peft -jobs=2
 #
-# Writes the seed corpus first (valid models in every weight format, see
-# examples/seed_corpus.rs) into fuzz/corpus/container, which libFuzzer then grows.
-# Uses the nightly toolchain when rustup has one (unless GRAFT_FUZZ_STABLE=1), else the
-# default toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz passes -Z sanitizer flags).
-# Installs cargo-fuzz (`cargo install cargo-fuzz --locked`) if it is missing. Exits
-# non-zero when the target crashes or fails to build; the reproducer is saved under
-# fuzz/artifacts/container/ and replays with `cargo +nightly fuzz run container <file>`.
+# Targets: `container` (model files: envelope, graph JSON, planning, execution) and
+# `peft` (PEFT LoRA adapters: config, safetensors, validation, forward pass). A second
+# argument that starts with `-` is a libFuzzer flag, not a target, so the old
+# `run.sh SECONDS FLAGS...` form still fuzzes `container`.
+#
+# Writes the seed corpus first (see examples/seed_corpus.rs) into fuzz/corpus/<target>,
+# which libFuzzer then grows. Uses the nightly toolchain when rustup has one (unless
+# GRAFT_FUZZ_STABLE=1), else the default toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz
+# passes -Z sanitizer flags). Installs cargo-fuzz (`cargo install cargo-fuzz --locked`)
+# if it is missing. Exits non-zero when the target crashes or fails to build; the
+# reproducer is saved under fuzz/artifacts/<target>/ and replays with
+# `cargo +nightly fuzz run <target> <file>`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${1:-60}"
 if [[ $# -gt 0 ]]; then shift; fi
 target=container
+if [[ $# -gt 0 && "$1" != -* ]]; then
+    target="$1"
+    shift
+fi
+case "$target" in
+    container | peft) ;;
+    *)
+        echo "run.sh: unknown fuzz target \`$target\` (targets: container, peft)" >&2
+        exit 2
+        ;;
+esac
 corpus="corpus/$target"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -31,6 +48,6 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 
-cargo $toolchain run --quiet --example seed_corpus -- "$corpus"
+cargo $toolchain run --quiet --example seed_corpus -- --target "$target" "$corpus"
 cargo $toolchain fuzz build "$target"
 exec cargo $toolchain fuzz run "$target" "$corpus" -- -max_total_time="$seconds" "$@"

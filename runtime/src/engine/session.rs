@@ -180,6 +180,11 @@ impl Session {
             detail: alloc::format!("adapter scratch of {block} floats × {threads} threads overflows"),
         })?;
         if self.adapter_scratch.len() < floats {
+            // Fallible: the size comes from the adapters' own accounting.
+            let extra = floats - self.adapter_scratch.len();
+            self.adapter_scratch.try_reserve_exact(extra).map_err(|_| Error::InvalidOption {
+                detail: alloc::format!("cannot allocate {floats} floats of adapter scratch"),
+            })?;
             self.adapter_scratch.resize(floats, 0.0);
         }
         let pass =
