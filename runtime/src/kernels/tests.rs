@@ -307,8 +307,14 @@ fn tails_around_the_vector_width() {
 #[test]
 fn many_panels_and_long_rows() {
     // k large enough that the dequantized panel holds only a few weight rows, so the
-    // panel loop runs several times with sub-sliced biases.
-    let (m, n, k) = (5, 20, 8200);
+    // panel loop runs several times with sub-sliced biases; and a short reduction over
+    // more outputs than one transposed panel holds (the LoRA expand shape).
+    for (m, n, k) in [(5, 20, 8200), (7, 600, 12), (1, 517, 32)] {
+        panels_case(m, n, k);
+    }
+}
+
+fn panels_case(m: usize, n: usize, k: usize) {
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 50.0).collect();
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 40.0).collect();
     let b: Vec<f32> = (0..n).map(|i| i as f32).collect();

@@ -19,6 +19,14 @@
 //! q4 product `(code − 8) · d`, and for q8 the code itself — its per-row scale is applied
 //! once to the finished dot product instead of once per weight, which takes a multiply
 //! out of the memory-bound inner loop and rounds once instead of `K` times.
+//!
+//! Short reductions (`K ≤ SMALL_K`: a LoRA expand step with `K = rank`, a layer over a
+//! handful of dense features) would spend more on the horizontal sum than on the dot
+//! product, so they put *outputs* in the lanes instead: a panel of weight rows is
+//! transposed into scratch and each output is one sequential FMA chain
+//! `acc = fma(w[o, k], x[m, k], acc)` for k = 0, 1, …, K−1, followed by the same epilogue.
+//! Which form a weight gets depends only on its `K`, never on the batch, so the contract
+//! above (a row's result does not depend on its batch or split) holds for both.
 
 use core::arch::x86_64::*;
 
@@ -32,6 +40,10 @@ use crate::view::{MatMut, MatRef};
 pub(super) const PANEL_MIN_ROWS: usize = 4;
 /// Target size of a dequantized panel, in floats (256 KiB: fits L2).
 const PANEL_FLOATS: usize = 1 << 16;
+/// Reductions up to this length put outputs in the lanes (see the module docs).
+const SMALL_K: usize = 32;
+/// Output columns per transposed panel of the short-reduction path (a multiple of 32).
+const SMALL_K_PANEL: usize = 256;
 
 /// Reads 8 consecutive dequantized weights of one row, and single weights for tails.
 trait Loader {
@@ -352,6 +364,9 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
         // Not a linear format; `linear` hands it to the reference, which needs a row.
         return w.cols;
     }
+    if w.cols <= SMALL_K {
+        return SMALL_K_PANEL * w.cols;
+    }
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
 
@@ -384,6 +399,10 @@ pub(super) unsafe fn linear(
     unsafe {
         let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
         let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
+        if k <= SMALL_K && !matches!(w.data, WeightData::Q8Rowwise(_)) {
+            short_reduction(&x, w, &ep, y, scratch);
+            return;
+        }
         if m >= PANEL_MIN_ROWS {
             // Cache blocking: one L2-sized panel of weight rows serves every input row
             // before the next panel is touched. f32 weights are used in place; other
@@ -423,6 +442,87 @@ pub(super) unsafe fn linear(
                     None => reference.linear(x, w, bias, act, y.reborrow(), scratch),
                 }
             }
+        }
+    }
+}
+
+/// `K ≤ SMALL_K`: outputs in the lanes over a transposed, zero-padded panel of weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn short_reduction(
+    x: &MatRef<'_>,
+    w: &WeightMatrix<'_>,
+    ep: &Epilogue<'_>,
+    y: &mut MatMut<'_>,
+    scratch: &mut [f32],
+) {
+    let (n, k) = (w.rows, w.cols);
+    let mut row = [0.0f32; SMALL_K];
+    let mut o0 = 0;
+    while o0 < n {
+        let cols = (n - o0).min(SMALL_K_PANEL);
+        let padded = cols.div_ceil(8) * 8;
+        // bt[kk · padded + j] = w[o0 + j, kk]; columns past `cols` are zero.
+        let bt = &mut scratch[..k * padded];
+        for j in 0..padded {
+            if j < cols {
+                // SAFETY: AVX2/FMA/F16C per this function's contract; row o0 + j exists.
+                unsafe { panel_row(&w.rows_range(o0 + j..o0 + j + 1), 0, &mut row[..k]) };
+            } else {
+                row[..k].fill(0.0);
+            }
+            for (kk, &v) in row[..k].iter().enumerate() {
+                bt[kk * padded + j] = v;
+            }
+        }
+        let ep = ep.rows(o0, cols);
+        for mi in 0..x.rows() {
+            let xr = x.row(mi);
+            let mut j = 0;
+            while j < cols {
+                let mut out = [0.0f32; 32];
+                let lanes = if padded - j >= 32 {
+                    // SAFETY: columns j..j+32 lie in the padded panel.
+                    unsafe { lanes_block::<4>(xr, bt, padded, j, &mut out) };
+                    32
+                } else {
+                    // SAFETY: columns j..j+8 lie in the padded panel (padded is a multiple of 8).
+                    unsafe { lanes_block::<1>(xr, bt, padded, j, &mut out) };
+                    8
+                };
+                let yrow = y.row_mut(mi);
+                for (e, &s) in out.iter().enumerate().take(lanes.min(cols - j)) {
+                    let o = j + e;
+                    let v = ep.apply(o, s);
+                    let dst = &mut yrow[ep.col0 + o];
+                    *dst = match ep.accumulate {
+                        Some(alpha) => *dst + alpha * v,
+                        None => v,
+                    };
+                }
+                j += lanes;
+            }
+        }
+        o0 += cols;
+    }
+}
+
+/// `NV · 8` outputs of one input row over the transposed panel: each lane a sequential
+/// FMA chain over `k`.
+#[inline(always)]
+unsafe fn lanes_block<const NV: usize>(xr: &[f32], bt: &[f32], padded: usize, j: usize, out: &mut [f32; 32]) {
+    // SAFETY: the caller guarantees AVX2/FMA and `j + 8·NV <= padded`; `bt` holds
+    // `xr.len()` rows of `padded` floats.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); NV];
+        for (kk, &xv) in xr.iter().enumerate() {
+            let xv = _mm256_set1_ps(xv);
+            let p = bt.as_ptr().add(kk * padded + j);
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * v)), xv, *a);
+            }
+        }
+        for (v, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *a);
         }
     }
 }
