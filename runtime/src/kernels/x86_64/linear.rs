@@ -21,12 +21,13 @@
 //! out of the memory-bound inner loop and rounds once instead of `K` times.
 //!
 //! Short reductions (`K ≤ SMALL_K`: a LoRA expand step with `K = rank`, a layer over a
-//! handful of dense features) would spend more on the horizontal sum than on the dot
-//! product, so they put *outputs* in the lanes instead: a panel of weight rows is
-//! transposed into scratch and each output is one sequential FMA chain
-//! `acc = fma(w[o, k], x[m, k], acc)` for k = 0, 1, …, K−1, followed by the same epilogue.
-//! Which form a weight gets depends only on its `K`, never on the batch, so the contract
-//! above (a row's result does not depend on its batch or split) holds for both.
+//! handful of dense features) would spend more on one horizontal sum per output than on
+//! the dot product itself. They run 8 outputs at a time instead: lane `l` of output `o`
+//! accumulates `fma(w[o, 8c + l], x[m, 8c + l], acc)` over zero-padded 8-column chunks,
+//! and the 8 outputs' lanes are reduced together by one horizontal-add tree
+//! (`((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))` per output), then the same epilogue. Which
+//! form a weight gets depends only on its `K`, never on the batch, so the contract above
+//! (a row's result does not depend on its batch or split) holds for both.
 
 use core::arch::x86_64::*;
 
@@ -42,8 +43,6 @@ pub(super) const PANEL_MIN_ROWS: usize = 4;
 const PANEL_FLOATS: usize = 1 << 16;
 /// Reductions up to this length put outputs in the lanes (see the module docs).
 const SMALL_K: usize = 32;
-/// Output columns per transposed panel of the short-reduction path (a multiple of 32).
-const SMALL_K_PANEL: usize = 256;
 
 /// Reads 8 consecutive dequantized weights of one row, and single weights for tails.
 trait Loader {
@@ -365,7 +364,7 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
         return w.cols;
     }
     if w.cols <= SMALL_K {
-        return SMALL_K_PANEL * w.cols;
+        return if matches!(w.data, WeightData::F32(_)) { 0 } else { short_panel_rows(w.cols).min(w.rows) * w.cols };
     }
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
@@ -446,7 +445,8 @@ pub(super) unsafe fn linear(
     }
 }
 
-/// `K ≤ SMALL_K`: outputs in the lanes over a transposed, zero-padded panel of weights.
+/// `K ≤ SMALL_K`: blocks of 8 outputs, each a zero-padded 8-lane dot product, reduced
+/// together by one horizontal-add tree (see the module docs).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn short_reduction(
     x: &MatRef<'_>,
@@ -456,74 +456,130 @@ unsafe fn short_reduction(
     scratch: &mut [f32],
 ) {
     let (n, k) = (w.rows, w.cols);
-    let mut row = [0.0f32; SMALL_K];
-    let mut o0 = 0;
-    while o0 < n {
-        let cols = (n - o0).min(SMALL_K_PANEL);
-        let padded = cols.div_ceil(8) * 8;
-        // bt[kk · padded + j] = w[o0 + j, kk]; columns past `cols` are zero.
-        let bt = &mut scratch[..k * padded];
-        for j in 0..padded {
-            if j < cols {
-                // SAFETY: AVX2/FMA/F16C per this function's contract; row o0 + j exists.
-                unsafe { panel_row(&w.rows_range(o0 + j..o0 + j + 1), 0, &mut row[..k]) };
-            } else {
-                row[..k].fill(0.0);
-            }
-            for (kk, &v) in row[..k].iter().enumerate() {
-                bt[kk * padded + j] = v;
-            }
-        }
-        let ep = ep.rows(o0, cols);
-        for mi in 0..x.rows() {
-            let xr = x.row(mi);
-            let mut j = 0;
-            while j < cols {
-                let mut out = [0.0f32; 32];
-                let lanes = if padded - j >= 32 {
-                    // SAFETY: columns j..j+32 lie in the padded panel.
-                    unsafe { lanes_block::<4>(xr, bt, padded, j, &mut out) };
-                    32
-                } else {
-                    // SAFETY: columns j..j+8 lie in the padded panel (padded is a multiple of 8).
-                    unsafe { lanes_block::<1>(xr, bt, padded, j, &mut out) };
-                    8
-                };
-                let yrow = y.row_mut(mi);
-                for (e, &s) in out.iter().enumerate().take(lanes.min(cols - j)) {
-                    let o = j + e;
-                    let v = ep.apply(o, s);
-                    let dst = &mut yrow[ep.col0 + o];
-                    *dst = match ep.accumulate {
-                        Some(alpha) => *dst + alpha * v,
-                        None => v,
-                    };
+    let chunks = k.div_ceil(8);
+    let dense = matches!(w.data, WeightData::F32(_));
+    // Dense f32 weights are read in place; other formats are expanded (exactly as the
+    // loaders would) one L2-sized panel of rows at a time.
+    let nb = if dense { n.max(1) } else { short_panel_rows(k) };
+    // SAFETY: register-only and masked loads inside rows of `k` floats; AVX2/FMA per the
+    // function's contract.
+    unsafe {
+        let rem = k - (chunks - 1) * 8;
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane);
+        let load = |p: *const f32, c: usize| -> __m256 {
+            if c + 1 < chunks { _mm256_loadu_ps(p.add(8 * c)) } else { _mm256_maskload_ps(p.add(8 * c), tail) }
+        };
+        let mut p0 = 0;
+        while p0 < n {
+            let pn = nb.min(n - p0);
+            let panel: &[f32] = match w.data {
+                WeightData::F32(data) => &data[p0 * k..(p0 + pn) * k],
+                _ => {
+                    let panel = &mut scratch[..pn * k];
+                    let sub = w.rows_range(p0..p0 + pn);
+                    for (r, row) in panel.chunks_exact_mut(k).enumerate() {
+                        panel_row(&sub, r, row);
+                    }
+                    panel
                 }
-                j += lanes;
+            };
+            for mi in 0..x.rows() {
+                let xp = x.row(mi).as_ptr();
+                let mut xv = [_mm256_setzero_ps(); SMALL_K / 8];
+                for (c, v) in xv.iter_mut().enumerate().take(chunks) {
+                    *v = load(xp, c);
+                }
+                let yrow = y.row_mut(mi);
+                let mut o0 = 0;
+                while o0 < pn {
+                    let valid = (pn - o0).min(8);
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for (j, a) in acc.iter_mut().enumerate().take(valid) {
+                        let wp = panel.as_ptr().add((o0 + j) * k);
+                        for (c, &xc) in xv.iter().enumerate().take(chunks) {
+                            *a = _mm256_fmadd_ps(load(wp, c), xc, *a);
+                        }
+                    }
+                    let sums = reduce8(&acc);
+                    let o = p0 + o0;
+                    if valid == 8 && vector_epilogue(ep, o, sums, yrow[ep.col0 + o..ep.col0 + o + 8].as_mut_ptr()) {
+                        o0 += 8;
+                        continue;
+                    }
+                    let mut lanes = [0.0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+                    for (j, &s) in lanes.iter().enumerate().take(valid) {
+                        let o = p0 + o0 + j;
+                        let v = ep.apply(o, s);
+                        let dst = &mut yrow[ep.col0 + o];
+                        *dst = match ep.accumulate {
+                            Some(alpha) => *dst + alpha * v,
+                            None => v,
+                        };
+                    }
+                    o0 += 8;
+                }
             }
+            p0 += pn;
         }
-        o0 += cols;
     }
 }
 
-/// `NV · 8` outputs of one input row over the transposed panel: each lane a sequential
-/// FMA chain over `k`.
+/// Finishes 8 outputs `o..o + 8` at `dst` with exactly the scalar [`Epilogue::apply`]
+/// arithmetic (same operations, same rounding), or returns `false` for an activation it
+/// does not vectorize.
+///
+/// # Safety
+/// AVX2 must be available; `dst` must point at 8 writable floats; `o + 8` must be within
+/// the epilogue's scales and bias.
 #[inline(always)]
-unsafe fn lanes_block<const NV: usize>(xr: &[f32], bt: &[f32], padded: usize, j: usize, out: &mut [f32; 32]) {
-    // SAFETY: the caller guarantees AVX2/FMA and `j + 8·NV <= padded`; `bt` holds
-    // `xr.len()` rows of `padded` floats.
+unsafe fn vector_epilogue(ep: &Epilogue<'_>, o: usize, sums: __m256, dst: *mut f32) -> bool {
+    if !matches!(ep.act, None | Some(Activation::Relu)) {
+        return false;
+    }
+    // SAFETY: per the function's contract.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); NV];
-        for (kk, &xv) in xr.iter().enumerate() {
-            let xv = _mm256_set1_ps(xv);
-            let p = bt.as_ptr().add(kk * padded + j);
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8 * v)), xv, *a);
-            }
+        let mut v = sums;
+        if let Some(scales) = ep.scales {
+            v = _mm256_mul_ps(v, _mm256_loadu_ps(scales[o..o + 8].as_ptr()));
         }
-        for (v, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *a);
+        let bias = match ep.bias {
+            Some(b) => _mm256_loadu_ps(b[o..o + 8].as_ptr()),
+            None => _mm256_setzero_ps(),
+        };
+        v = _mm256_add_ps(v, bias);
+        if ep.act.is_some() {
+            // relu keeps NaN: only lanes ordered-less-than zero become zero.
+            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(v, _mm256_setzero_ps());
+            v = _mm256_blendv_ps(v, _mm256_setzero_ps(), negative);
         }
+        if let Some(alpha) = ep.accumulate {
+            v = _mm256_add_ps(_mm256_loadu_ps(dst), _mm256_mul_ps(_mm256_set1_ps(alpha), v));
+        }
+        _mm256_storeu_ps(dst, v);
+    }
+    true
+}
+
+/// Rows of a non-f32 weight expanded at once by the short-reduction path.
+fn short_panel_rows(k: usize) -> usize {
+    (PANEL_FLOATS / k.max(1)).max(8) / 8 * 8
+}
+
+/// Lane `j` of the result is the sum of the 8 lanes of `v[j]`, in the fixed order
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+#[inline(always)]
+unsafe fn reduce8(v: &[__m256; 8]) -> __m256 {
+    // SAFETY: register-only AVX operations; the caller guarantees AVX2.
+    unsafe {
+        let t0 = _mm256_hadd_ps(v[0], v[1]);
+        let t1 = _mm256_hadd_ps(v[2], v[3]);
+        let t2 = _mm256_hadd_ps(v[4], v[5]);
+        let t3 = _mm256_hadd_ps(v[6], v[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
     }
 }
 
