@@ -3,8 +3,10 @@
 
 Usage: scripts/bench-report.py [target/criterion]  > tables.md
 Reads each benchmark's new/benchmark.json + new/estimates.json and prints markdown:
-whole-model latency with peer ratios, open + first inference by model size, and batch-1
-GEMV bandwidth as a fraction of the machine's measured memory bandwidth.
+whole-model latency with peer ratios, open + first inference by model size, batch-1
+GEMV bandwidth as a fraction of the machine's measured memory bandwidth, and the adapter
+(LoRA) tables: overhead, mixed batches, swap latency (p50/p99 from
+lora_swap_percentiles.json, written by the lora bench) and ONNX Runtime's LoRA.
 """
 import json
 import os
@@ -113,3 +115,86 @@ for g in sorted((x for x in by_group if x.startswith("gemv_")), key=lambda g: (l
             b = gbps((g, k))
             frac = f"{b / read_bw:.2f}" if read_bw else "—"
             print(f"| {k} | {fmt_time(r[k])} | {throughput[(g, k)] / 1e6:.1f} MB | {b / 1e9:.1f} | {frac} |")
+
+# Adapters (LoRA): groups of runtime/benches/lora.rs.
+pct = lambda x, base: f"{(x / base - 1) * 100:+.1f} %" if x and base else "—"
+BUDGET_OVERHEAD, BUDGET_MIXED, BUDGET_SWAP_NS = 10.0, 15.0, 20_000
+over = sorted(g for g in by_group if g.startswith("lora_overhead/"))
+if over:
+    print("\n### LoRA overhead: adapter on every linear (6) of the demo DLRM vs the base model\n")
+    print("Median per batch; overhead = LoRA / base − 1. Budget (DESIGN §10): ≤ +10 % for r = 8–16.\n")
+    ranks = sorted({int(fn[1:]) for g in over for fn in by_group[g] if fn.startswith("r")})
+    print("`none` is `run_with` with an empty adapter set: the adapter path's fixed cost.\n")
+    print("| base | batch | threads | base time | none | " + " | ".join(f"r={r}" for r in ranks) + " | r=8–16 within budget |")
+    print("|---|---|---|---|---|" + "---|" * len(ranks) + "---|")
+    order = lambda g: (g.split("/")[1], int(g.split("/")[2][5:]), g.split("/")[3])
+    for g in sorted(over, key=order):
+        _, fmt, b, t = g.split("/")
+        r = by_group[g]
+        base = r.get("base")
+        cells = [f"{fmt_time(r.get(f'r{k}'))} ({pct(r.get(f'r{k}'), base)})" for k in ranks]
+        worst = max(((r[f"r{k}"] / base - 1) * 100 for k in (8, 16) if r.get(f"r{k}") and base), default=None)
+        ok = "—" if worst is None else ("yes" if worst <= BUDGET_OVERHEAD else f"**no** ({worst:+.0f} %)")
+        none = f"{fmt_time(r.get('none'))} ({pct(r.get('none'), base)})"
+        print(f"| {fmt} | {b[5:]} | {t[1:]} | {fmt_time(base)} | {none} | " + " | ".join(cells) + f" | {ok} |")
+
+mixed = sorted(g for g in by_group if g.startswith("lora_mixed/"))
+if mixed:
+    print("\n### Mixed batch: 256 rows, 8 adapters (every linear) vs one adapter for all rows, 1 thread\n")
+    print("graft runs one batch (`run_with`, rows grouped per adapter); ORT applies one adapter set per run, so its mixed")
+    print("batch is 8 runs of 32 rows. Budget (DESIGN §10): mixed ≤ +15 % over single.\n")
+    print("| engine | rank | base (no adapter) | single adapter | 8 adapters, sorted rows | 8 adapters, round-robin rows | sorted / single | round-robin / single |")
+    print("|---|---|---|---|---|---|---|---|")
+    for g in mixed:
+        _, eng, rk = g.split("/")
+        r = by_group[g]
+        single = r.get("single")
+        if eng.startswith("ort"):
+            m = r.get("mixed8")
+            print(f"| {eng} | {rk[1:]} | — | {fmt_time(single)} | {fmt_time(m)} (8 runs × 32) | — | {pct(m, single)} | — |")
+        else:
+            s, rr = r.get("mixed8-sorted"), r.get("mixed8-roundrobin")
+            print(
+                f"| graft-{eng} | {rk[1:]} | {fmt_time(r.get('base'))} | {fmt_time(single)} | {fmt_time(s)} | {fmt_time(rr)} "
+                f"| {pct(s, single)} | {pct(rr, single)} |"
+            )
+
+swaps = sorted(g for g in by_group if g.startswith("lora_swap/"))
+perc_path = os.path.join(root, "lora_swap_percentiles.json")
+perc = json.load(open(perc_path)) if os.path.exists(perc_path) else {}
+if swaps or perc:
+    print("\n### Adapter swap: `Registry::replace` (publish) while readers run batches of 16 continuously\n")
+    print("p50/p99/max of timed swaps, one every 20 µs (`lora_swap_percentiles.json`); mean of back-to-back swaps from criterion.")
+    print("Budget (DESIGN §10): p99 ≤ 20 µs, independent of model size.\n")
+    print("| model tables | readers | swaps | p50 | p99 | max | criterion mean | reader batches meanwhile | p99 within budget |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    keys = sorted(set(perc) | {g.split("/", 1)[1] for g in swaps}, key=lambda k: (size_key("x/" + k.split("/")[0]), k))
+    for k in keys:
+        p = perc.get(k, {})
+        mean = by_group.get(f"lora_swap/{k}", {}).get("publish")
+        ok = "—" if "p99_ns" not in p else ("yes" if p["p99_ns"] <= BUDGET_SWAP_NS else "**no**")
+        size, readers = k.split("/")
+        print(
+            f"| {size} | {readers[7:]} | {p.get('swaps', '—')} | {fmt_time(p.get('p50_ns'))} | {fmt_time(p.get('p99_ns'))} "
+            f"| {fmt_time(p.get('max_ns'))} | {fmt_time(mean)} | {p.get('reader_batches', '—')} | {ok} |"
+        )
+
+peer = sorted(g for g in by_group if g.startswith("lora_peer/"))
+if peer:
+    print("\n### LoRA overhead: graft vs ONNX Runtime's own LoRA (same demo DLRM, f32, adapter on every linear)\n")
+    print("ORT: the export with LoRA matrices as graph inputs and an `.onnx_adapter` made active through `RunOptions`,")
+    print("against the plain export (`ort-plain`). graft: f32 file, `run_with` against `run` (from `lora_overhead`).")
+    print("Peers report +10–20 % for r=8 at batch 256 (DESIGN §10).\n")
+    print("| batch | threads | rank | ORT plain | ORT LoRA | ORT LoRA session, adapter off | ORT overhead | graft f32 base | graft f32 LoRA | graft overhead | ORT LoRA / graft LoRA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for g in sorted(peer, key=lambda g: (int(g.split("/")[1][5:]), g)):
+        _, b, t = g.split("/")
+        r = by_group[g]
+        gr = by_group.get(f"lora_overhead/f32/{b}/{t}", {})
+        for rk in sorted({int(fn.split("-r")[1].split("-")[0]) for fn in r if fn.startswith("ort-lora-r")}):
+            ol, plain = r.get(f"ort-lora-r{rk}"), r.get("ort-plain")
+            gl, gb = gr.get(f"r{rk}"), gr.get("base")
+            print(
+                f"| {b[5:]} | {t[1:]} | {rk} | {fmt_time(plain)} | {fmt_time(ol)} | {fmt_time(r.get(f'ort-lora-r{rk}-off'))} "
+                f"| {pct(ol, plain)} | {fmt_time(gb)} | {fmt_time(gl)} | {pct(gl, gb)} | {ratio(ol, gl)} |"
+            )

@@ -4,6 +4,11 @@
 //!
 //! ORT is optional locally (a missing library prints a SKIP line and its benchmarks are
 //! left out); with `GRAFT_CI=1` it is required.
+//!
+//! For LoRA, ORT's peer is its own multi-LoRA mechanism ([`OrtLoraRunner`]): the model
+//! exported by `graft::onnx::to_proto_with_lora` (LoRA matrices as overridable graph
+//! inputs) plus an `.onnx_adapter` file written by `graft::onnx::write_onnx_adapter`,
+//! made active through `RunOptions`. Everything is produced from Rust at bench time.
 
 #![allow(dead_code, clippy::unwrap_used)] // each bench binary uses a subset
 
@@ -28,6 +33,22 @@ pub enum Feed {
 }
 
 impl Feed {
+    /// Rows `range` of this tensor.
+    pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Feed {
+        match self {
+            Feed::F32 { name, data, width } => Feed::F32 {
+                name: name.clone(),
+                data: data[range.start * width..range.end * width].to_vec(),
+                width: *width,
+            },
+            Feed::I64 { name, data, width } => Feed::I64 {
+                name: name.clone(),
+                data: data[range.start * width..range.end * width].to_vec(),
+                width: *width,
+            },
+        }
+    }
+
     fn rows(&self) -> usize {
         match self {
             Feed::F32 { data, width, .. } => data.len() / width,
@@ -94,23 +115,7 @@ impl OrtRunner {
 
     /// Sets the inputs of subsequent runs.
     pub fn feed(&mut self, feeds: &[Feed]) {
-        self.inputs = feeds
-            .iter()
-            .map(|f| {
-                let v: ort::value::DynValue = match f {
-                    Feed::F32 { name: _, data, width } => {
-                        ort::value::Tensor::from_array(([f.rows(), *width], data.clone())).unwrap().into_dyn()
-                    }
-                    Feed::I64 { name: _, data, width } => {
-                        ort::value::Tensor::from_array(([f.rows(), *width], data.clone())).unwrap().into_dyn()
-                    }
-                };
-                let name = match f {
-                    Feed::F32 { name, .. } | Feed::I64 { name, .. } => name.clone(),
-                };
-                (name, v)
-            })
-            .collect();
+        self.inputs = ort_values(feeds);
     }
 
     /// One inference; returns the first element of the first output.
@@ -118,6 +123,159 @@ impl OrtRunner {
         let inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
             self.inputs.iter().map(|(n, v)| (n.clone(), v.into())).collect();
         let out = self.session.run(inputs).unwrap();
+        let (_, data) = out[0].try_extract_tensor::<f32>().unwrap();
+        data[0]
+    }
+}
+
+/// Feeds as named ORT tensors.
+fn ort_values(feeds: &[Feed]) -> Vec<(String, ort::value::DynValue)> {
+    feeds
+        .iter()
+        .map(|f| match f {
+            Feed::F32 { name, data, width } => {
+                (name.clone(), ort::value::Tensor::from_array(([f.rows(), *width], data.clone())).unwrap().into_dyn())
+            }
+            Feed::I64 { name, data, width } => {
+                (name.clone(), ort::value::Tensor::from_array(([f.rows(), *width], data.clone())).unwrap().into_dyn())
+            }
+        })
+        .collect()
+}
+
+/// The ORT LoRA peer's two files for `model`: the ONNX export with LoRA inputs on every
+/// linear (rank `rank`, scale `scale`) and an `.onnx_adapter` with random A and B
+/// (uniform in ±0.1, seeded) for all of them.
+pub fn ort_lora_files(model: &graft::Model, rank: usize, scale: f32, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let lora = graft::onnx::LoraInputs::every_linear(model, rank, scale);
+    let onnx = graft::onnx::encode_proto(&graft::onnx::to_proto_with_lora(model, &lora).unwrap()).unwrap();
+    (onnx, ort_lora_adapter(model, rank, scale, seed))
+}
+
+/// Only the `.onnx_adapter` of [`ort_lora_files`] (same values for the same seed), for
+/// further adapters of one exported model without exporting it again.
+pub fn ort_lora_adapter(model: &graft::Model, rank: usize, scale: f32, seed: u64) -> Vec<u8> {
+    let lora = graft::onnx::LoraInputs::every_linear(model, rank, scale);
+    let mut rng = graft::synthetic::Rng::new(seed);
+    let params: Vec<(String, Vec<usize>, Vec<f32>)> = lora
+        .parameter_dims(model)
+        .unwrap()
+        .into_iter()
+        .map(|(name, dims)| {
+            let values = rng.symmetric(dims.iter().product(), 0.1);
+            (name, dims, values)
+        })
+        .collect();
+    let refs: Vec<(String, Vec<usize>, &[f32])> =
+        params.iter().map(|(n, d, v)| (n.clone(), d.clone(), v.as_slice())).collect();
+    graft::onnx::write_onnx_adapter(&refs, 1, 1)
+}
+
+/// An ONNX Runtime session running ORT's own LoRA (multi-LoRA): a model whose LoRA
+/// matrices are overridable graph inputs, with an adapter holding them made active per
+/// run through `RunOptions`, inputs prepared once.
+///
+/// Cost model, from ONNX Runtime's C API (`OrtApis::Run`): each run with active adapters
+/// appends the adapter's parameter `OrtValue`s to the feed list — pointers only, the
+/// tensors are not copied. The adapter is loaded here without a device allocator, so
+/// its tensors are CPU memory (copied once out of the file bytes by
+/// `Adapter::from_memory`); on the CPU execution provider nothing is copied per run. On
+/// a GPU provider, a CPU-resident adapter would be copied to the device on *every* run
+/// like any CPU feed; passing the session's device allocator to `Adapter::from_memory`
+/// copies it once at load instead.
+///
+/// One adapter set applies to the whole batch: ORT cannot mix adapters per row (the
+/// LoRA matrices are ordinary inputs, one value per name per run), so a batch needing
+/// different adapters must be split into one run per adapter.
+pub struct OrtLoraRunner {
+    session: ort::session::Session,
+    inputs: Vec<(String, ort::value::DynValue)>,
+    /// Run options carrying the active adapter.
+    with_adapter: ort::session::RunOptions,
+    /// Run options with no adapter: the LoRA inputs keep their zero defaults.
+    without: ort::session::RunOptions,
+    /// Further adapters ([`add_adapter`](Self::add_adapter)), one run-options each.
+    extra: Vec<ort::session::RunOptions>,
+    /// Input sets for [`run_chunk`](Self::run_chunk) (e.g. the per-adapter slices of a
+    /// mixed batch).
+    chunks: Vec<Vec<(String, ort::value::DynValue)>>,
+}
+
+impl OrtLoraRunner {
+    /// Loads `onnx` (exported with LoRA inputs) with `threads` intra-op threads and
+    /// `adapter` (`.onnx_adapter` bytes) as the active adapter, fed with `feeds`; `None`
+    /// if ORT is unavailable.
+    pub fn load(onnx: &[u8], adapter: &[u8], feeds: &[Feed], threads: usize) -> Option<OrtLoraRunner> {
+        let env = environment()?;
+        let session = ort::session::Session::builder(env)
+            .unwrap()
+            .with_intra_threads(threads)
+            .unwrap()
+            .commit_from_memory(onnx)
+            .unwrap();
+        let adapter = ort::session::Adapter::from_memory(adapter, None).unwrap();
+        let mut with_adapter = ort::session::RunOptions::new().unwrap();
+        with_adapter.add_adapter(&adapter).unwrap();
+        let without = ort::session::RunOptions::new().unwrap();
+        Some(OrtLoraRunner {
+            session,
+            inputs: ort_values(feeds),
+            with_adapter,
+            without,
+            extra: Vec::new(),
+            chunks: Vec::new(),
+        })
+    }
+
+    /// Loads another adapter (`.onnx_adapter` bytes) for [`run_chunk`](Self::run_chunk);
+    /// returns its index (the adapter given to `load` is index 0).
+    pub fn add_adapter(&mut self, adapter: &[u8]) -> usize {
+        let adapter = ort::session::Adapter::from_memory(adapter, None).unwrap();
+        let mut options = ort::session::RunOptions::new().unwrap();
+        options.add_adapter(&adapter).unwrap();
+        self.extra.push(options);
+        self.extra.len()
+    }
+
+    /// Sets the input sets of [`run_chunk`](Self::run_chunk).
+    pub fn feed_chunks(&mut self, chunks: &[Vec<Feed>]) {
+        self.chunks = chunks.iter().map(|c| ort_values(c)).collect();
+    }
+
+    /// One inference of input set `chunk` with adapter `adapter` active (0: the one given
+    /// to `load`); returns the first element of the first output. A batch whose rows
+    /// need different adapters is one such run per adapter: ORT applies one adapter set
+    /// per run.
+    pub fn run_chunk(&mut self, chunk: usize, adapter: usize) -> f32 {
+        let inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            self.chunks[chunk].iter().map(|(n, v)| (n.clone(), v.into())).collect();
+        let options = if adapter == 0 { &self.with_adapter } else { &self.extra[adapter - 1] };
+        let out = self.session.run_with_options(inputs, options).unwrap();
+        let (_, data) = out[0].try_extract_tensor::<f32>().unwrap();
+        data[0]
+    }
+
+    /// Sets the inputs of subsequent runs.
+    pub fn feed(&mut self, feeds: &[Feed]) {
+        self.inputs = ort_values(feeds);
+    }
+
+    /// One inference with the adapter active; returns the first element of the first
+    /// output.
+    pub fn run(&mut self) -> f32 {
+        self.run_with(true)
+    }
+
+    /// One inference of the same session without the adapter (zero LoRA inputs).
+    pub fn run_base(&mut self) -> f32 {
+        self.run_with(false)
+    }
+
+    fn run_with(&mut self, adapter: bool) -> f32 {
+        let inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            self.inputs.iter().map(|(n, v)| (n.clone(), v.into())).collect();
+        let options = if adapter { &self.with_adapter } else { &self.without };
+        let out = self.session.run_with_options(inputs, options).unwrap();
         let (_, data) = out[0].try_extract_tensor::<f32>().unwrap();
         data[0]
     }
