@@ -138,6 +138,44 @@ if over:
         none = f"{fmt_time(r.get('none'))} ({pct(r.get('none'), base)})"
         print(f"| {fmt} | {b[5:]} | {t[1:]} | {fmt_time(base)} | {none} | " + " | ".join(cells) + f" | {ok} |")
 
+def load_json(name):
+    path = os.path.join(root, name)
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+paired = load_json("lora_overhead_paired.json")
+if paired:
+    print("\n### LoRA overhead, interleaved (the figure checked against the budget)\n")
+    print("Each round runs the base model and every rank back to back on the same inputs (4000 rounds at batch 1,")
+    print("120 at 256); overhead is the median of the per-round ratios, so drift of the shared machine cancels.\n")
+    ranks = sorted({int(k[1:].split("_")[0]) for v in paired.values() for k in v if k.startswith("r") and k.endswith("_pct")})
+    print("| base | batch | threads | base median | " + " | ".join(f"r={r}" for r in ranks) + " | r=8–16 within ≤ +10 % |")
+    print("|---|---|---|---|" + "---|" * len(ranks) + "---|")
+    order = lambda g: (g.split("/")[1], int(g.split("/")[2][5:]), g.split("/")[3])
+    for g in sorted(paired, key=order):
+        _, fmt, b, t = g.split("/")
+        v = paired[g]
+        cells = [f"{v[f'r{k}_pct']:+.1f} %" if f"r{k}_pct" in v else "—" for k in ranks]
+        worst = max((v[f"r{k}_pct"] for k in (8, 16) if f"r{k}_pct" in v), default=None)
+        ok = "—" if worst is None else ("yes" if worst <= BUDGET_OVERHEAD else f"**no** ({worst:+.1f} %)")
+        print(f"| {fmt} | {b[5:]} | {t[1:]} | {fmt_time(v['base_us'] * 1e3)} | " + " | ".join(cells) + f" | {ok} |")
+
+mixed_paired = load_json("lora_mixed_paired.json")
+if mixed_paired:
+    print("\n### Mixed batch, interleaved (the figure checked against the budget)\n")
+    print("Batch 256, 1 thread; 120 rounds of single / sorted / round-robin back to back; median per-round ratio.\n")
+    print("| base | rank | single adapter | 8 adapters, sorted rows | 8 adapters, round-robin rows | within ≤ +15 % |")
+    print("|---|---|---|---|---|---|")
+    for g in sorted(mixed_paired):
+        _, fmt, rk = g.split("/")
+        v = mixed_paired[g]
+        worst = max(v.get("mixed8-sorted_pct", 0), v.get("mixed8-roundrobin_pct", 0))
+        ok = "yes" if worst <= BUDGET_MIXED else f"**no** ({worst:+.1f} %)"
+        print(
+            f"| {fmt} | {rk[1:]} | {fmt_time(v['single_us'] * 1e3)} | {v.get('mixed8-sorted_pct', 0):+.1f} % "
+            f"| {v.get('mixed8-roundrobin_pct', 0):+.1f} % | {ok} |"
+        )
+
 mixed = sorted(g for g in by_group if g.startswith("lora_mixed/"))
 if mixed:
     print("\n### Mixed batch: 256 rows, 8 adapters (every linear) vs one adapter for all rows, 1 thread\n")

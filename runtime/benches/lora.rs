@@ -121,54 +121,72 @@ fn overhead(c: &mut Criterion) {
                 g.bench_function(format!("r{r}"), |b| b.iter(|| black_box(first(s.run_with(&inputs, &rows)))));
             }
             g.finish();
-            paired(&format!("lora_overhead/{fmt}/batch{batch}/t{threads}"), &mut s, &inputs, &registry, batch);
+            let sets: Vec<(String, RowAdapters)> = RANKS
+                .iter()
+                .map(|r| (format!("r{r}"), RowAdapters::all(&registry, &format!("r{r}")).unwrap()))
+                .collect();
+            Paired {
+                file: "lora_overhead_paired.json",
+                key: format!("lora_overhead/{fmt}/batch{batch}/t{threads}"),
+                reference: ("base", None),
+                sets: sets.iter().map(|(n, r)| (n.clone(), r)).collect(),
+                rounds: if batch == 1 { 4000 } else { 120 },
+            }
+            .run(&mut s, &inputs);
         }
     }
 }
 
-/// Overhead measured by interleaving: every round times the base run and each rank once,
-/// back to back on the same inputs, so machine drift (which moves separate criterion
-/// groups by ±20 % on a shared 2-core VM) hits all configurations alike. Prints and records
-/// the median of each configuration and the median of the per-round ratios to the base.
-fn paired(key: &str, s: &mut Session, inputs: &[Input<'_>], registry: &Registry, batch: usize) {
-    let rounds = if quick() {
-        3
-    } else if batch == 1 {
-        4000
-    } else {
-        120
-    };
-    let sets: Vec<(String, RowAdapters)> =
-        RANKS.iter().map(|r| (format!("r{r}"), RowAdapters::all(registry, &format!("r{r}")).unwrap())).collect();
-    let mut base = Vec::with_capacity(rounds);
-    let mut lora = vec![Vec::with_capacity(rounds); sets.len()];
-    for _ in 0..rounds {
-        let t = Instant::now();
-        black_box(first(s.run(inputs)));
-        base.push(t.elapsed().as_secs_f64());
-        for (i, (_, rows)) in sets.iter().enumerate() {
+/// Ratios measured by interleaving: every round times the reference (the base run, or
+/// an adapter set) and each configuration once, back to back on the same inputs, so
+/// machine drift (which moves separate criterion groups by ±20 % on a shared 2-core VM)
+/// hits all configurations alike. Prints and records (`<criterion>/<file>`) the median of
+/// each configuration and the median of the per-round ratios to the reference.
+struct Paired<'a> {
+    file: &'static str,
+    key: String,
+    reference: (&'static str, Option<&'a RowAdapters>),
+    sets: Vec<(String, &'a RowAdapters)>,
+    rounds: usize,
+}
+
+impl Paired<'_> {
+    fn run(&self, s: &mut Session, inputs: &[Input<'_>]) {
+        let rounds = if quick() { 3 } else { self.rounds };
+        let mut time = |rows: Option<&RowAdapters>| {
             let t = Instant::now();
-            black_box(first(s.run_with(inputs, rows)));
-            lora[i].push(t.elapsed().as_secs_f64());
+            match rows {
+                Some(r) => black_box(first(s.run_with(inputs, r))),
+                None => black_box(first(s.run(inputs))),
+            };
+            t.elapsed().as_secs_f64()
+        };
+        let mut reference = Vec::with_capacity(rounds);
+        let mut times = vec![Vec::with_capacity(rounds); self.sets.len()];
+        for _ in 0..rounds {
+            reference.push(time(self.reference.1));
+            for (i, (_, rows)) in self.sets.iter().enumerate() {
+                times[i].push(time(Some(rows)));
+            }
         }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut record = serde_json::Map::new();
+        let ref_median = median(reference.clone());
+        record.insert(format!("{}_us", self.reference.0), (ref_median * 1e6).into());
+        let mut line =
+            format!("{} paired over {rounds} rounds: {} {:.1} µs", self.key, self.reference.0, ref_median * 1e6);
+        for ((name, _), t) in self.sets.iter().zip(&times) {
+            let ratio = median(t.iter().zip(&reference).map(|(a, b)| a / b).collect());
+            record.insert(format!("{name}_us"), (median(t.clone()) * 1e6).into());
+            record.insert(format!("{name}_pct"), ((ratio - 1.0) * 100.0).into());
+            line.push_str(&format!(", {name} {:+.1}%", (ratio - 1.0) * 100.0));
+        }
+        println!("{line}");
+        record_json(self.file, &self.key, serde_json::Value::Object(record));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let mut record = serde_json::Map::new();
-    let base_median = median(&mut base.clone());
-    record.insert("base_us".into(), (base_median * 1e6).into());
-    let mut line = format!("{key} paired over {rounds} rounds: base {:.1} µs", base_median * 1e6);
-    for ((name, _), times) in sets.iter().zip(&lora) {
-        let mut ratios: Vec<f64> = times.iter().zip(&base).map(|(l, b)| l / b).collect();
-        let ratio = median(&mut ratios);
-        record.insert(format!("{name}_us"), (median(&mut times.clone()) * 1e6).into());
-        record.insert(format!("{name}_overhead_pct"), ((ratio - 1.0) * 100.0).into());
-        line.push_str(&format!(", {name} {:+.1}%", (ratio - 1.0) * 100.0));
-    }
-    println!("{line}");
-    record_json("lora_overhead_paired.json", key, serde_json::Value::Object(record));
 }
 
 /// 2. Batch 256 with 8 adapters (per-row groups) vs one adapter; ORT needs a run per adapter.
@@ -210,6 +228,14 @@ fn mixed(c: &mut Criterion) {
             g.bench_function("mixed8-sorted", |b| b.iter(|| black_box(first(s.run_with(&inputs, &sorted)))));
             g.bench_function("mixed8-roundrobin", |b| b.iter(|| black_box(first(s.run_with(&inputs, &round_robin)))));
             g.finish();
+            Paired {
+                file: "lora_mixed_paired.json",
+                key: format!("lora_mixed/{fmt}/r{r}"),
+                reference: ("single", Some(&single)),
+                sets: vec![("mixed8-sorted".into(), &sorted), ("mixed8-roundrobin".into(), &round_robin)],
+                rounds: 120,
+            }
+            .run(&mut s, &inputs);
         }
     }
 
