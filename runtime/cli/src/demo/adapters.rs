@@ -72,6 +72,8 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     let (mut base, mut lora) = (Latencies::default(), Latencies::default());
     for i in 0..2000 {
         let inputs = s.singles[i % s.singles.len()].inputs(s.spec, s.names);
+        // Untimed first: both timed runs then find this request's table rows in cache.
+        session.run(&inputs)?;
         let t = Instant::now();
         session.run(&inputs)?;
         base.push(t.elapsed());
@@ -107,13 +109,16 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
             }
             lat
         });
+        let ids: Vec<String> = (0..users).map(|u| format!("user{u}")).collect();
         let result = serve(s.model, s.spec, s.workers, s.args.requests, s.args.batch, s.options, |session, batch| {
+            // Each request takes the registry's current snapshot and assigns every row
+            // (a candidate for one user) that user's adapter.
             let mut rows = RowAdapters::new(&registry);
             for r in 0..batch.rows {
                 if r % BASE_EVERY == BASE_EVERY - 1 {
                     rows.push_base()?;
                 } else {
-                    rows.push(&format!("user{}", r % users))?;
+                    rows.push(&ids[r % users])?;
                 }
             }
             session.run_with(&batch.inputs(s.spec, s.names), &rows).map(|_| ())
@@ -128,7 +133,7 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     let rows = s.args.requests * s.args.batch;
     let rate = rows as f64 / stats.elapsed.as_secs_f64();
     println!(
-        "serve   {} mixed requests × {} rows ({users} users + base rows) on {} thread(s): {:.0} rows/s, {:+.1}% vs base",
+        "serve   {} mixed requests × {} rows ({users} users + base rows) on {} thread(s): {:.0} rows/s ({:+.1}% time per row vs base)",
         s.args.requests,
         s.args.batch,
         s.workers,
