@@ -364,7 +364,7 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
         return w.cols;
     }
     if w.cols <= SMALL_K {
-        return if matches!(w.data, WeightData::F32(_)) { 0 } else { short_panel_rows(w.cols).min(w.rows) * w.cols };
+        return 0;
     }
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
@@ -399,7 +399,14 @@ pub(super) unsafe fn linear(
         let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
         let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
         if k <= SMALL_K && !matches!(w.data, WeightData::Q8Rowwise(_)) {
-            short_reduction(&x, w, &ep, y, scratch);
+            match w.data {
+                WeightData::F32(data) => short_reduction(&x, &F32Rows { data, stride: k }, n, k, &ep, y),
+                WeightData::F16(data) => short_reduction(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
+                WeightData::Bf16(data) => short_reduction(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
+                WeightData::Q8 { codes, .. } => short_reduction(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
+                WeightData::Q4(data) => short_reduction(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y),
+                WeightData::Q8Rowwise(_) => {}
+            }
             return;
         }
         if m >= PANEL_MIN_ROWS {
@@ -446,82 +453,60 @@ pub(super) unsafe fn linear(
 }
 
 /// `K ≤ SMALL_K`: blocks of 8 outputs, each a zero-padded 8-lane dot product, reduced
-/// together by one horizontal-add tree (see the module docs).
+/// together by one horizontal-add tree (see the module docs). Weights are read through
+/// the format's loader in place (no panel), so a batch of one costs no more than reading
+/// the weight once.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn short_reduction(
-    x: &MatRef<'_>,
-    w: &WeightMatrix<'_>,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-    scratch: &mut [f32],
-) {
-    let (n, k) = (w.rows, w.cols);
+unsafe fn short_reduction<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
     let chunks = k.div_ceil(8);
-    let dense = matches!(w.data, WeightData::F32(_));
-    // Dense f32 weights are read in place; other formats are expanded (exactly as the
-    // loaders would) one L2-sized panel of rows at a time.
-    let nb = if dense { n.max(1) } else { short_panel_rows(k) };
-    // SAFETY: register-only and masked loads inside rows of `k` floats; AVX2/FMA per the
-    // function's contract.
+    let full = k / 8;
+    // SAFETY: full chunks are whole loader vectors inside each row; the tail is read
+    // element by element (weights) or masked (inputs); AVX2/FMA per the contract.
     unsafe {
-        let rem = k - (chunks - 1) * 8;
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane);
-        let load = |p: *const f32, c: usize| -> __m256 {
-            if c + 1 < chunks { _mm256_loadu_ps(p.add(8 * c)) } else { _mm256_maskload_ps(p.add(8 * c), tail) }
-        };
-        let mut p0 = 0;
-        while p0 < n {
-            let pn = nb.min(n - p0);
-            let panel: &[f32] = match w.data {
-                WeightData::F32(data) => &data[p0 * k..(p0 + pn) * k],
-                _ => {
-                    let panel = &mut scratch[..pn * k];
-                    let sub = w.rows_range(p0..p0 + pn);
-                    for (r, row) in panel.chunks_exact_mut(k).enumerate() {
-                        panel_row(&sub, r, row);
-                    }
-                    panel
-                }
-            };
-            for mi in 0..x.rows() {
-                let xp = x.row(mi).as_ptr();
-                let mut xv = [_mm256_setzero_ps(); SMALL_K / 8];
-                for (c, v) in xv.iter_mut().enumerate().take(chunks) {
-                    *v = load(xp, c);
-                }
-                let yrow = y.row_mut(mi);
-                let mut o0 = 0;
-                while o0 < pn {
-                    let valid = (pn - o0).min(8);
-                    let mut acc = [_mm256_setzero_ps(); 8];
-                    for (j, a) in acc.iter_mut().enumerate().take(valid) {
-                        let wp = panel.as_ptr().add((o0 + j) * k);
-                        for (c, &xc) in xv.iter().enumerate().take(chunks) {
-                            *a = _mm256_fmadd_ps(load(wp, c), xc, *a);
-                        }
-                    }
-                    let sums = reduce8(&acc);
-                    let o = p0 + o0;
-                    if valid == 8 && vector_epilogue(ep, o, sums, yrow[ep.col0 + o..ep.col0 + o + 8].as_mut_ptr()) {
-                        o0 += 8;
-                        continue;
-                    }
-                    let mut lanes = [0.0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-                    for (j, &s) in lanes.iter().enumerate().take(valid) {
-                        let o = p0 + o0 + j;
-                        let v = ep.apply(o, s);
-                        let dst = &mut yrow[ep.col0 + o];
-                        *dst = match ep.accumulate {
-                            Some(alpha) => *dst + alpha * v,
-                            None => v,
-                        };
-                    }
-                    o0 += 8;
-                }
+        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - full * 8) as i32), lane);
+        for mi in 0..x.rows() {
+            let xp = x.row(mi).as_ptr();
+            let mut xv = [_mm256_setzero_ps(); SMALL_K / 8];
+            for (c, v) in xv.iter_mut().enumerate().take(chunks) {
+                *v = if c < full { _mm256_loadu_ps(xp.add(8 * c)) } else { _mm256_maskload_ps(xp.add(8 * c), tail) };
             }
-            p0 += pn;
+            let yrow = y.row_mut(mi);
+            let mut o0 = 0;
+            while o0 < n {
+                let valid = (n - o0).min(8);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (j, a) in acc.iter_mut().enumerate().take(valid) {
+                    let o = o0 + j;
+                    for (c, &xc) in xv.iter().enumerate().take(full) {
+                        *a = _mm256_fmadd_ps(w.load8(o, 8 * c), xc, *a);
+                    }
+                    if full < chunks {
+                        let mut t = [0.0f32; 8];
+                        for (i, v) in t.iter_mut().enumerate().take(k - full * 8) {
+                            *v = w.scalar(o, full * 8 + i);
+                        }
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(t.as_ptr()), xv[full], *a);
+                    }
+                }
+                let sums = reduce8(&acc);
+                if valid == 8 && vector_epilogue(ep, o0, sums, yrow[ep.col0 + o0..ep.col0 + o0 + 8].as_mut_ptr()) {
+                    o0 += 8;
+                    continue;
+                }
+                let mut lanes = [0.0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+                for (j, &s) in lanes.iter().enumerate().take(valid) {
+                    let o = o0 + j;
+                    let v = ep.apply(o, s);
+                    let dst = &mut yrow[ep.col0 + o];
+                    *dst = match ep.accumulate {
+                        Some(alpha) => *dst + alpha * v,
+                        None => v,
+                    };
+                }
+                o0 += 8;
+            }
         }
     }
 }
@@ -560,11 +545,6 @@ unsafe fn vector_epilogue(ep: &Epilogue<'_>, o: usize, sums: __m256, dst: *mut f
         _mm256_storeu_ps(dst, v);
     }
     true
-}
-
-/// Rows of a non-f32 weight expanded at once by the short-reduction path.
-fn short_panel_rows(k: usize) -> usize {
-    (PANEL_FLOATS / k.max(1)).max(8) / 8 * 8
 }
 
 /// Lane `j` of the result is the sum of the 8 lanes of `v[j]`, in the fixed order
