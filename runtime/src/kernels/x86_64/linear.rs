@@ -53,6 +53,19 @@ trait Loader {
     unsafe fn load8(&self, o: usize, k: usize) -> __m256;
     /// Weight `o, k`, dequantized exactly as `load8` would.
     fn scalar(&self, o: usize, k: usize) -> f32;
+
+    /// Weights `o, k..k+n` (`n < 8`, `k + n <= cols`) in the low lanes, zeros above.
+    ///
+    /// # Safety
+    /// AVX2 must be available and the indices in bounds.
+    #[inline(always)]
+    unsafe fn load_tail(&self, o: usize, k: usize, n: usize) -> __m256 {
+        let s = |i: usize| if i < n { self.scalar(o, k + i) } else { 0.0 };
+        // Built in registers: a store of single lanes followed by a vector load would
+        // stall on store forwarding once per output.
+        // SAFETY: register-only; AVX per the caller.
+        unsafe { _mm256_setr_ps(s(0), s(1), s(2), s(3), s(4), s(5), s(6), s(7)) }
+    }
 }
 
 struct F32Rows<'a> {
@@ -71,6 +84,16 @@ impl Loader for F32Rows<'_> {
     #[inline(always)]
     fn scalar(&self, o: usize, k: usize) -> f32 {
         self.data[o * self.stride + k]
+    }
+
+    #[inline(always)]
+    unsafe fn load_tail(&self, o: usize, k: usize, n: usize) -> __m256 {
+        debug_assert!(n < 8 && o * self.stride + k + n <= self.data.len());
+        // SAFETY: lanes below `n` are in the row (caller); masked lanes are not read.
+        unsafe {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskload_ps(self.data.as_ptr().add(o * self.stride + k), mask)
+        }
     }
 }
 
@@ -482,11 +505,7 @@ unsafe fn short_reduction<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, 
                         *a = _mm256_fmadd_ps(w.load8(o, 8 * c), xc, *a);
                     }
                     if full < chunks {
-                        let mut t = [0.0f32; 8];
-                        for (i, v) in t.iter_mut().enumerate().take(k - full * 8) {
-                            *v = w.scalar(o, full * 8 + i);
-                        }
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(t.as_ptr()), xv[full], *a);
+                        *a = _mm256_fmadd_ps(w.load_tail(o, full * 8, k - full * 8), xv[full], *a);
                     }
                 }
                 let sums = reduce8(&acc);
