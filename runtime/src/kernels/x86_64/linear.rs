@@ -22,12 +22,12 @@
 //!
 //! Short reductions (`K ≤ SMALL_K`: a LoRA expand step with `K = rank`, a layer over a
 //! handful of dense features) would spend more on one horizontal sum per output than on
-//! the dot product itself. They run 8 outputs at a time instead: lane `l` of output `o`
-//! accumulates `fma(w[o, 8c + l], x[m, 8c + l], acc)` over zero-padded 8-column chunks,
-//! and the 8 outputs' lanes are reduced together by one horizontal-add tree
-//! (`((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))` per output), then the same epilogue. Which
-//! form a weight gets depends only on its `K`, never on the batch, so the contract above
-//! (a row's result does not depend on its batch or split) holds for both.
+//! the dot product itself, so they put *outputs* in the lanes: a panel of weight rows is
+//! transposed into scratch (8 × 8 register transposes through the format's loader) and
+//! each output is one sequential FMA chain `acc = fma(w[o, k], x[m, k], acc)` for
+//! k = 0, 1, …, K−1 from zero, followed by the same epilogue (vectorized, bit-identical to
+//! the scalar one). Which form a weight gets depends only on its `K`, never on the batch,
+//! so the contract above (a row's result does not depend on its batch or split) holds.
 
 use core::arch::x86_64::*;
 
@@ -43,6 +43,8 @@ pub(super) const PANEL_MIN_ROWS: usize = 4;
 const PANEL_FLOATS: usize = 1 << 16;
 /// Reductions up to this length put outputs in the lanes (see the module docs).
 const SMALL_K: usize = 32;
+/// Weight rows transposed at once by the short-reduction path (a multiple of 8).
+const SHORT_PANEL: usize = 256;
 
 /// Reads 8 consecutive dequantized weights of one row, and single weights for tails.
 trait Loader {
@@ -387,7 +389,7 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
         return w.cols;
     }
     if w.cols <= SMALL_K {
-        return 0;
+        return w.cols * w.rows.min(SHORT_PANEL).div_ceil(8) * 8;
     }
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
@@ -423,11 +425,13 @@ pub(super) unsafe fn linear(
         let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
         if k <= SMALL_K && !matches!(w.data, WeightData::Q8Rowwise(_)) {
             match w.data {
-                WeightData::F32(data) => short_reduction(&x, &F32Rows { data, stride: k }, n, k, &ep, y),
-                WeightData::F16(data) => short_reduction(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
-                WeightData::Bf16(data) => short_reduction(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
-                WeightData::Q8 { codes, .. } => short_reduction(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
-                WeightData::Q4(data) => short_reduction(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y),
+                WeightData::F32(data) => short_reduction(&x, &F32Rows { data, stride: k }, n, k, &ep, y, scratch),
+                WeightData::F16(data) => short_reduction(&x, &F16Rows { data, cols: k }, n, k, &ep, y, scratch),
+                WeightData::Bf16(data) => short_reduction(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y, scratch),
+                WeightData::Q8 { codes, .. } => short_reduction(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y, scratch),
+                WeightData::Q4(data) => {
+                    short_reduction(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y, scratch)
+                }
                 WeightData::Q8Rowwise(_) => {}
             }
             return;
@@ -475,56 +479,173 @@ pub(super) unsafe fn linear(
     }
 }
 
-/// `K ≤ SMALL_K`: blocks of 8 outputs, each a zero-padded 8-lane dot product, reduced
-/// together by one horizontal-add tree (see the module docs). Weights are read through
-/// the format's loader in place (no panel), so a batch of one costs no more than reading
-/// the weight once.
+/// `K ≤ SMALL_K`: outputs in the lanes. A panel of up to [`SHORT_PANEL`] weight rows is
+/// transposed into scratch (8 × 8 blocks in registers, through the format's loader), then
+/// each input row (two at a time) runs one sequential FMA chain per output lane over `k`,
+/// and finishes 8 outputs at once with the vectorized epilogue.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn short_reduction<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
-    let chunks = k.div_ceil(8);
-    let full = k / 8;
-    // SAFETY: full chunks are whole loader vectors inside each row; the tail is read
-    // element by element (weights) or masked (inputs); AVX2/FMA per the contract.
-    unsafe {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - full * 8) as i32), lane);
-        for mi in 0..x.rows() {
-            let xp = x.row(mi).as_ptr();
-            let mut xv = [_mm256_setzero_ps(); SMALL_K / 8];
-            for (c, v) in xv.iter_mut().enumerate().take(chunks) {
-                *v = if c < full { _mm256_loadu_ps(xp.add(8 * c)) } else { _mm256_maskload_ps(xp.add(8 * c), tail) };
-            }
-            let yrow = y.row_mut(mi);
-            let mut o0 = 0;
-            while o0 < n {
-                let valid = (n - o0).min(8);
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for (j, a) in acc.iter_mut().enumerate().take(valid) {
-                    let o = o0 + j;
-                    for (c, &xc) in xv.iter().enumerate().take(full) {
-                        *a = _mm256_fmadd_ps(w.load8(o, 8 * c), xc, *a);
-                    }
-                    if full < chunks {
-                        *a = _mm256_fmadd_ps(w.load_tail(o, full * 8, k - full * 8), xv[full], *a);
+unsafe fn short_reduction<L: Loader>(
+    x: &MatRef<'_>,
+    w: &L,
+    n: usize,
+    k: usize,
+    ep: &Epilogue<'_>,
+    y: &mut MatMut<'_>,
+    scratch: &mut [f32],
+) {
+    let mut o0 = 0;
+    while o0 < n {
+        let cols = (n - o0).min(SHORT_PANEL);
+        let padded = cols.div_ceil(8) * 8;
+        let bt = &mut scratch[..k * padded];
+        // SAFETY: AVX2 per the contract; rows o0..o0+cols exist; bt holds k × padded.
+        unsafe { transpose_panel(w, o0, cols, padded, k, bt) };
+        let ep = ep.rows(o0, cols);
+        let mut mi = 0;
+        while mi < x.rows() {
+            let pair = mi + 1 < x.rows();
+            let mut j = 0;
+            while j < padded {
+                let nv = ((padded - j) / 8).min(4);
+                // SAFETY: columns j..j + 8·nv lie in the padded panel; rows mi (+1) exist.
+                unsafe {
+                    match (nv, pair) {
+                        (4, true) => lanes::<4, 2>(x, mi, bt, padded, j, cols, &ep, y),
+                        (4, false) => lanes::<4, 1>(x, mi, bt, padded, j, cols, &ep, y),
+                        (3, true) => lanes::<3, 2>(x, mi, bt, padded, j, cols, &ep, y),
+                        (3, false) => lanes::<3, 1>(x, mi, bt, padded, j, cols, &ep, y),
+                        (2, true) => lanes::<2, 2>(x, mi, bt, padded, j, cols, &ep, y),
+                        (2, false) => lanes::<2, 1>(x, mi, bt, padded, j, cols, &ep, y),
+                        (_, true) => lanes::<1, 2>(x, mi, bt, padded, j, cols, &ep, y),
+                        (_, false) => lanes::<1, 1>(x, mi, bt, padded, j, cols, &ep, y),
                     }
                 }
-                let sums = reduce8(&acc);
-                if valid == 8 && vector_epilogue(ep, o0, sums, yrow[ep.col0 + o0..ep.col0 + o0 + 8].as_mut_ptr()) {
-                    o0 += 8;
+                j += 8 * nv;
+            }
+            mi += if pair { 2 } else { 1 };
+        }
+        o0 += cols;
+    }
+}
+
+/// `bt[kk · padded + j] = w[o0 + j, kk]` for `j < cols`, zero for `cols <= j < padded`.
+#[inline(always)]
+unsafe fn transpose_panel<L: Loader>(w: &L, o0: usize, cols: usize, padded: usize, k: usize, bt: &mut [f32]) {
+    // SAFETY: loads stay inside rows o0..o0+cols and columns 0..k (tails through
+    // `load_tail`); stores stay inside bt (k rows of padded floats). AVX2 per the caller.
+    unsafe {
+        let mut jb = 0;
+        while jb < padded {
+            let mut c = 0;
+            while c < k {
+                let width = (k - c).min(8);
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, v) in r.iter_mut().enumerate() {
+                    if jb + i < cols {
+                        *v = if width == 8 { w.load8(o0 + jb + i, c) } else { w.load_tail(o0 + jb + i, c, width) };
+                    }
+                }
+                let t = transpose8(&r);
+                for (l, col) in t.iter().enumerate().take(width) {
+                    _mm256_storeu_ps(bt.as_mut_ptr().add((c + l) * padded + jb), *col);
+                }
+                c += 8;
+            }
+            jb += 8;
+        }
+    }
+}
+
+/// The 8 × 8 transpose: lane `i` of result `l` is lane `l` of input `i`.
+#[inline(always)]
+unsafe fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register-only AVX shuffles; the caller guarantees AVX.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+}
+
+/// Outputs `j..j + 8·NV` of the panel for input rows `mi..mi + R`: lane = output, one
+/// sequential FMA chain over `k` from zero, then the epilogue.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn lanes<const NV: usize, const R: usize>(
+    x: &MatRef<'_>,
+    mi: usize,
+    bt: &[f32],
+    padded: usize,
+    j: usize,
+    cols: usize,
+    ep: &Epilogue<'_>,
+    y: &mut MatMut<'_>,
+) {
+    // SAFETY: the caller guarantees AVX2/FMA, `j + 8·NV <= padded` and rows mi..mi+R.
+    unsafe {
+        let k = x.cols();
+        let mut xp = [core::ptr::null::<f32>(); R];
+        for (r, p) in xp.iter_mut().enumerate() {
+            *p = x.row(mi + r).as_ptr();
+        }
+        let mut acc = [[_mm256_setzero_ps(); NV]; R];
+        for kk in 0..k {
+            let b = bt.as_ptr().add(kk * padded + j);
+            let mut bv = [_mm256_setzero_ps(); NV];
+            for (v, slot) in bv.iter_mut().enumerate() {
+                *slot = _mm256_loadu_ps(b.add(8 * v));
+            }
+            for r in 0..R {
+                let xv = _mm256_set1_ps(*xp[r].add(kk));
+                for v in 0..NV {
+                    acc[r][v] = _mm256_fmadd_ps(bv[v], xv, acc[r][v]);
+                }
+            }
+        }
+        for (r, row_acc) in acc.iter().enumerate() {
+            let yrow = y.row_mut(mi + r);
+            for (v, &sums) in row_acc.iter().enumerate() {
+                let o = j + 8 * v;
+                if o >= cols {
+                    break;
+                }
+                let valid = (cols - o).min(8);
+                if valid == 8 && vector_epilogue(ep, o, sums, yrow[ep.col0 + o..ep.col0 + o + 8].as_mut_ptr()) {
                     continue;
                 }
                 let mut lanes = [0.0f32; 8];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-                for (j, &s) in lanes.iter().enumerate().take(valid) {
-                    let o = o0 + j;
-                    let v = ep.apply(o, s);
-                    let dst = &mut yrow[ep.col0 + o];
+                for (l, &s) in lanes.iter().enumerate().take(valid) {
+                    let v = ep.apply(o + l, s);
+                    let dst = &mut yrow[ep.col0 + o + l];
                     *dst = match ep.accumulate {
                         Some(alpha) => *dst + alpha * v,
                         None => v,
                     };
                 }
-                o0 += 8;
             }
         }
     }
@@ -564,22 +685,6 @@ unsafe fn vector_epilogue(ep: &Epilogue<'_>, o: usize, sums: __m256, dst: *mut f
         _mm256_storeu_ps(dst, v);
     }
     true
-}
-
-/// Lane `j` of the result is the sum of the 8 lanes of `v[j]`, in the fixed order
-/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
-#[inline(always)]
-unsafe fn reduce8(v: &[__m256; 8]) -> __m256 {
-    // SAFETY: register-only AVX operations; the caller guarantees AVX2.
-    unsafe {
-        let t0 = _mm256_hadd_ps(v[0], v[1]);
-        let t1 = _mm256_hadd_ps(v[2], v[3]);
-        let t2 = _mm256_hadd_ps(v[4], v[5]);
-        let t3 = _mm256_hadd_ps(v[6], v[7]);
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
-    }
 }
 
 /// Fewer than 4 rows: tiles of (rows × 4) or (3 × 3) straight from the stored weights.
