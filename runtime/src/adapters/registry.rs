@@ -91,13 +91,9 @@ impl LoadedAdapter {
         &self.model
     }
 
-    fn error(&self, e: PluginError) -> Error {
-        plugin_error(&self.id, &self.kind, e)
-    }
-
     /// Converts an error returned by this adapter's hooks.
     pub(crate) fn hook_error(&self, e: PluginError) -> Error {
-        self.error(e)
+        plugin_error(&self.id, &self.kind, e)
     }
 }
 

@@ -282,6 +282,16 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// Stores (or, for adapter steps, adds `alpha ·`) the finished dot product of row `o`.
+    #[inline(always)]
+    fn finish(&self, o: usize, dot: f32, dst: &mut f32) {
+        let v = self.apply(o, dot);
+        *dst = match self.accumulate {
+            Some(alpha) => *dst + alpha * v,
+            None => v,
+        };
+    }
+
     /// The epilogue of weight rows `o..o + n` as a grid of their own.
     fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
         Epilogue {
@@ -306,11 +316,7 @@ fn store<const MR: usize, const NR: usize>(
     for (i, row) in out.iter().enumerate() {
         let yrow = &mut y.row_mut(m0 + i)[ep.col0 + o0..ep.col0 + o0 + NR];
         for (j, (dst, &s)) in yrow.iter_mut().zip(row).enumerate() {
-            let v = ep.apply(o0 + j, s);
-            *dst = match ep.accumulate {
-                Some(alpha) => *dst + alpha * v,
-                None => v,
-            };
+            ep.finish(o0 + j, s, dst);
         }
     }
 }
@@ -639,12 +645,7 @@ unsafe fn lanes<const NV: usize, const R: usize>(
                 let mut lanes = [0.0f32; 8];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
                 for (l, &s) in lanes.iter().enumerate().take(valid) {
-                    let v = ep.apply(o + l, s);
-                    let dst = &mut yrow[ep.col0 + o + l];
-                    *dst = match ep.accumulate {
-                        Some(alpha) => *dst + alpha * v,
-                        None => v,
-                    };
+                    ep.finish(o + l, s, &mut yrow[ep.col0 + o + l]);
                 }
             }
         }
