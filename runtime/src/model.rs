@@ -197,6 +197,25 @@ impl Model {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
+    /// A 64-bit fingerprint of the model: FNV-1a over the header (graph, tensor names,
+    /// shapes, offsets) and 4 KiB samples from the start, middle and end of every tensor.
+    /// Sampling keeps it O(tensors), not O(bytes); a retrained model changes every
+    /// sampled weight, so state saved against one model (an error memory) is refused on
+    /// another. Not a cryptographic hash.
+    pub fn fingerprint(&self) -> u64 {
+        const SAMPLE: usize = 4096;
+        let bytes = self.bytes();
+        let mut hash = fnv1a(0xcbf2_9ce4_8422_2325, &bytes[..self.inner.envelope.data_start.min(bytes.len())]);
+        for info in &self.inner.envelope.tensors {
+            let data = self.tensor_bytes(info);
+            let mid = data.len() / 2;
+            for start in [0, mid.saturating_sub(SAMPLE / 2), data.len().saturating_sub(SAMPLE)] {
+                hash = fnv1a(hash, &data[start..(start + SAMPLE).min(data.len())]);
+            }
+        }
+        hash
+    }
+
     /// An f32 vector tensor (bias, gain) by envelope index.
     pub fn vector(&self, tensor: usize) -> Result<&[f32]> {
         let info = &self.inner.envelope.tensors[tensor];
@@ -233,4 +252,12 @@ fn cast<'a, T: bytemuck::AnyBitPattern>(bytes: &'a [u8], tensor: &str) -> Result
         offset: bytes.as_ptr() as u64,
         align: core::mem::align_of::<T>() as u64,
     })
+}
+
+/// FNV-1a, continuing from `hash`.
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }

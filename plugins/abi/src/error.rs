@@ -32,6 +32,10 @@ impl ErrorCode {
     pub const INTERNAL: ErrorCode = ErrorCode(9);
     /// A call's arguments do not fit the adapter (wrong target, short scratch).
     pub const BAD_CALL: ErrorCode = ErrorCode(10);
+    /// A feedback ticket that was never issued, already answered, or evicted.
+    pub const TICKET: ErrorCode = ErrorCode(11);
+    /// Saved state that is torn, or belongs to another model or configuration.
+    pub const STATE: ErrorCode = ErrorCode(12);
 
     /// A short name for the code.
     pub fn name(self) -> &'static str {
@@ -46,6 +50,8 @@ impl ErrorCode {
             8 => "kernel",
             9 => "internal",
             10 => "bad call",
+            11 => "ticket",
+            12 => "state",
             _ => "unknown",
         }
     }

@@ -30,18 +30,35 @@ use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings
 
 pub use abi_stable;
 pub use error::{ErrorCode, PluginError};
+
 pub use view::{ElemFormat, KernelStatus, MatView, MatViewMut, WeightView};
 
 /// The version of the hook protocol. A host refuses kinds whose `abi_version` differs in
 /// the major sense (semantics changed); layout compatibility is checked by abi_stable.
-pub const ABI_VERSION: u32 = 1;
+///
+/// Version 2 added the `Tap` and `Post` hooks, per-row run state, feedback tickets and
+/// state persistence (Adapters II).
+pub const ABI_VERSION: u32 = 2;
 
-/// Where an adapter attaches.
+/// Where an adapter attaches. Every hook sees a node's *output* as the graph names it:
+/// for a linear that is its pre-activation result (the activation is its own node even
+/// when the engine fuses it), for an activation node the activated values.
+///
+/// At one node the host calls, per row group: every `LinearDelta`, then every `Tap`,
+/// then every `Post`, each in the order of the row's adapter set.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HookKind {
     /// `y = f(x, y)` right after the base linear at the node (before its activation).
     LinearDelta = 0,
+    /// Read the node's output and write per-row run state (a query, a key, a routing
+    /// decision). The node may be a graph input. With [`Target::BASE`] the host hands
+    /// the base model's value, running a hook-free prefix pass when an earlier hook of
+    /// the row's set would have changed it.
+    Tap = 1,
+    /// Transform the node's output in place, reading the per-row run state (SSF scale and
+    /// shift, a routed tower's output, an error-memory compensation).
+    Post = 2,
 }
 
 /// What a graph node is, as far as adapters care.
@@ -54,6 +71,8 @@ pub enum NodeOp {
     EmbeddingBag = 1,
     /// Anything else (activations, concat, interactions…).
     Other = 2,
+    /// A dense graph input (only a [`HookKind::Tap`] may attach to it).
+    Input = 3,
 }
 
 /// A graph node an adapter file named, resolved by the host.
@@ -66,9 +85,9 @@ pub struct NodeInfo {
     pub name: RString,
     /// The node's operation.
     pub op: NodeOp,
-    /// Input features (`W` columns) for a linear; table rows for a bag.
+    /// Input features (`W` columns) for a linear; table rows for a bag; 0 otherwise.
     pub in_features: usize,
-    /// Output features (`W` rows) for a linear; table width for a bag.
+    /// The width of the node's output (`W` rows for a linear).
     pub out_features: usize,
     /// Whether the base layer has a bias.
     pub has_bias: bool,
@@ -76,7 +95,8 @@ pub struct NodeInfo {
     pub base_format: RString,
 }
 
-/// One attachment of an adapter: a hook at a node.
+/// One attachment of an adapter: a hook at a node. An adapter has at most one target
+/// per (node, hook).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
 pub struct Target {
@@ -84,6 +104,24 @@ pub struct Target {
     pub node: u32,
     /// The hook.
     pub hook: HookKind,
+    /// Bit set of `Target::*` flags.
+    pub flags: u32,
+}
+
+impl Target {
+    /// A [`HookKind::Tap`] that must see the base model's value of its node, computed
+    /// with no adapter hooks (FedIns queries).
+    pub const BASE: u32 = 1;
+
+    /// A target with no flags.
+    pub fn new(node: u32, hook: HookKind) -> Target {
+        Target { node, hook, flags: 0 }
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
 }
 
 /// A human-readable summary of one attachment, for `graft adapter inspect`.
@@ -159,8 +197,12 @@ pub trait ModelView {
     fn base_weight_row(&self, node: u32, row: usize, out: RSliceMut<'_, f32>) -> RResult<(), PluginError>;
 
     /// The node's base bias, if it has one.
-    #[sabi(last_prefix_field)]
     fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>>;
+
+    /// A fingerprint of the model (its graph and tensor index). Persistent adapter state
+    /// records it and refuses to restore against another model.
+    #[sabi(last_prefix_field)]
+    fn fingerprint(&self) -> u64;
 }
 
 /// A [`ModelView`] borrowed for one `load` call.
@@ -182,13 +224,57 @@ pub struct LinearDelta<'a> {
     pub base_bias: ROption<RSlice<'a, f32>>,
     /// Per-request multiplier on the adapter's own scale (PEFT `set_scale` semantics).
     pub scale: f32,
+    /// The rows' run state (`rows × state_floats`), as earlier taps left it.
+    pub state: MatView<'a>,
     /// Host kernels.
     pub kernels: HostKernelsRef,
     /// At least [`Adapter::scratch_floats`]`(target, rows)` floats.
     pub scratch: RSliceMut<'a, f32>,
 }
 
-/// A loaded adapter instance: immutable once published, shared by every run that uses it.
+/// One `tap` call: a group of rows' values at a node, to turn into run state.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct Tap<'a> {
+    /// Index into [`Adapter::targets`].
+    pub target: u32,
+    /// The node's output for these rows, `rows × out_features`.
+    pub x: MatView<'a>,
+    /// The rows' run state, `rows × state_floats`, zeroed before the first tap of a run.
+    pub state: MatViewMut<'a>,
+    /// Per-request multiplier.
+    pub scale: f32,
+    /// Host kernels.
+    pub kernels: HostKernelsRef,
+    /// At least [`Adapter::scratch_floats`]`(target, rows)` floats.
+    pub scratch: RSliceMut<'a, f32>,
+}
+
+/// One `post` call: a group of rows' values at a node, transformed in place.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct Post<'a> {
+    /// Index into [`Adapter::targets`].
+    pub target: u32,
+    /// The node's output for these rows, `rows × out_features`, updated in place.
+    pub y: MatViewMut<'a>,
+    /// The rows' run state, `rows × state_floats`.
+    pub state: MatView<'a>,
+    /// One ticket per row, 0 on entry. A kind that learns from feedback writes a nonzero
+    /// ticket; the caller passes it back to [`Adapter::feedback`] with the label.
+    pub tickets: RSliceMut<'a, u64>,
+    /// Per-request multiplier.
+    pub scale: f32,
+    /// Host kernels.
+    pub kernels: HostKernelsRef,
+    /// At least [`Adapter::scratch_floats`]`(target, rows)` floats.
+    pub scratch: RSliceMut<'a, f32>,
+}
+
+/// A loaded adapter instance: immutable once published, shared by every run that uses it
+/// (a kind with online state, such as an error memory, synchronizes it internally and
+/// never blocks a hook). Hooks are called concurrently from several threads, on disjoint
+/// rows.
 #[sabi_trait]
 pub trait Adapter: Send + Sync + Debug {
     /// Where the adapter attaches; `target` indices in calls refer to this list.
@@ -205,8 +291,39 @@ pub trait Adapter: Send + Sync + Debug {
 
     /// Folds the adapter into the node's dequantized base weight `[out, in]` and bias
     /// (`out` values, zeros when the base has none), for an explicit merge.
-    #[sabi(last_prefix_field)]
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError>;
+
+    /// Floats of per-row state a run keeps for this adapter (0: none).
+    fn state_floats(&self) -> usize {
+        0
+    }
+
+    /// Applies the adapter at a [`HookKind::Tap`] target.
+    fn tap(&self, call: Tap<'_>) -> RResult<(), PluginError> {
+        RResult::RErr(unsupported_hook("tap", call.target))
+    }
+
+    /// Applies the adapter at a [`HookKind::Post`] target.
+    fn post(&self, call: Post<'_>) -> RResult<(), PluginError> {
+        RResult::RErr(unsupported_hook("post", call.target))
+    }
+
+    /// The observed label for a row that got `ticket` from [`post`](Self::post).
+    fn feedback(&self, ticket: u64, label: f32) -> RResult<(), PluginError> {
+        let _ = label;
+        RResult::RErr(PluginError::new(ErrorCode::UNSUPPORTED, "", format!("ticket {ticket}: this kind takes no feedback")))
+    }
+
+    /// Writes the adapter's online state to `path` atomically (temporary file, fsync,
+    /// rename). Kinds without state return [`ErrorCode::UNSUPPORTED`].
+    #[sabi(last_prefix_field)]
+    fn save_state(&self, path: RStr<'_>) -> RResult<(), PluginError> {
+        RResult::RErr(PluginError::new(ErrorCode::UNSUPPORTED, path.as_str(), "this kind has no state to save"))
+    }
+}
+
+fn unsupported_hook(hook: &str, target: u32) -> PluginError {
+    PluginError::new(ErrorCode::UNSUPPORTED, "", format!("target {target}: this kind has no {hook} hook"))
 }
 
 /// An owned adapter object.
@@ -252,6 +369,18 @@ impl core::fmt::Debug for LinearDelta<'_> {
             .field("y", &self.y)
             .field("scale", &self.scale)
             .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for Tap<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tap").field("target", &self.target).field("x", &self.x).finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for Post<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Post").field("target", &self.target).field("y", &self.y).finish_non_exhaustive()
     }
 }
 

@@ -42,6 +42,11 @@ impl<'a> MatView<'a> {
         })
     }
 
+    /// `rows` rows of no columns (an adapter without run state).
+    pub fn empty(rows: usize) -> MatView<'static> {
+        MatView { ptr: core::ptr::NonNull::dangling().as_ptr(), rows, cols: 0, stride: 0, _borrow: PhantomData }
+    }
+
     /// A view from raw parts.
     ///
     /// # Safety

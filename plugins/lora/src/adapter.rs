@@ -256,7 +256,7 @@ impl LoraAdapter {
 
 impl Adapter for LoraAdapter {
     fn targets(&self) -> RVec<Target> {
-        self.modules.iter().map(|m| Target { node: m.node, hook: HookKind::LinearDelta }).collect()
+        self.modules.iter().map(|m| Target::new(m.node, HookKind::LinearDelta)).collect()
     }
 
     fn info(&self) -> AdapterInfo {

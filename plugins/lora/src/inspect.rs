@@ -47,6 +47,10 @@ impl ModelView for Probe {
     fn base_bias(&self, _node: u32) -> ROption<RSlice<'_, f32>> {
         ROption::RNone
     }
+
+    fn fingerprint(&self) -> u64 {
+        0
+    }
 }
 
 /// Summarizes a PEFT LoRA directory (kind, modules, ranks, scales, bytes) without a model.

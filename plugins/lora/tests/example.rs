@@ -238,6 +238,7 @@ fn bad_calls_are_errors() {
         y: MatViewMut::new(&mut y, 1, 2, 2).unwrap(),
         base_bias: None.into(),
         scale: 1.0,
+        state: MatView::empty(1),
         kernels: kernels(),
         scratch: RSliceMut::from_mut_slice(&mut scratch),
     };

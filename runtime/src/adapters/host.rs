@@ -170,6 +170,10 @@ impl ModelView for HostModelView<'_> {
             _ => ROption::RNone,
         }
     }
+
+    fn fingerprint(&self) -> u64 {
+        self.model.fingerprint()
+    }
 }
 
 /// The plugin-ABI kernel table for a host kernel level.

@@ -152,6 +152,7 @@ impl Exec<'_, '_> {
                         y: yv.reborrow(),
                         base_bias: bias.map(RSlice::from_slice).map_or(ROption::RNone, ROption::RSome),
                         scale: member.scale,
+                        state: MatView::empty(len),
                         kernels,
                         scratch: RSliceMut::from_mut_slice(hook_scratch),
                     };

@@ -90,6 +90,10 @@ impl ModelView for FakeModel {
     fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>> {
         self.layers[node as usize].bias.as_deref().map(RSlice::from_slice).into()
     }
+
+    fn fingerprint(&self) -> u64 {
+        0x6661_6b65
+    }
 }
 
 impl FakeModel {
@@ -181,6 +185,7 @@ pub fn run(
         y: MatViewMut::new(y, rows, out, out).unwrap(),
         base_bias: base_bias.map(RSlice::from_slice).into(),
         scale,
+        state: MatView::empty(rows),
         kernels: kernels(),
         scratch: RSliceMut::from_mut_slice(&mut scratch),
     };

@@ -1,0 +1,1 @@
+//! # graft-plugin-error-memory (work in progress)

@@ -1,0 +1,1 @@
+//! # graft-plugin-routing (work in progress)

@@ -1,0 +1,1 @@
+//! # graft-plugin-ssf-pool (work in progress)
