@@ -19,11 +19,20 @@ use graft_plugin_abi::{AdapterBox, AdapterInfo, HookKind, LoadRequest, ModelView
 use super::host::{HostModelView, ModuleMap};
 use super::kinds::Kinds;
 use crate::error::{Error, Result};
-use crate::graph::Op;
+use crate::graph::{InputKind, Op};
 use crate::model::Model;
 
-/// Marks "no target at this node" in [`LoadedAdapter`]'s node index.
+/// Marks "no target at this slot" in [`LoadedAdapter`]'s slot index.
 const NO_TARGET: u32 = u32::MAX;
+
+/// The position of `hook` in [`LoadedAdapter`]'s per-slot index.
+fn hook_index(hook: HookKind) -> usize {
+    match hook {
+        HookKind::LinearDelta => 0,
+        HookKind::Tap => 1,
+        HookKind::Post => 2,
+    }
+}
 
 /// An adapter validated against a model, ready to publish. Immutable; shared by every
 /// run that uses it.
@@ -33,8 +42,11 @@ pub struct LoadedAdapter {
     version: u64,
     object: AdapterBox,
     targets: Vec<Target>,
-    /// `node → index into targets`, [`NO_TARGET`] where the adapter does not attach.
-    by_node: Vec<u32>,
+    /// Per slot (graph nodes, then dense inputs) and hook kind: the index into `targets`,
+    /// [`NO_TARGET`] where the adapter does not attach.
+    by_slot: Vec<[u32; 3]>,
+    /// Floats of per-row run state.
+    state_floats: usize,
     info: AdapterInfo,
     model: Model,
 }
@@ -76,9 +88,36 @@ impl LoadedAdapter {
         &self.targets
     }
 
-    /// The target index at `node`, if the adapter attaches there.
-    pub fn target_at(&self, node: usize) -> Option<u32> {
-        self.by_node.get(node).copied().filter(|&t| t != NO_TARGET)
+    /// The index of the adapter's `hook` target at `slot` (a node index, or the graph's
+    /// node count plus a dense input's index), if it has one.
+    pub fn target_at(&self, hook: HookKind, slot: usize) -> Option<u32> {
+        self.by_slot.get(slot).map(|hooks| hooks[hook_index(hook)]).filter(|&t| t != NO_TARGET)
+    }
+
+    /// Whether the adapter has any hook at `slot`.
+    pub fn attaches_at(&self, slot: usize) -> bool {
+        self.by_slot.get(slot).is_some_and(|hooks| hooks.iter().any(|&t| t != NO_TARGET))
+    }
+
+    /// Floats of per-row state a run keeps for this adapter.
+    pub fn state_floats(&self) -> usize {
+        self.state_floats
+    }
+
+    /// Hands the observed `label` of a row to the adapter that issued `ticket` for it
+    /// (see [`Outputs::tickets`](crate::Outputs::tickets)). Error memories learn from it;
+    /// an unknown, answered or evicted ticket is an [`Error::Adapter`] with code `ticket`.
+    pub fn feedback(&self, ticket: u64, label: f32) -> Result<()> {
+        self.object.feedback(ticket, label).into_result().map_err(|e| self.hook_error(e))
+    }
+
+    /// Writes the adapter's online state (an error memory's sketch) to `path`
+    /// atomically; kinds without state refuse with code `unsupported`.
+    pub fn save_state(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_str().ok_or_else(|| Error::InvalidOption {
+            detail: format!("state path {} is not valid UTF-8", path.display()),
+        })?;
+        self.object.save_state(RStr::from_str(path)).into_result().map_err(|e| self.hook_error(e))
     }
 
     /// The adapter object, for the executor.
@@ -94,6 +133,27 @@ impl LoadedAdapter {
     /// Converts an error returned by this adapter's hooks.
     pub(crate) fn hook_error(&self, e: PluginError) -> Error {
         plugin_error(&self.id, &self.kind, e)
+    }
+}
+
+/// A ticket an adapter issued for one row of a run (an error memory's pending
+/// prediction). Pass the row's observed label back with [`Ticket::feedback`]; the label
+/// reaches the adapter instance that made the prediction, even if the id has since been
+/// replaced.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket<'a> {
+    /// The row of the batch.
+    pub row: usize,
+    /// The adapter that issued it.
+    pub adapter: &'a Arc<LoadedAdapter>,
+    /// The adapter's ticket value (nonzero).
+    pub value: u64,
+}
+
+impl Ticket<'_> {
+    /// Feeds the row's observed label back to the adapter.
+    pub fn feedback(&self, label: f32) -> Result<()> {
+        self.adapter.feedback(self.value, label)
     }
 }
 
@@ -166,6 +226,9 @@ impl core::fmt::Debug for Registry {
 }
 
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The most per-row run state an adapter may ask for (16 Mi floats = 64 MiB per row).
+const MAX_STATE_FLOATS: usize = 1 << 24;
 
 impl Registry {
     /// An empty registry for `model` with the built-in kinds.
@@ -240,17 +303,35 @@ impl Registry {
             field: String::new(),
             detail,
         };
-        let mut by_node = vec![NO_TARGET; g.nodes.len()];
+        let slots = g.nodes.len() + g.inputs.len();
+        let mut by_slot = vec![[NO_TARGET; 3]; slots];
         for (i, t) in targets.iter().enumerate() {
-            let node = g.nodes.get(t.node as usize).ok_or_else(|| bad(format!("target {i}: no node {}", t.node)))?;
-            match (t.hook, &node.op) {
-                (HookKind::LinearDelta, Op::Linear { .. }) => {}
-                (hook, op) => return Err(bad(format!("{hook:?} cannot attach to {} node `{}`", op.name(), node.name))),
+            let slot = t.node as usize;
+            let (name, fits) = if let Some(node) = g.nodes.get(slot) {
+                let fits = match t.hook {
+                    HookKind::LinearDelta => matches!(node.op, Op::Linear { .. }),
+                    HookKind::Tap | HookKind::Post => true,
+                };
+                (format!("{} node `{}`", node.op.name(), node.name), fits)
+            } else if let Some(input) = g.inputs.get(slot - g.nodes.len()) {
+                let dense = matches!(input.kind, InputKind::Dense { .. });
+                (format!("input `{}`", input.name), dense && t.hook == HookKind::Tap)
+            } else {
+                return Err(bad(format!("target {i}: no node or input {}", t.node)));
+            };
+            if !fits {
+                return Err(bad(format!("{:?} cannot attach to {name}", t.hook)));
             }
-            if by_node[t.node as usize] != NO_TARGET {
-                return Err(bad(format!("two targets at node `{}`", node.name)));
+            let entry = &mut by_slot[slot][hook_index(t.hook)];
+            if *entry != NO_TARGET {
+                return Err(bad(format!("two {:?} targets at {name}", t.hook)));
             }
-            by_node[t.node as usize] = i as u32;
+            *entry = i as u32;
+        }
+        let state_floats = object.state_floats();
+        // The host allocates rows × state floats per run: refuse absurd claims up front.
+        if state_floats > MAX_STATE_FLOATS {
+            return Err(bad(format!("{state_floats} floats of per-row state (at most {MAX_STATE_FLOATS})")));
         }
         Ok(Arc::new(LoadedAdapter {
             id: id.into(),
@@ -258,7 +339,8 @@ impl Registry {
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             object,
             targets,
-            by_node,
+            by_slot,
+            state_floats,
             info,
             model: self.model.clone(),
         }))

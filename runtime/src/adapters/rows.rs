@@ -58,7 +58,7 @@ pub struct RowAdapters {
     rows: usize,
     /// One set for every row, whatever the batch size.
     uniform: bool,
-    /// Per graph node: whether any group has an adapter there.
+    /// Per slot (graph nodes, then inputs): whether any group has an adapter hook there.
     touched: Vec<bool>,
 }
 
@@ -72,7 +72,7 @@ impl RowAdapters {
             by_key: HashMap::new(),
             rows: 0,
             uniform: false,
-            touched: vec![false; registry.model().graph().nodes.len()],
+            touched: vec![false; registry.model().graph().nodes.len() + registry.model().graph().inputs.len()],
         }
     }
 
@@ -123,9 +123,10 @@ impl RowAdapters {
         &self.groups
     }
 
-    /// Whether any row has an adapter at `node`.
-    pub fn touches(&self, node: usize) -> bool {
-        self.touched.get(node).copied().unwrap_or(false)
+    /// Whether any row has an adapter hook at `slot` (a node index, or the node count
+    /// plus an input index).
+    pub fn touches(&self, slot: usize) -> bool {
+        self.touched.get(slot).copied().unwrap_or(false)
     }
 
     /// Forgets all rows, keeping the snapshot and allocations.

@@ -112,10 +112,13 @@ impl Exec<'_, '_> {
                     let bias = bias.map(|b| self.model.vector(b)).transpose()?;
                     #[cfg(feature = "std")]
                     if let Some(pass) = self.adapters.as_ref().filter(|p| p.rows.touches(*node)) {
-                        // Adapters act on the pre-activation output, so the fused
-                        // activation waits until they have run.
+                        // Hooks see the pre-activation output, so the fused activation
+                        // waits until they have run.
+                        use graft_plugin_abi::HookKind;
                         self.linear(self.src(*x), &w, bias, None, self.dst(*y));
-                        self.adapt_linear(pass, *node, self.src(*x), bias, *y)?;
+                        self.hooks(pass, HookKind::LinearDelta, *node, Some(self.src(*x)), Some(*y), bias)?;
+                        self.hooks(pass, HookKind::Tap, *node, Some(self.src(Src::Arena(*y))), None, None)?;
+                        self.hooks(pass, HookKind::Post, *node, None, Some(*y), None)?;
                         if let Some((act, _)) = act {
                             let ew = self.kernels.elementwise;
                             self.dst(*y).for_each_row(|_, row| ew.activate(*act, row));
@@ -225,6 +228,31 @@ impl Exec<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Runs the tap and post hooks at a completed non-linear node (hooks at a linear run
+    /// inside its step), or the taps at a dense input (`slot` past the last node).
+    ///
+    /// # Safety
+    /// The node's value must be complete and not accessed through any other view; the
+    /// pass must have been prepared for this run.
+    #[cfg(feature = "std")]
+    pub unsafe fn slot_hooks(&self, slot: usize, place: Option<Place>) -> Result<()> {
+        use graft_plugin_abi::HookKind;
+        let Some(pass) = self.adapters.as_ref().filter(|p| p.rows.touches(slot)) else { return Ok(()) };
+        // SAFETY: forwarded from the caller: the value is complete and unaliased.
+        unsafe {
+            match place {
+                Some(place) => {
+                    self.hooks(pass, HookKind::Tap, slot, Some(self.src(Src::Arena(place))), None, None)?;
+                    self.hooks(pass, HookKind::Post, slot, None, Some(place), None)
+                }
+                None => {
+                    let input = slot - self.model.graph().nodes.len();
+                    self.hooks(pass, HookKind::Tap, slot, Some(self.src(Src::Input(input))), None, None)
+                }
+            }
+        }
     }
 
     /// A linear, split across threads when it is big enough.

@@ -239,6 +239,11 @@ pub(crate) struct Plan {
     pub arena_len: usize,
     /// Floats of scratch per worker.
     pub scratch_len: usize,
+    /// Where each node's value lives (a fused linear shares its activation's place).
+    pub node_place: Vec<Place>,
+    /// Per node: how many steps have run once its value is complete. Adapter hooks at
+    /// non-linear nodes fire at that boundary; hooks at a linear fire inside its step.
+    pub ready: Vec<usize>,
 }
 
 /// How each node's output is stored before buffers are assigned.
@@ -258,7 +263,7 @@ impl Plan {
         let g = model.graph();
         let (home, absorbed) = decide_homes(g);
         let (mut buffers, place) = resolve_places(g, &home)?;
-        let mut steps = emit_steps(g, &home, &absorbed, &place)?;
+        let (mut steps, ready) = emit_steps(g, &home, &absorbed, &place)?;
 
         // Graph outputs: node values are read in place; inputs are copied to a buffer.
         let mut outputs = Vec::with_capacity(g.outputs.len());
@@ -284,7 +289,7 @@ impl Plan {
                 scratch_len = scratch_len.max(linear.scratch_len(&model.weight(*weight)?, max_batch));
             }
         }
-        let plan = Plan { steps, buffers, outputs, arena_len, scratch_len };
+        let plan = Plan { steps, buffers, outputs, arena_len, scratch_len, node_place: place, ready };
         plan.check_disjoint(max_batch, &first, &last)?;
         Ok(plan)
     }
@@ -381,14 +386,19 @@ fn resolve_places(g: &Graph, home: &[Home]) -> Result<(Vec<Buffer>, Vec<Place>)>
 }
 
 /// One step per node in topological order; fused activations and elided concats emit
-/// none, concats copy only their non-elided parts.
-fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> Result<Vec<Step>> {
+/// none, concats copy only their non-elided parts. Also returns, per node, the number of
+/// steps emitted once it is complete.
+fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> Result<(Vec<Step>, Vec<usize>)> {
     let src = |v: ValueId| match v {
         ValueId::Input(k) => Src::Input(k),
         ValueId::Node(k) => Src::Arena(place[k]),
     };
     let mut steps = Vec::with_capacity(g.nodes.len());
+    let mut ready = Vec::with_capacity(g.nodes.len());
     for (i, node) in g.nodes.iter().enumerate() {
+        if i > 0 {
+            ready.push(steps.len());
+        }
         let y = place[i];
         let x = || src(node.inputs[0]);
         match &node.op {
@@ -449,7 +459,10 @@ fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> R
             Op::Fm => steps.push(Step::Fm { node: i, inputs: node.inputs.iter().map(|&v| src(v)).collect(), y }),
         }
     }
-    Ok(steps)
+    if !g.nodes.is_empty() {
+        ready.push(steps.len());
+    }
+    Ok((steps, ready))
 }
 
 /// First write and last use (step index) of every buffer; outputs live to the end.

@@ -55,9 +55,10 @@ pub struct Session {
     binding: Vec<usize>,
     #[cfg(feature = "std")]
     pool: Option<super::pool::Pool>,
-    /// Per-thread hook scratch, grown (rarely) when a run's adapters need more.
+    /// Hook scratch, per-row adapter state and tickets, grown (rarely) when a run's
+    /// adapters need more.
     #[cfg(feature = "std")]
-    adapter_scratch: Vec<f32>,
+    hooks: super::adapt::HookBuffers,
 }
 
 impl Session {
@@ -114,7 +115,7 @@ impl Session {
             #[cfg(feature = "std")]
             pool,
             #[cfg(feature = "std")]
-            adapter_scratch: Vec::new(),
+            hooks: Default::default(),
         })
     }
 
@@ -162,36 +163,46 @@ impl Session {
     pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs<'_>> {
         let rows = self.bind(inputs)?;
         // SAFETY: `bind` validated the inputs for this batch.
-        unsafe { self.execute(inputs, rows, None) }
+        unsafe { self.walk(inputs, rows, None, self.plan.steps.len())? };
+        Ok(self.outputs(rows, None))
     }
 
     /// Runs one batch where each row uses its own adapter set (base only, one adapter,
     /// or a scaled stack) from `adapters`. Rows that share a set are processed together;
-    /// every row's result equals running its set alone. Allocation-free once the session
-    /// has seen adapters of this size (hook scratch only grows).
+    /// every row's result equals running its set alone. Kinds that learn from labels
+    /// issue per-row tickets, read from [`Outputs::tickets`]. Allocation-free once the
+    /// session has seen adapters of this size (hook buffers only grow).
     #[cfg(feature = "std")]
-    pub fn run_with(&mut self, inputs: &[Input<'_>], adapters: &crate::adapters::RowAdapters) -> Result<Outputs<'_>> {
+    pub fn run_with<'s>(&'s mut self, inputs: &[Input<'_>], adapters: &'s crate::adapters::RowAdapters) -> Result<Outputs<'s>> {
+        use super::adapt::PassKind;
         let rows = self.bind(inputs)?;
         adapters.check(&self.model, rows)?;
         let kernels = crate::adapters::host_kernels(self.kernels.level);
-        let threads = self.options.threads;
-        let block = super::adapt::scratch_per_thread(self.model.graph(), adapters, kernels, rows, threads).max(1);
-        let floats = block.checked_mul(threads).ok_or_else(|| Error::InvalidOption {
-            detail: alloc::format!("adapter scratch of {block} floats × {threads} threads overflows"),
-        })?;
-        if self.adapter_scratch.len() < floats {
-            // Fallible: the size comes from the adapters' own accounting.
-            let extra = floats - self.adapter_scratch.len();
-            self.adapter_scratch.try_reserve_exact(extra).map_err(|_| Error::InvalidOption {
-                detail: alloc::format!("cannot allocate {floats} floats of adapter scratch"),
-            })?;
-            self.adapter_scratch.resize(floats, 0.0);
+        self.hooks.prepare(self.model.graph(), &self.plan, adapters, kernels, rows, self.options.threads)?;
+        if let Some(end) = self.hooks.prefix_steps() {
+            // SAFETY: `bind` validated the inputs; the hook buffers were prepared for
+            // this run and are used by nothing else.
+            unsafe { self.walk(inputs, rows, Some((adapters, PassKind::Prefix)), end)? };
         }
-        let pass =
-            super::adapt::AdapterPass { rows: adapters, kernels, scratch: self.adapter_scratch.as_mut_ptr(), block };
-        // SAFETY: `bind` validated the inputs; the scratch holds threads × block floats
-        // and is used by nothing else during the run.
-        unsafe { self.execute(inputs, rows, Some(pass)) }
+        // SAFETY: as above.
+        unsafe { self.walk(inputs, rows, Some((adapters, PassKind::Main)), self.plan.steps.len())? };
+        Ok(self.outputs(rows, Some(adapters)))
+    }
+
+    fn outputs<'s>(
+        &'s self,
+        rows: usize,
+        #[cfg(feature = "std")] adapters: Option<&'s crate::adapters::RowAdapters>,
+        #[cfg(not(feature = "std"))] adapters: Option<()>,
+    ) -> Outputs<'s> {
+        #[cfg(not(feature = "std"))]
+        let _ = adapters;
+        Outputs {
+            session: self,
+            rows,
+            #[cfg(feature = "std")]
+            adapters,
+        }
     }
 
     /// Binds and validates inputs; returns the batch size.
@@ -204,20 +215,23 @@ impl Session {
         Ok(rows)
     }
 
-    /// Executes the plan on bound inputs.
+    /// Executes steps `0..end` of the plan on bound inputs, with the hooks of every node
+    /// complete by then when adapters are given.
     ///
     /// # Safety
-    /// `inputs` must have passed [`Session::bind`] for `rows` rows, and any adapter pass
-    /// must satisfy [`super::adapt::AdapterPass`]'s scratch contract.
-    unsafe fn execute<'s>(
-        &'s mut self,
+    /// `inputs` must have passed [`Session::bind`] for `rows` rows, and with adapters the
+    /// hook buffers must have been prepared for this run.
+    unsafe fn walk(
+        &mut self,
         inputs: &[Input<'_>],
         rows: usize,
-        #[cfg(feature = "std")] adapters: Option<super::adapt::AdapterPass<'_>>,
+        #[cfg(feature = "std")] adapters: Option<(&crate::adapters::RowAdapters, super::adapt::PassKind)>,
         #[cfg(not(feature = "std"))] adapters: Option<()>,
-    ) -> Result<Outputs<'s>> {
-        #[cfg(not(feature = "std"))]
-        let _ = adapters;
+        end: usize,
+    ) -> Result<()> {
+        #[cfg(feature = "std")]
+        let kernels = crate::adapters::host_kernels(self.kernels.level);
+        let hooked = adapters.is_some();
         let exec = Exec {
             model: &self.model,
             kernels: self.kernels,
@@ -232,15 +246,43 @@ impl Session {
             #[cfg(feature = "std")]
             pool: self.pool.as_ref(),
             #[cfg(feature = "std")]
-            adapters,
+            adapters: adapters.map(|(rows, kind)| self.hooks.pass(rows, kernels, kind)),
         };
-        for step in &self.plan.steps {
+        let g = self.model.graph();
+        let nodes = g.nodes.len();
+        let mut next = 0;
+        // Hooks at every node complete after `done` steps (linears hook inside their step).
+        let mut fire = |done: usize| -> Result<()> {
+            #[cfg(feature = "std")]
+            while next < nodes && self.plan.ready[next] <= done {
+                if !matches!(g.nodes[next].op, crate::graph::Op::Linear { .. }) {
+                    // SAFETY: the node's value is complete and no step is running.
+                    unsafe { exec.slot_hooks(next, Some(self.plan.node_place[next]))? };
+                }
+                next += 1;
+            }
+            #[cfg(not(feature = "std"))]
+            let _ = (done, &mut next, nodes);
+            Ok(())
+        };
+        if hooked {
+            #[cfg(feature = "std")]
+            for k in 0..g.inputs.len() {
+                // SAFETY: inputs were bound; taps only read them.
+                unsafe { exec.slot_hooks(nodes + k, None)? };
+            }
+            fire(0)?;
+        }
+        for (s, step) in self.plan.steps[..end.min(self.plan.steps.len())].iter().enumerate() {
             // SAFETY: the plan was checked by `Plan::check_disjoint` (no step writes what it
             // reads, live buffers do not overlap), places are within the arena sized for
             // max_batch >= rows, and inputs were validated by `bind` and `check_ids`.
             unsafe { exec.step(step)? };
+            if hooked {
+                fire(s + 1)?;
+            }
         }
-        Ok(Outputs { session: self, rows })
+        Ok(())
     }
 
     /// Checks every id against its table and every offsets array against its indices
@@ -312,6 +354,8 @@ fn resolve_threads(threads: usize) -> usize {
 pub struct Outputs<'s> {
     session: &'s Session,
     rows: usize,
+    #[cfg(feature = "std")]
+    adapters: Option<&'s crate::adapters::RowAdapters>,
 }
 
 impl<'s> Outputs<'s> {
@@ -348,5 +392,14 @@ impl<'s> Outputs<'s> {
     /// Iterates `(name, view)` over all outputs in graph order.
     pub fn iter(&self) -> impl Iterator<Item = (&'s str, MatRef<'s>)> + '_ {
         (0..self.len()).filter_map(|i| self.get_index(i))
+    }
+
+    /// The feedback tickets adapters issued in this run (rows served by an error memory),
+    /// in group order. Pass each row's label to [`Ticket::feedback`](crate::adapters::Ticket::feedback)
+    /// once it is known.
+    #[cfg(feature = "std")]
+    pub fn tickets(&self) -> impl Iterator<Item = crate::adapters::Ticket<'s>> + 's {
+        let (session, rows) = (self.session, self.rows);
+        self.adapters.into_iter().flat_map(move |a| session.hooks.tickets(a, rows))
     }
 }
