@@ -14,8 +14,9 @@ use serde_json::Value;
 /// Adapter options shared by the commands that run a model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdapterArgs {
-    /// A PEFT LoRA directory to load as `ID=DIR`; repeat per adapter.
-    #[arg(long = "adapter", value_name = "ID=DIR")]
+    /// An adapter to load as `ID=PATH`: a PEFT LoRA directory, or a graft adapter file
+    /// (ssf-pool, error-memory, routing); repeat per adapter.
+    #[arg(long = "adapter", value_name = "ID=PATH")]
     pub adapters: Vec<String>,
     /// Per-row adapter sets (JSON array, one entry per input row). Without it, a single
     /// `--adapter` applies to every row.
@@ -63,8 +64,8 @@ impl AdapterArgs {
         for spec in &self.adapters {
             let (id, dir) = spec
                 .split_once('=')
-                .ok_or_else(|| Error::InvalidOption { detail: format!("--adapter `{spec}` is not ID=DIR") })?;
-            registry.insert(registry.load_peft(id, dir)?)?;
+                .ok_or_else(|| Error::InvalidOption { detail: format!("--adapter `{spec}` is not ID=PATH") })?;
+            registry.insert(registry.load_path(id, dir, "")?)?;
             ids.push(id.to_string());
         }
         match &self.row_adapters {

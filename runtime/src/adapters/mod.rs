@@ -34,5 +34,5 @@ pub use graft_plugin_abi as abi;
 pub use host::{HostModelView, ModuleMap, host_kernels, resolve_module};
 pub use kinds::Kinds;
 pub use merge::{MergeReport, merge_to_file};
-pub use registry::{LoadedAdapter, Registry, Snapshot, Ticket};
+pub use registry::{ADAPTER_METADATA_KEY, LoadedAdapter, Registry, Snapshot, Ticket, detect_kind};
 pub use rows::{Group, Member, RowAdapters};

@@ -136,6 +136,54 @@ impl LoadedAdapter {
     }
 }
 
+/// The metadata key of a graft adapter file's configuration (a JSON object whose `kind`
+/// names the adapter kind).
+pub const ADAPTER_METADATA_KEY: &str = "graft.adapter";
+
+/// The largest safetensors header [`detect_kind`] reads.
+const MAX_HEADER: u64 = 64 << 20;
+
+/// The adapter kind of `path`: `lora` for a directory with `adapter_config.json` (PEFT),
+/// else the `kind` in a safetensors file's `graft.adapter` metadata. Reads the header only.
+pub fn detect_kind(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), source: e };
+    let bad = |detail: String| Error::InvalidOption { detail: format!("{}: {detail}", path.display()) };
+    if path.is_dir() {
+        return if path.join("adapter_config.json").is_file() {
+            Ok("lora".into())
+        } else {
+            Err(bad("a directory without adapter_config.json is not a PEFT adapter".into()))
+        };
+    }
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("too short for a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(bad(format!("safetensors header of {len} bytes (at most {MAX_HEADER})")));
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).map_err(io)?;
+    if header.len() as u64 != len {
+        return Err(bad("truncated safetensors header".into()));
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header is not JSON: {e}")))?;
+    let config = header
+        .get("__metadata__")
+        .and_then(|m| m.get(ADAPTER_METADATA_KEY))
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| bad(format!("no `{ADAPTER_METADATA_KEY}` metadata: not a graft adapter file")))?;
+    let config: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| bad(format!("`{ADAPTER_METADATA_KEY}` is not JSON: {e}")))?;
+    config
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| bad(format!("`{ADAPTER_METADATA_KEY}` has no \"kind\"")))
+}
+
 /// A ticket an adapter issued for one row of a run (an error memory's pending
 /// prediction). Pass the row's observed label back with [`Ticket::feedback`]; the label
 /// reaches the adapter instance that made the prediction, even if the id has since been
@@ -288,6 +336,18 @@ impl Registry {
             detail: format!("adapter path {} is not valid UTF-8", dir.display()),
         })?;
         self.load("lora", id, source, "")
+    }
+
+    /// Loads an adapter from a path of any registered kind, detected by
+    /// [`detect_kind`]: a PEFT directory is `lora`; a safetensors file names its kind in
+    /// its `graft.adapter` metadata.
+    pub fn load_path(&self, id: &str, path: impl AsRef<std::path::Path>, options: &str) -> Result<Arc<LoadedAdapter>> {
+        let path = path.as_ref();
+        let kind = detect_kind(path)?;
+        let source = path.to_str().ok_or_else(|| Error::InvalidOption {
+            detail: format!("adapter path {} is not valid UTF-8", path.display()),
+        })?;
+        self.load(&kind, id, source, options)
     }
 
     /// Wraps an adapter object a kind produced (e.g. from bytes rather than files),

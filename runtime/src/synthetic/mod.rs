@@ -5,8 +5,10 @@
 //! are generated row by row from a seed, so models of any size — the demo's is 26 fields
 //! of 100 000 × 64 — are written without holding them in memory. [`Requests`] produces
 //! request batches with power-law ("popular items") ids, like real recommendation traffic;
-//! [`lora`] writes PEFT LoRA directories for any model.
+//! [`lora`] writes PEFT LoRA directories for any model, [`kinds`] the files of the other
+//! adapter kinds.
 
+pub mod kinds;
 pub mod lora;
 
 use std::vec::Vec;
