@@ -10,8 +10,8 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RVec};
 use common_adapters::{TestResult, bits, scratch};
 use graft::adapters::abi::{
-    Adapter, Adapter_TO, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError,
-    Post, Tap, Target,
+    Adapter, Adapter_TO, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError, Post,
+    Tap, Target,
 };
 use graft::adapters::{Registry, RowAdapters};
 use graft::builder::{Matrix, ModelBuilder, WeightFormats};
@@ -49,7 +49,9 @@ fn model(dir: &std::path::Path) -> TestResult<Model> {
 /// pre-activation output, `post_r1` to r1's activated output.
 fn reference(x: &[f32], post_fc1: f64, post_r1: f64) -> (Vec<f64>, f64) {
     let lin = |x: &[f64], w: &[f32], b: &[f32], out: usize| -> Vec<f64> {
-        (0..out).map(|o| b[o] as f64 + x.iter().enumerate().map(|(i, v)| v * w[o * x.len() + i] as f64).sum::<f64>()).collect()
+        (0..out)
+            .map(|o| b[o] as f64 + x.iter().enumerate().map(|(i, v)| v * w[o * x.len() + i] as f64).sum::<f64>())
+            .collect()
     };
     let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let r1: Vec<f64> = lin(&x, &weights(H1, IN, 0.1), &bias(H1, 0.3), H1)
@@ -167,7 +169,10 @@ fn probe(registry: &Registry, id: &str, targets: &[(&str, HookKind, u32, Action)
     let model = registry.model();
     let targets = targets
         .iter()
-        .map(|&(name, hook, flags, action)| (Target { node: slot(model, name), hook, flags }, action))
+        .map(|&(name, hook, flags, action)| {
+            let reads = if matches!(action, Action::FromState) { Target::READS_STATE } else { 0 };
+            (Target { node: slot(model, name), hook, flags: flags | reads }, action)
+        })
         .collect();
     let object = Adapter_TO::from_value(Probe { targets }, TD_Opaque);
     registry.insert(registry.adopt(id, "probe", object)?)?;
@@ -179,7 +184,10 @@ fn inputs(rows: usize) -> Vec<f32> {
     (0..rows * IN).map(|i| if i % IN == 0 { (i / IN) as f32 } else { ((i as f32) * 0.13).sin() }).collect()
 }
 
-fn run(model: &Model, x: &[f32], rows: &RowAdapters, threads: usize) -> TestResult<(Vec<f32>, Vec<(usize, u64)>)> {
+/// Logits and `(row, ticket)` pairs of one run.
+type Served = (Vec<f32>, Vec<(usize, u64)>);
+
+fn run(model: &Model, x: &[f32], rows: &RowAdapters, threads: usize) -> TestResult<Served> {
     let n = x.len() / IN;
     let mut session = Session::new(model, SessionOptions { max_batch: n, threads, ..Default::default() })?;
     let out = session.run_with(&[Input::dense("x", x, IN)], rows)?;
@@ -289,7 +297,9 @@ fn targets_that_do_not_fit_their_node_are_refused() -> TestResult {
     let dir = scratch("hooks_refused")?;
     let model = model(&dir)?;
     let registry = Registry::new(&model);
-    let cases: [&[(&str, HookKind, u32, Action)]; 4] = [
+    let cases: [&[(&str, HookKind, u32, Action)]; 5] = [
+        // A post that would read state before its tap wrote it.
+        &[("fc1", HookKind::Post, 0, Action::FromState), ("r2", HookKind::Tap, 0, Action::Sum)],
         &[("r1", HookKind::LinearDelta, 0, Action::Delta(1.0))],
         &[("x", HookKind::Post, 0, Action::Add(1.0))],
         &[("x", HookKind::LinearDelta, 0, Action::Delta(1.0))],

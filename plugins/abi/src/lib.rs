@@ -112,10 +112,19 @@ impl Target {
     /// A [`HookKind::Tap`] that must see the base model's value of its node, computed
     /// with no adapter hooks (FedIns queries).
     pub const BASE: u32 = 1;
+    /// A `Post` or `LinearDelta` that reads run state written by the adapter's taps. The
+    /// host refuses an adapter where such a hook would run before one of its (non-base)
+    /// taps, instead of letting it read zeroed state.
+    pub const READS_STATE: u32 = 2;
 
     /// A target with no flags.
     pub fn new(node: u32, hook: HookKind) -> Target {
         Target { node, hook, flags: 0 }
+    }
+
+    /// The same target with `flag` set.
+    pub fn with(self, flag: u32) -> Target {
+        Target { flags: self.flags | flag, ..self }
     }
 
     /// Whether `flag` is set.
@@ -283,7 +292,7 @@ pub trait Adapter: Send + Sync + Debug {
     /// A summary for inspection and logs.
     fn info(&self) -> AdapterInfo;
 
-    /// Floats of scratch a `linear_delta` call at `target` over `rows` rows needs.
+    /// Floats of scratch a hook call (of any kind) at `target` over `rows` rows needs.
     fn scratch_floats(&self, target: u32, rows: usize, kernels: HostKernelsRef) -> usize;
 
     /// Applies the adapter at a [`HookKind::LinearDelta`] target.
@@ -311,7 +320,11 @@ pub trait Adapter: Send + Sync + Debug {
     /// The observed label for a row that got `ticket` from [`post`](Self::post).
     fn feedback(&self, ticket: u64, label: f32) -> RResult<(), PluginError> {
         let _ = label;
-        RResult::RErr(PluginError::new(ErrorCode::UNSUPPORTED, "", format!("ticket {ticket}: this kind takes no feedback")))
+        RResult::RErr(PluginError::new(
+            ErrorCode::UNSUPPORTED,
+            "",
+            format!("ticket {ticket}: this kind takes no feedback"),
+        ))
     }
 
     /// Writes the adapter's online state to `path` atomically (temporary file, fsync,

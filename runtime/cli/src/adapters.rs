@@ -169,7 +169,8 @@ enum Command {
     /// Show an adapter's kind, targets, ranks, scales and bytes. With `--model`, also
     /// validate it against that model and show the nodes it attaches to.
     Inspect {
-        /// The PEFT adapter directory.
+        /// A PEFT adapter directory, or a graft adapter file (ssf-pool, error-memory,
+        /// routing).
         dir: PathBuf,
         /// A `.graft` model to resolve and validate the adapter against.
         #[arg(long)]
@@ -228,15 +229,9 @@ fn inspect(dir: &std::path::Path, model: Option<&std::path::Path>, map: Option<&
             if let Some(map) = map {
                 registry.set_module_map(ModuleMap::load(map)?);
             }
-            registry.load("lora", "inspect", source, "")?.info().clone()
+            registry.load_path("inspect", source, "")?.info().clone()
         }
-        None => graft_plugin_lora::inspect_dir(source).map_err(|e| Error::Adapter {
-            id: "inspect".into(),
-            kind: "lora".into(),
-            code: e.code.name(),
-            field: e.field.into_string(),
-            detail: e.message.into_string(),
-        })?,
+        None => graft::adapters::inspect_path(dir)?,
     };
     println!("{}: kind {}", dir.display(), info.kind);
     for note in info.notes.iter() {

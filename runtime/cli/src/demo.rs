@@ -11,7 +11,10 @@
 //!    the registry, measures the LoRA overhead at batch 1, then serves the same stream
 //!    with every row scored by its own user's adapter (mixed batches) while another
 //!    thread hot-swaps one user's adapter between two versions, and reports throughput
-//!    against the base run and the swap (publish) latency.
+//!    against the base run and the swap (publish) latency;
+//! 6. loads a FedIns SSF pool and an AdaptDHM routing adapter and measures their batch-1
+//!    overhead, then serves a drifting synthetic stream through a ReLoop2 error memory,
+//!    feeding labels back, and shows its logloss against the base model's per window.
 //!
 //! The serving loop is [`serve`]: a per-request closure over a session and a batch, so
 //! later stages (per-row adapters, feedback) plug in without changing the harness.
@@ -27,6 +30,7 @@ use graft::{Error, Model, Result, Session, SessionOptions};
 use crate::report::{Latencies, bytes, micros, rss_line};
 
 mod adapters;
+mod kinds;
 
 use adapters::AdapterStage;
 
@@ -69,6 +73,9 @@ pub struct Args {
     /// Rank of the users' adapters.
     #[arg(long, default_value_t = 8)]
     rank: usize,
+    /// Skip stage 6 (SSF pool, routing, error memory on a drifting stream).
+    #[arg(long)]
+    skip_kinds: bool,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -174,19 +181,22 @@ pub fn main(args: Args) -> Result<()> {
         rss_line(),
         bytes(size as usize)
     );
+    let stage = AdapterStage {
+        model: &model,
+        spec: &spec,
+        dir: &dir,
+        args: &args,
+        options,
+        workers,
+        names: &names,
+        singles: &singles,
+        base_rate: rows as f64 / stats.elapsed.as_secs_f64(),
+    };
     if args.users > 0 {
-        let base_rate = rows as f64 / stats.elapsed.as_secs_f64();
-        adapters::stage(&AdapterStage {
-            model: &model,
-            spec: &spec,
-            dir: &dir,
-            args: &args,
-            options,
-            workers,
-            names: &names,
-            singles: &singles,
-            base_rate,
-        })?;
+        adapters::stage(&stage)?;
+    }
+    if !args.skip_kinds {
+        kinds::stage(&stage)?;
     }
     drop(session);
     drop(model);

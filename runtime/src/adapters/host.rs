@@ -17,7 +17,7 @@ use graft_plugin_abi::{
 };
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op};
+use crate::graph::{Graph, InputKind, Op};
 use crate::kernels::{self, Kernels, Level, WeightData, WeightMatrix};
 use crate::model::Model;
 use crate::view::{MatMut, MatRef};
@@ -122,6 +122,21 @@ impl ModelView for HostModelView<'_> {
         let index = match resolve_module(g, self.map, module_path.as_str()) {
             Ok(i) => i,
             Err(detail) => {
+                // A dense graph input (a tap's query may be the raw features).
+                let input = g.inputs.iter().position(|i| i.name == module_path.as_str());
+                if let Some(k) = input
+                    && let InputKind::Dense { width } = g.inputs[k].kind
+                {
+                    return RResult::ROk(NodeInfo {
+                        node: (g.nodes.len() + k) as u32,
+                        name: RString::from(module_path.as_str()),
+                        op: NodeOp::Input,
+                        in_features: 0,
+                        out_features: width,
+                        has_bias: false,
+                        base_format: RString::from("f32"),
+                    });
+                }
                 return RResult::RErr(PluginError::new(ErrorCode::UNKNOWN_MODULE, module_path.as_str(), detail));
             }
         };

@@ -31,13 +31,33 @@ impl Kinds {
         Kinds { modules: Vec::new() }
     }
 
-    /// The kinds built into this build of graft (`lora` with the default features).
+    /// The kinds built into this build of graft (with the default features: `lora`,
+    /// `ssf-pool`, `error-memory`, `routing`).
     pub fn builtin() -> Kinds {
         #[allow(unused_mut)]
         let mut kinds = Kinds::empty();
-        #[cfg(feature = "lora")]
-        if let Err(e) = kinds.register(graft_plugin_lora::module()) {
-            log::error!("built-in LoRA kind refused: {e}");
+        let modules: [Option<fn() -> AdapterKindModRef>; 4] = [
+            #[cfg(feature = "lora")]
+            Some(graft_plugin_lora::module),
+            #[cfg(not(feature = "lora"))]
+            None,
+            #[cfg(feature = "ssf-pool")]
+            Some(graft_plugin_ssf_pool::module),
+            #[cfg(not(feature = "ssf-pool"))]
+            None,
+            #[cfg(feature = "error-memory")]
+            Some(graft_plugin_error_memory::module),
+            #[cfg(not(feature = "error-memory"))]
+            None,
+            #[cfg(feature = "routing")]
+            Some(graft_plugin_routing::module),
+            #[cfg(not(feature = "routing"))]
+            None,
+        ];
+        for module in modules.into_iter().flatten().map(|m| m()) {
+            if let Err(e) = kinds.register(module) {
+                log::error!("built-in adapter kind refused: {e}");
+            }
         }
         kinds
     }
@@ -76,4 +96,26 @@ impl Kinds {
     pub fn names(&self) -> Vec<&str> {
         self.modules.iter().map(|(n, _)| n.as_str()).collect()
     }
+}
+
+/// Summarizes an adapter of a built-in kind without a model: a PEFT directory, or a graft
+/// adapter file (kind from its metadata). Node names stay empty; load it against a model
+/// to resolve them.
+pub fn inspect_path(path: &std::path::Path) -> Result<graft_plugin_abi::AdapterInfo> {
+    let kind = super::registry::detect_kind(path)?;
+    let source = path.to_str().ok_or_else(|| Error::InvalidOption {
+        detail: format!("adapter path {} is not valid UTF-8", path.display()),
+    })?;
+    let result = match kind.as_str() {
+        #[cfg(feature = "lora")]
+        "lora" => graft_plugin_lora::inspect_dir(source),
+        #[cfg(feature = "ssf-pool")]
+        "ssf-pool" => graft_plugin_ssf_pool::inspect_file(source),
+        #[cfg(feature = "error-memory")]
+        "error-memory" => graft_plugin_error_memory::inspect_file(source),
+        #[cfg(feature = "routing")]
+        "routing" => graft_plugin_routing::inspect_file(source),
+        _ => return Err(Error::UnknownAdapterKind { kind, known: Kinds::builtin().names().join(", ") }),
+    };
+    result.map_err(|e| super::registry::plugin_error("inspect", &kind, e))
 }

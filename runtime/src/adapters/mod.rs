@@ -32,7 +32,7 @@ mod rows;
 
 pub use graft_plugin_abi as abi;
 pub use host::{HostModelView, ModuleMap, host_kernels, resolve_module};
-pub use kinds::Kinds;
+pub use kinds::{Kinds, inspect_path};
 pub use merge::{MergeReport, merge_to_file};
 pub use registry::{ADAPTER_METADATA_KEY, LoadedAdapter, Registry, Snapshot, Ticket, detect_kind};
 pub use rows::{Group, Member, RowAdapters};

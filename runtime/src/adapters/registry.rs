@@ -136,6 +136,32 @@ impl LoadedAdapter {
     }
 }
 
+/// Refuses an adapter whose state-reading hooks ([`Target::READS_STATE`]) would run
+/// before one of its taps: they would read state the tap has not written yet. Base taps
+/// are exempt: when anything precedes them the host runs them in a prefix pass. Hooks run
+/// in node order (dense inputs first), then delta, tap, post.
+fn check_tap_order(g: &crate::graph::Graph, targets: &[Target]) -> core::result::Result<(), String> {
+    let order = |t: &Target| {
+        let slot = t.node as usize;
+        let rank = if slot >= g.nodes.len() { 0 } else { slot + 1 };
+        (rank, hook_index(t.hook))
+    };
+    let name = |t: &Target| g.nodes.get(t.node as usize).map_or("a dense input", |n| n.name.as_str()).to_string();
+    let last_tap = targets.iter().filter(|t| t.hook == HookKind::Tap && !t.has(Target::BASE)).max_by_key(|t| order(t));
+    let first_reader =
+        targets.iter().filter(|t| t.hook != HookKind::Tap && t.has(Target::READS_STATE)).min_by_key(|t| order(t));
+    match (last_tap, first_reader) {
+        (Some(tap), Some(reader)) if order(reader) < order(tap) => Err(format!(
+            "its {:?} at `{}` runs before its tap at `{}`, so it would read state the tap has not written \
+             (tap an earlier node, or flag the tap BASE)",
+            reader.hook,
+            name(reader),
+            name(tap)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The metadata key of a graft adapter file's configuration (a JSON object whose `kind`
 /// names the adapter kind).
 pub const ADAPTER_METADATA_KEY: &str = "graft.adapter";
@@ -388,6 +414,7 @@ impl Registry {
             }
             *entry = i as u32;
         }
+        check_tap_order(g, &targets).map_err(bad)?;
         let state_floats = object.state_floats();
         // The host allocates rows × state floats per run: refuse absurd claims up front.
         if state_floats > MAX_STATE_FLOATS {

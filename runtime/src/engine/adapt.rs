@@ -193,7 +193,12 @@ impl HookBuffers {
     }
 
     /// The pass over the last prepared run.
-    pub(crate) fn pass<'a>(&'a mut self, rows: &'a RowAdapters, kernels: HostKernelsRef, kind: PassKind) -> AdapterPass<'a> {
+    pub(crate) fn pass<'a>(
+        &'a mut self,
+        rows: &'a RowAdapters,
+        kernels: HostKernelsRef,
+        kind: PassKind,
+    ) -> AdapterPass<'a> {
         AdapterPass {
             rows,
             kernels,
@@ -238,7 +243,13 @@ fn grow_push<T>(v: &mut Vec<T>, item: T) -> Result<()> {
 
 /// Floats of scratch each thread needs to run every hook of `adapters` on a batch of
 /// `rows`: gather buffers for the widest hook point plus the largest hook scratch.
-fn scratch_per_thread(g: &Graph, adapters: &RowAdapters, kernels: HostKernelsRef, rows: usize, threads: usize) -> usize {
+fn scratch_per_thread(
+    g: &Graph,
+    adapters: &RowAdapters,
+    kernels: HostKernelsRef,
+    rows: usize,
+    threads: usize,
+) -> usize {
     let parts = hook_threads(threads, rows);
     let mut need = 0;
     for group in adapters.groups() {

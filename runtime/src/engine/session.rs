@@ -173,7 +173,11 @@ impl Session {
     /// issue per-row tickets, read from [`Outputs::tickets`]. Allocation-free once the
     /// session has seen adapters of this size (hook buffers only grow).
     #[cfg(feature = "std")]
-    pub fn run_with<'s>(&'s mut self, inputs: &[Input<'_>], adapters: &'s crate::adapters::RowAdapters) -> Result<Outputs<'s>> {
+    pub fn run_with<'s>(
+        &'s mut self,
+        inputs: &[Input<'_>],
+        adapters: &'s crate::adapters::RowAdapters,
+    ) -> Result<Outputs<'s>> {
         use super::adapt::PassKind;
         let rows = self.bind(inputs)?;
         adapters.check(&self.model, rows)?;

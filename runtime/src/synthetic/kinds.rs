@@ -39,11 +39,15 @@ pub fn write_adapter_file(path: &Path, config: &Value, tensors: &[NamedTensor]) 
     std::fs::metadata(path).map(|m| m.len()).map_err(|e| Error::io(path, e))
 }
 
+/// The width of `node` (resolved like adapter module names) or of a dense input.
 fn width(model: &Model, node: &str) -> Result<usize> {
     let g = model.graph();
-    g.node(node)
+    if let Some(input) = g.inputs.iter().position(|i| i.name == node) {
+        return Ok(g.value_width(crate::graph::ValueId::Input(input)));
+    }
+    crate::adapters::resolve_module(g, &crate::adapters::ModuleMap::new(), node)
         .map(|n| g.nodes[n].width)
-        .ok_or_else(|| Error::InvalidOption { detail: format!("no node `{node}` in the model") })
+        .map_err(|detail| Error::InvalidOption { detail })
 }
 
 /// What [`write_ssf_pool`] generates.
@@ -69,7 +73,8 @@ pub fn write_ssf_pool(model: &Model, path: &Path, spec: &SsfPoolSpec<'_>) -> Res
     let SsfPoolSpec { query, sites, pool, top_k, strength, seed } = *spec;
     let mut rng = Rng::new(seed);
     let d = width(model, query)?;
-    let mut tensors: Vec<NamedTensor> = vec![("keys".into(), vec![pool, d], (0..pool * d).map(|_| rng.normal()).collect())];
+    let mut tensors: Vec<NamedTensor> =
+        vec![("keys".into(), vec![pool, d], (0..pool * d).map(|_| rng.normal()).collect())];
     let mut site_configs = Vec::new();
     for (s, site) in sites.iter().enumerate() {
         let c = width(model, site)?;
@@ -125,7 +130,14 @@ pub fn write_routing(
 }
 
 /// An empty ReLoop2 error memory keyed on `key` compensating `output` (probabilities).
-pub fn write_error_memory(path: &Path, key: &str, output: &str, tables: usize, bits: usize, lambda: f32) -> Result<u64> {
+pub fn write_error_memory(
+    path: &Path,
+    key: &str,
+    output: &str,
+    tables: usize,
+    bits: usize,
+    lambda: f32,
+) -> Result<u64> {
     let config = json!({
         "kind": "error-memory", "format_version": 1, "key_node": key, "output_node": output,
         "output_is": "prob", "tables": tables, "bits": bits, "seed": 7, "estimate": "pooled",
