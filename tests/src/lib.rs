@@ -8,6 +8,8 @@
 //! lives with the tests themselves (`tests/common`), since those crates are
 //! dev-dependencies.
 
+pub mod movielens;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
