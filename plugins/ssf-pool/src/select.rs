@@ -10,12 +10,32 @@
 //! whose normalized entries are powers of two) stay exact, and the selection breaks them
 //! by the lower index.
 
+/// Lanes of the f64 accumulations: independent partial sums in a fixed order, so the
+/// result is the same on every machine while the compiler may still vectorize the lanes.
+const LANES: usize = 8;
+
+/// `Σ a_i b_i` in f64 over [`LANES`] fixed partial sums, combined in a fixed order.
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f64::from(x[l]) * f64::from(y[l]);
+        }
+    }
+    for (l, (&x, &y)) in ta.iter().zip(tb).enumerate() {
+        acc[l] += f64::from(x) * f64::from(y);
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
 /// Writes `v / max(‖v‖₂, eps)` into `out` (`out.len() == v.len()`).
 ///
 /// A query with NaN or an infinity normalizes to a vector with NaN entries, whose
 /// similarities are then all NaN.
 pub(crate) fn normalize_into(v: &[f32], eps: f64, out: &mut [f32]) {
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm = dot_f64(v, v).sqrt();
     // `f64::max` would drop a NaN norm in favour of eps; keep it so the row stays NaN.
     let denom = if norm.is_nan() { norm } else { norm.max(eps) };
     for (o, &x) in out.iter_mut().zip(v) {
@@ -25,7 +45,7 @@ pub(crate) fn normalize_into(v: &[f32], eps: f64, out: &mut [f32]) {
 
 /// `a · b`, accumulated in f64, rounded to f32.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum::<f64>() as f32
+    dot_f64(a, b) as f32
 }
 
 /// Whether similarity `a` ranks strictly above `b`: larger first, NaN below every number.
