@@ -21,16 +21,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod adapted;
 mod peers;
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use adapted::{Paired, demo, first, ids, record_json, settings};
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use graft::adapters::{LoadedAdapter, Registry, RowAdapters};
 use graft::builder::WeightFormats;
 use graft::synthetic::lora::{LoraSpec, write_peft_lora};
@@ -46,35 +48,6 @@ const SWAP_PERIOD: Duration = Duration::from_micros(20);
 /// PEFT `lora_alpha = 2 r` (LoraSpec::every_linear): scale 2, also given to ORT.
 const SCALE: f32 = 2.0;
 
-fn settings(g: &mut BenchmarkGroup<'_, WallTime>, batch: usize) {
-    g.warm_up_time(Duration::from_millis(if quick() { 10 } else { 1000 }));
-    g.measurement_time(Duration::from_millis(if quick() { 50 } else { 3000 }));
-    if quick() {
-        g.sample_size(10);
-    } else if batch > 16 {
-        // Milliseconds per iteration: flat sampling keeps a group within its time.
-        g.sampling_mode(SamplingMode::Flat).sample_size(30);
-    }
-}
-
-/// The demo DLRM (tiny tables in quick mode) as f32 and q8 graft files, cached in
-/// `target/bench-models` under the names `models.rs` uses.
-fn demo() -> (Dlrm, Vec<(&'static str, PathBuf)>) {
-    let spec = if quick() { Dlrm { vocab: 1000, ..Dlrm::demo() } } else { Dlrm::demo() };
-    let dir = scratch();
-    let models = ["f32", "q8"]
-        .iter()
-        .map(|&f| {
-            let p = dir.join(format!("dlrm-demo-{}-{f}.graft", spec.vocab));
-            if !p.exists() {
-                spec.build().write(&p, WeightFormats::from_name(f).unwrap()).unwrap();
-            }
-            (f, p)
-        })
-        .collect();
-    (spec, models)
-}
-
 /// A PEFT directory of rank `rank` on every linear of `model`, written once.
 fn peft_dir(stem: &str, model: &Model, rank: usize, seed: u64) -> PathBuf {
     let dir = scratch().join(format!("lora-{stem}-r{rank}-s{seed}"));
@@ -82,14 +55,6 @@ fn peft_dir(stem: &str, model: &Model, rank: usize, seed: u64) -> PathBuf {
         write_peft_lora(model, &dir, &LoraSpec::every_linear(rank, seed)).unwrap();
     }
     dir
-}
-
-fn ids(spec: &Dlrm) -> Vec<String> {
-    (0..spec.fields).map(Dlrm::ids_name).collect()
-}
-
-fn first(out: graft::Result<graft::Outputs<'_>>) -> Option<f32> {
-    out.unwrap().get_index(0).map(|o| o.1.row(0)[0])
 }
 
 /// 1. LoRA on every linear vs the base model.
@@ -131,61 +96,10 @@ fn overhead(c: &mut Criterion) {
                 reference: ("base", None),
                 sets: sets.iter().map(|(n, r)| (n.clone(), r)).collect(),
                 rounds: if batch == 1 { 4000 } else { 120 },
+                feedback: false,
             }
             .run(&mut s, &inputs);
         }
-    }
-}
-
-/// Ratios measured by interleaving: every round times the reference (the base run, or
-/// an adapter set) and each configuration once, back to back on the same inputs, so
-/// machine drift (which moves separate criterion groups by ±20 % on a shared 2-core VM)
-/// hits all configurations alike. Prints and records (`<criterion>/<file>`) the median of
-/// each configuration and the median of the per-round ratios to the reference.
-struct Paired<'a> {
-    file: &'static str,
-    key: String,
-    reference: (&'static str, Option<&'a RowAdapters>),
-    sets: Vec<(String, &'a RowAdapters)>,
-    rounds: usize,
-}
-
-impl Paired<'_> {
-    fn run(&self, s: &mut Session, inputs: &[Input<'_>]) {
-        let rounds = if quick() { 3 } else { self.rounds };
-        let mut time = |rows: Option<&RowAdapters>| {
-            let t = Instant::now();
-            match rows {
-                Some(r) => black_box(first(s.run_with(inputs, r))),
-                None => black_box(first(s.run(inputs))),
-            };
-            t.elapsed().as_secs_f64()
-        };
-        let mut reference = Vec::with_capacity(rounds);
-        let mut times = vec![Vec::with_capacity(rounds); self.sets.len()];
-        for _ in 0..rounds {
-            reference.push(time(self.reference.1));
-            for (i, (_, rows)) in self.sets.iter().enumerate() {
-                times[i].push(time(Some(rows)));
-            }
-        }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let mut record = serde_json::Map::new();
-        let ref_median = median(reference.clone());
-        record.insert(format!("{}_us", self.reference.0), (ref_median * 1e6).into());
-        let mut line =
-            format!("{} paired over {rounds} rounds: {} {:.1} µs", self.key, self.reference.0, ref_median * 1e6);
-        for ((name, _), t) in self.sets.iter().zip(&times) {
-            let ratio = median(t.iter().zip(&reference).map(|(a, b)| a / b).collect());
-            record.insert(format!("{name}_us"), (median(t.clone()) * 1e6).into());
-            record.insert(format!("{name}_pct"), ((ratio - 1.0) * 100.0).into());
-            line.push_str(&format!(", {name} {:+.1}%", (ratio - 1.0) * 100.0));
-        }
-        println!("{line}");
-        record_json(self.file, &self.key, serde_json::Value::Object(record));
     }
 }
 
@@ -234,6 +148,7 @@ fn mixed(c: &mut Criterion) {
                 reference: ("single", Some(&single)),
                 sets: vec![("mixed8-sorted".into(), &sorted), ("mixed8-roundrobin".into(), &round_robin)],
                 rounds: 120,
+                feedback: false,
             }
             .run(&mut s, &inputs);
         }
@@ -264,31 +179,8 @@ fn mixed(c: &mut Criterion) {
     }
 }
 
-/// Where criterion writes (`CRITERION_HOME`, else `$CARGO_TARGET_DIR/criterion`, else
-/// `target/criterion`).
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return home.into();
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("criterion")
-}
-
 fn record_percentiles(key: &str, value: serde_json::Value) {
     record_json("lora_swap_percentiles.json", key, value);
-}
-
-/// Adds `key: value` to a JSON object file in the criterion directory.
-fn record_json(file: &str, key: &str, value: serde_json::Value) {
-    let dir = criterion_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(file);
-    let mut all: serde_json::Map<String, serde_json::Value> =
-        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    all.insert(key.into(), value);
-    std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap()).unwrap();
 }
 
 /// 3. Publish latency of `Registry::replace` while readers run batches continuously.

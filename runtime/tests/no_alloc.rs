@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use graft::adapters::{Registry, RowAdapters};
 use graft::builder::WeightFormats;
+use graft::synthetic::kinds::{SsfPoolSpec, write_error_memory, write_routing, write_ssf_pool};
 use graft::synthetic::lora::{LoraSpec, write_peft_lora};
 use graft::synthetic::{Dlrm, GraphInputs};
 use graft::{Input, Model, Session, SessionOptions, WeightFormat};
@@ -76,12 +77,27 @@ fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Inpu
         write_peft_lora(model, &path, &spec).unwrap();
         registry.insert(registry.load_peft(id, &path).unwrap()).unwrap();
     }
+    // The other kinds: a FedIns pool queried in the same pass and one queried after its
+    // site (a prefix pass), routing, and an error memory (tickets and feedback).
+    let sites = ["top_fc1"];
+    let pool = |query, seed| SsfPoolSpec { query, sites: &sites, pool: 6, top_k: 2, strength: 0.1, seed };
+    write_ssf_pool(model, &dir.join("pool.safetensors"), &pool("interaction", 3)).unwrap();
+    write_ssf_pool(model, &dir.join("pool-prefix.safetensors"), &pool("top_fc1_relu", 4)).unwrap();
+    write_routing(model, &dir.join("route.safetensors"), "interaction", "top_fc2", 3, &[8], 5).unwrap();
+    write_error_memory(&dir.join("memory.safetensors"), "top_fc1_relu", "prob", 4, 6, 0.5).unwrap();
+    for id in ["pool", "pool-prefix", "route", "memory"] {
+        registry.insert(registry.load_path(id, dir.join(format!("{id}.safetensors")), "").unwrap()).unwrap();
+    }
     let mut mixed = RowAdapters::new(&registry);
     for r in 0..64 {
-        match r % 4 {
+        match r % 8 {
             0 => mixed.push("lora").unwrap(),
             1 => mixed.push("dora").unwrap(),
             2 => mixed.push_stack(&[("lora", 0.5), ("dora", 1.5)]).unwrap(),
+            3 => mixed.push("pool").unwrap(),
+            4 => mixed.push_stack(&[("pool-prefix", 1.0), ("memory", 1.0)]).unwrap(),
+            5 => mixed.push("route").unwrap(),
+            6 => mixed.push("memory").unwrap(),
             _ => mixed.push_base().unwrap(),
         }
     }
@@ -93,14 +109,21 @@ fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Inpu
         ALLOCATIONS.store(0, Ordering::SeqCst);
         COUNTING.store(true, Ordering::SeqCst);
         let mut checksum = 0.0f32;
+        let mut tickets = 0;
         for _ in 0..20 {
-            checksum += s.run_with(big, &mixed).unwrap().get("logit").map_or(0.0, |v| v[0]);
+            let out = s.run_with(big, &mixed).unwrap();
+            checksum += out.get("logit").map_or(0.0, |v| v[0]);
+            for t in out.tickets() {
+                t.feedback((t.row % 2) as f32).unwrap();
+                tickets += 1;
+            }
             checksum += s.run_with(small, &one).unwrap().get("prob").map_or(0.0, |v| v[0]);
         }
         COUNTING.store(false, Ordering::SeqCst);
         let n = ALLOCATIONS.load(Ordering::SeqCst);
         assert!(checksum.is_finite());
-        assert_eq!(n, 0, "{label}, {threads} thread(s): {n} allocations in 40 runs");
+        assert_eq!(tickets, 20 * 16, "two rows in eight carry the memory");
+        assert_eq!(n, 0, "{label}, {threads} thread(s): {n} allocations in 40 runs and {tickets} feedbacks");
     }
 }
 
