@@ -104,20 +104,29 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Writes an f32 array as `.npy` (version 1.0).
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_raw(path, "<f4", shape, bytemuck::cast_slice(data))
+}
+
+/// Writes an i64 array as `.npy` (version 1.0).
+pub fn write_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
+    write_raw(path, "<i8", shape, bytemuck::cast_slice(data))
+}
+
+fn write_raw(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
     let shape_str = match shape {
         [n] => format!("({n},)"),
         dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_str}, }}");
     let total = 10 + header.len() + 1;
     header.extend(std::iter::repeat_n(' ', total.next_multiple_of(64) - total));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len() + data.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(bytemuck::cast_slice(data));
+    out.extend_from_slice(data);
     std::fs::File::create(path).and_then(|mut f| f.write_all(&out)).map_err(|e| Error::io(path, e))
 }
 

@@ -140,3 +140,42 @@ fn routing_replaces_the_logit_per_row() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn static_ssf_folds_exactly_into_its_linears_and_pools_refuse_to_merge() -> TestResult {
+    use graft::synthetic::kinds::write_adapter_file;
+    let dir = scratch("kinds_ssf_merge")?;
+    let model = pool_model(&dir)?;
+    let (c1, c2) = (48, 24);
+    let ramp = |n: usize, a: f32, b: f32| (0..n).map(|i| a + b * ((i as f32) * 0.37).sin()).collect::<Vec<f32>>();
+    let config = serde_json::json!({"kind": "ssf-pool", "format_version": 1, "sites": [
+        {"node": "fc1", "gamma": "g1", "beta": "b1"}, {"node": "/fc2/Gemm", "gamma": "g2", "beta": "b2"}]});
+    let tensors = [
+        ("g1".to_string(), vec![c1], ramp(c1, 1.0, 0.3)),
+        ("b1".to_string(), vec![c1], ramp(c1, 0.0, 0.2)),
+        ("g2".to_string(), vec![c2], ramp(c2, 1.0, -0.25)),
+        ("b2".to_string(), vec![c2], ramp(c2, 0.05, 0.1)),
+    ];
+    let ssf = dir.join("ssf.safetensors");
+    write_adapter_file(&ssf, &config, &tensors)?;
+    let registry = Registry::new(&model);
+    let adapter = registry.load_path("ssf", &ssf, "")?;
+    registry.insert(adapter.clone())?;
+    let x = read_f32(&fixture("mlp_ssf_pool/inputs.f32"))?;
+    let unmerged = logits(&model, &x, &RowAdapters::all(&registry, "ssf")?, 1)?;
+    let base = read_f32(&fixture("mlp_ssf_pool/out_base_logits.f32"))?;
+    assert!(unmerged.iter().zip(&base).any(|(a, b)| (a - b).abs() > 1e-2), "the SSF changes outputs");
+    let merged_path = dir.join("merged.graft");
+    let report = graft::adapters::merge_to_file(&model, &adapter, &merged_path)?;
+    assert_eq!(report.nodes, ["fc1", "fc2"]);
+    let merged = Model::open(&merged_path)?;
+    let folded = logits(&merged, &x, &RowAdapters::all_stack(&Registry::new(&merged), &[])?, 1)?;
+    let worst = folded.iter().zip(&unmerged).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "folded vs post op: {worst}");
+    // A pool's parameters are per row: no fold.
+    let pool = fixture("mlp_ssf_pool/pool.safetensors");
+    let pool = registry.load("ssf-pool", "pool", pool.to_str().ok_or("path")?, POOL_OPTIONS)?;
+    let e = graft::adapters::merge_to_file(&model, &pool, &dir.join("no.graft")).err().ok_or("pool merged")?;
+    assert!(e.to_string().contains("graph input") || e.to_string().contains("unsupported"), "{e}");
+    Ok(())
+}

@@ -57,7 +57,10 @@ struct ParityInputs {
 impl ParityInputs {
     fn load() -> TestResult<ParityInputs> {
         let dense = read_f32(&dir("dense.f32"))?;
-        let ids = FIELDS.iter().map(|f| Ok((f.input, f.slots, read_i64(&dir(&format!("{}.i64", f.input)))?))).collect::<TestResult<_>>()?;
+        let ids = FIELDS
+            .iter()
+            .map(|f| Ok((f.input, f.slots, read_i64(&dir(&format!("{}.i64", f.input)))?)))
+            .collect::<TestResult<_>>()?;
         Ok(ParityInputs { dense, ids })
     }
 
@@ -134,11 +137,17 @@ fn replay_through_graft() -> TestResult {
     let replay = stream.replay_range();
     let labels: Vec<f32> = stream.labels[replay.clone()].to_vec();
     let reference: Value = serde_json::from_slice(&std::fs::read(dir("reference_metrics.json"))?)?;
-    let mut session = Session::new(&model, SessionOptions { max_batch: REPLAY_BATCH, threads: 1, ..Default::default() })?;
+    let mut session =
+        Session::new(&model, SessionOptions { max_batch: REPLAY_BATCH, threads: 1, ..Default::default() })?;
 
     // Stateless variants: batches in timestamp order.
     let mut results: Vec<(&str, &str, Metrics)> = Vec::new();
-    for (name, key) in [("base", "base"), ("per-group LoRA", "lora_per_group"), ("FedIns SSF pool", "ssf_pool"), ("AdaptDHM routing", "routing")] {
+    for (name, key) in [
+        ("base", "base"),
+        ("per-group LoRA", "lora_per_group"),
+        ("FedIns SSF pool", "ssf_pool"),
+        ("AdaptDHM routing", "routing"),
+    ] {
         let mut probs = Vec::with_capacity(labels.len());
         for start in replay.clone().step_by(REPLAY_BATCH) {
             let batch = stream.batch(start..(start + REPLAY_BATCH).min(replay.end)).ok_or("batch")?;

@@ -182,6 +182,9 @@ pub struct HostKernels {
     pub scratch_floats: extern "C" fn(w: WeightView<'_>, rows: usize) -> usize,
     /// `y = alpha · x·Wᵀ`, or `y += alpha · x·Wᵀ` with `accumulate`. `x` is
     /// `rows × w.cols`, `y` is `rows × w.rows`; per-row results do not depend on `rows`.
+    /// Products and sums are real f32 arithmetic (no TF32/bf16 shortcuts for f32 weights),
+    /// so a kind may bound the error of a result by the usual `γ_n` of f32 dot products
+    /// (the FedIns and routing kinds certify their selections with it).
     #[sabi(last_prefix_field)]
     pub linear: extern "C" fn(
         x: MatView<'_>,

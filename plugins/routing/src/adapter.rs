@@ -6,11 +6,13 @@
 //! this way keeps the tower next to the representation it reads, and lets the host run
 //! any nodes in between unchanged.
 //!
-//! Hard mode batches by cluster without allocating: a counting sort of the rows by κ
-//! into scratch, then per cluster a gather of its rows, the tower layer by layer through
-//! the host `linear` kernel (two ping-pong activation buffers), and a scatter of the
-//! results to the rows' state. Soft mode runs every tower over all rows and accumulates
-//! the probability mixture straight into the state.
+//! Hard mode routes a call's rows with one host GEMM of scores `X·Cᵀ`, certified row by
+//! row against the f32 error bound with an f64 fallback (see [`route`]), then batches by
+//! cluster without allocating: a counting sort of the rows by κ into scratch, then per
+//! cluster a gather of its rows, the tower layer by layer through the host `linear` kernel
+//! (two ping-pong activation buffers), and a scatter of the results to the rows' state.
+//! Soft mode scores every row in f64, runs every tower over all rows and accumulates the
+//! probability mixture straight into the state.
 
 use core::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -61,6 +63,9 @@ pub struct RoutingAdapter {
     output: Node,
     /// `K × D`, as stored.
     centers: Vec<f32>,
+    /// Error bounds of the centers' f32 scores; `None` when `D` is too wide to certify
+    /// them (every row then takes the f64 path).
+    bound: Option<route::ScoreBound>,
     /// `K` towers of `dims.len() − 1` folded layers.
     towers: Vec<Vec<Layer>>,
     /// The widest activation (`max(dims)`).
@@ -90,15 +95,11 @@ fn internal(field: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(ErrorCode::INTERNAL, field, message)
 }
 
-fn check(status: KernelStatus, field: &str, layer: usize) -> Result<(), PluginError> {
+fn check(status: KernelStatus, field: &str, what: impl fmt::Display) -> Result<(), PluginError> {
     if status.is_ok() {
         Ok(())
     } else {
-        Err(PluginError::new(
-            ErrorCode::KERNEL,
-            field,
-            format!("host kernel refused tower layer {layer}: status {}", status.0),
-        ))
+        Err(PluginError::new(ErrorCode::KERNEL, field, format!("host kernel refused {what}: status {}", status.0)))
     }
 }
 
@@ -127,8 +128,9 @@ struct Layout {
     bounds: usize,
     /// Hard: row indices sorted by cluster. Soft: 0.
     order: usize,
-    /// Soft: `rows × K` mixture weights. Hard: 0.
-    weights: usize,
+    /// `rows × K`. Hard: the f32 scores of the GEMM. Soft: the f64 scores, then the
+    /// mixture weights.
+    scores: usize,
     /// Each of the two activation buffers: `rows × max(dims)`.
     activation: usize,
     /// The host kernel's share: its largest need over the layers.
@@ -137,7 +139,7 @@ struct Layout {
 
 impl Layout {
     fn total(&self) -> Option<usize> {
-        [self.kappa, self.bounds, self.order, self.weights, self.activation, self.activation, self.kernel]
+        [self.kappa, self.bounds, self.order, self.scores, self.activation, self.activation, self.kernel]
             .into_iter()
             .try_fold(0usize, |n, x| n.checked_add(x))
     }
@@ -165,12 +167,14 @@ impl RoutingAdapter {
         tower_bytes: u64,
     ) -> RoutingAdapter {
         let max_width = config.dims.iter().copied().max().unwrap_or(0);
+        let bound = route::ScoreBound::new(&centers, config.input_width());
         RoutingAdapter {
             source: source.to_owned(),
             config,
             input,
             output,
             centers,
+            bound,
             towers,
             max_width,
             center_bytes,
@@ -188,6 +192,18 @@ impl RoutingAdapter {
         self.config.output_width() + 1
     }
 
+    /// The centers as the score GEMM's weight (`[K, D]`).
+    fn centers_view(&self) -> Option<WeightView<'_>> {
+        WeightView::f32(&self.centers, self.config.clusters, self.config.input_width())
+    }
+
+    /// Whether hard routing scores through the host GEMM (as [`Self::route_rows`] decides):
+    /// more than one cluster (one cluster is always κ = 0) and a width whose f32 scores can
+    /// be certified.
+    fn gemm_scores(&self) -> bool {
+        self.config.mode == Mode::Hard && self.config.clusters > 1 && self.bound.is_some()
+    }
+
     fn layout(&self, rows: usize, kernels: &HostKernelsRef) -> Option<Layout> {
         let k = self.config.clusters;
         let hard = self.config.mode == Mode::Hard;
@@ -196,7 +212,7 @@ impl RoutingAdapter {
             return None;
         }
         let ks = kernels.scratch_floats();
-        let mut kernel = 0;
+        let mut kernel = if self.gemm_scores() { ks(self.centers_view()?, rows) } else { 0 };
         for layer in self.towers.first()? {
             kernel = kernel.max(ks(layer.view()?, rows));
         }
@@ -204,10 +220,50 @@ impl RoutingAdapter {
             kappa: if hard { rows } else { 0 },
             bounds: if hard { k.checked_add(1)? } else { 0 },
             order: if hard { rows } else { 0 },
-            weights: if hard { 0 } else { rows.checked_mul(k)? },
+            scores: rows.checked_mul(k)?,
             activation: rows.checked_mul(self.max_width)?,
             kernel,
         })
+    }
+
+    /// Routes every row of `x` into `kappa` (hard mode): one GEMM for all scores, then
+    /// [`route::decide`]. Returns how many rows took the f64 fallback.
+    fn route_rows(
+        &self,
+        x: MatView<'_>,
+        kernels: &HostKernelsRef,
+        scores: &mut [f32],
+        kernel_scratch: &mut [f32],
+        kappa: &mut [u32],
+    ) -> Result<usize, PluginError> {
+        let (rows, k) = (x.rows(), self.config.clusters);
+        let field = self.config.input_node.as_str();
+        if k == 1 {
+            kappa.fill(0);
+            return Ok(0);
+        }
+        let Some(bound) = &self.bound else {
+            for (i, slot) in kappa.iter_mut().enumerate().take(rows) {
+                *slot = route::nearest(x.row(i), &self.centers, None) as u32;
+            }
+            return Ok(rows);
+        };
+        let w = self.centers_view().ok_or_else(|| internal(field, "centers no longer match their shape"))?;
+        let need = (kernels.scratch_floats())(w, rows);
+        if kernel_scratch.len() < need {
+            return Err(bad_call(
+                field,
+                format!("kernel scratch has {} floats, the score GEMM needs {need}", kernel_scratch.len()),
+            ));
+        }
+        let scores = scores.get_mut(..rows * k).ok_or_else(|| internal(field, "score buffer too short"))?;
+        let y = MatViewMut::new(scores, rows, k, k).ok_or_else(|| internal(field, "score view"))?;
+        check(
+            (kernels.linear())(x, w, 1.0, false, y, RSliceMut::from_mut_slice(kernel_scratch)),
+            field,
+            "the score GEMM",
+        )?;
+        Ok(route::decide(x, &self.centers, bound, scores, kappa))
     }
 
     /// Runs `tower` over `n` rows. Layer ℓ writes `a` when ℓ is even and `b` when odd and
@@ -254,7 +310,7 @@ impl RoutingAdapter {
             let y = MatViewMut::new(y_buf, n, layer.outputs, layer.outputs)
                 .ok_or_else(|| internal(field, "activation view"))?;
             let status = linear(x, w, 1.0, layer.bias.is_some(), y, RSliceMut::from_mut_slice(kernel_scratch));
-            check(status, field, l)?;
+            check(status, field, format_args!("tower layer {l}"))?;
             if l != last {
                 // ReLU that keeps NaN (as torch does): `f32::max` would turn it into 0.
                 for v in dst[..n * layer.outputs].iter_mut() {
@@ -317,16 +373,16 @@ impl RoutingAdapter {
         let (kappa, rest) = scratch.split_at_mut(layout.kappa);
         let (bounds, rest) = rest.split_at_mut(layout.bounds);
         let (order, rest) = rest.split_at_mut(layout.order);
+        let (scores, rest) = rest.split_at_mut(layout.scores);
         let (a, rest) = rest.split_at_mut(layout.activation);
         let (b, kernel_scratch) = rest.split_at_mut(layout.activation);
         let (kappa, bounds, order) = (as_indices(kappa), as_indices(bounds), as_indices(order));
 
+        self.route_rows(x, kernels, scores, kernel_scratch, kappa)?;
         // Counting sort by κ: bounds[j + 1] counts, then prefix sums give bucket starts.
         bounds.fill(0);
-        for (i, slot) in kappa.iter_mut().enumerate() {
-            let j = route::nearest(x.row(i), &self.centers, None);
-            *slot = j as u32;
-            bounds[j + 1] += 1;
+        for &j in kappa.iter() {
+            bounds[j as usize + 1] += 1;
         }
         for j in 0..k {
             bounds[j + 1] += bounds[j];
@@ -379,7 +435,7 @@ impl RoutingAdapter {
         scratch: &mut [f32],
     ) -> Result<(), PluginError> {
         let (rows, out, k) = (x.rows(), self.config.output_width(), self.config.clusters);
-        let (weights, rest) = scratch.split_at_mut(layout.weights);
+        let (weights, rest) = scratch.split_at_mut(layout.scores);
         let (a, rest) = rest.split_at_mut(layout.activation);
         let (b, kernel_scratch) = rest.split_at_mut(layout.activation);
 

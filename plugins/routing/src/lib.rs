@@ -64,10 +64,11 @@
 //! Target 0 is a `Tap` at `input_node`; target 1 a `Post` at `output_node`. The tap routes
 //! the call's rows and runs the towers, leaving per row `dims.last() + 1` floats of state:
 //! the routed output (in the output node's units, before the multiplier), then κ as an
-//! f32. The post blends the state into the node's value. Hard mode sorts the rows by
-//! cluster (counting sort into scratch), gathers each cluster's rows and runs its tower
-//! with the host `linear` kernel layer by layer (ping-pong buffers in scratch), then
-//! scatters the results; soft mode runs every tower over all rows. Hooks never allocate;
+//! f32. The post blends the state into the node's value. Hard mode scores the rows with
+//! one host GEMM (see Decisions), sorts them by cluster (counting sort into scratch),
+//! gathers each cluster's rows and runs its tower with the host `linear` kernel layer by
+//! layer (ping-pong buffers in scratch), then scatters the results; soft mode runs every
+//! tower over all rows. Hooks never allocate;
 //! [`Adapter::scratch_floats`](graft_plugin_abi::Adapter::scratch_floats) of the tap covers
 //! `rows` rows, the post needs none. A batch of one row is an ordinary batch (the
 //! reference code breaks on it). `merge` and `linear_delta` are `UNSUPPORTED`.
@@ -76,9 +77,18 @@
 //! - **Folded towers.** At load `W_j,ℓ = W⁰_ℓ ⊙ Wʲ_ℓ` (and `b⁰ + bʲ`) are precomputed per
 //!   cluster and transposed to graft's `[out, in]`, so the host kernel runs `K` ordinary
 //!   MLPs; a product that overflows f32 is a `NOT_FINITE` error.
-//! - **Scores in f64, outside the GEMM.** The routing decision must not depend on kernel
-//!   tiling or on how the host splits rows, so identical centers tie exactly and the lower
-//!   index wins whatever the batch.
+//! - **f32 SIMD scores with an exact f64 fallback for rows whose argmax is within the f32
+//!   error bound: routing decisions are identical on every machine and equal to the f64
+//!   reference.** Hard mode scores a call's rows with one host GEMM `X·Cᵀ`; a row's f32
+//!   winner is kept only when its lead over every other score exceeds both scores'
+//!   worst-case f32 error (`γ_D·‖x‖·‖c_j‖`, `γ_D = D·u / (1 − D·u)`, `u = 2⁻²⁴`, valid for
+//!   any kernel summation order, with slack for flush-to-zero), and every other row (near
+//!   ties, identical centers, NaN, overflow) is rescored in f64 with a fixed summation
+//!   order. So the decision never depends on kernel tiling, instruction set or how the host
+//!   splits rows: identical centers tie exactly and the lower index wins whatever the
+//!   batch. With random data at `D = 1728`, `K = 4` about one row in a hundred falls back.
+//!   Soft mode uses the scores' values, not just the winner, so it scores every row in f64
+//!   (the same fixed order). `D > 2²³` disables the f32 path.
 //! - **Owned tensors.** Files are small and transformed at load, so they are read whole
 //!   (`std::fs::read`) and copied; nothing stays mapped (`mapped_bytes = 0`).
 //! - **NaN propagates.** A NaN in `x` goes to cluster 0 and yields NaN outputs, as the

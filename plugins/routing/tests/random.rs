@@ -1,6 +1,8 @@
 //! A random K = 4, dims [16, 32, 8, 1] model against a naive per-row f64 reference
 //! computed from the stored tensors, over 37 rows in one call and in uneven chunks; with
-//! two identical centers, so every row that scores best on them must go to the lower one.
+//! two identical centers, so every row that scores best on them must go to the lower one;
+//! and with centers too close for f32 scores to rank, which must still route as the f64
+//! reference does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -94,5 +96,52 @@ fn wider_output_and_one_cluster() {
             let r = run(&a, &x, d, &vec![0.0; 9 * out], 1.0, chunks).unwrap();
             assert_close(&r.y, &want, 1e-5);
         }
+    }
+}
+
+#[test]
+fn near_tie_centers_route_as_the_f64_reference() {
+    // Center 1 is center 0 with some elements one ulp up and others one ulp down: for rows
+    // near center 0 the exact gap (~1e-9, either sign) is far below the f32 GEMM's
+    // rounding, so the f32 scores rank the pair at random and only the f64 fallback ranks
+    // it right. Rows near center 3 are clear cases.
+    let d = 96;
+    let mut config = Config::new("emb", "head", 4, vec![d, 8, 1]);
+    config.use_bias = true;
+    let mut s = Synth::random(config, 21);
+    let mut c = s.get("centers").to_vec();
+    for i in 0..d {
+        let bits = c[i].to_bits();
+        c[d + i] = f32::from_bits(match i % 5 {
+            0 => bits + 1,
+            2 => bits - 1,
+            _ => bits,
+        });
+    }
+    s.set("centers", c.clone());
+    let model = FakeModel::new(d, 1);
+    let a = load(&model, &s.write("near-tie"), "").unwrap();
+    let mut rng = Rng(0xface);
+    let rows = 60;
+    let x: Vec<f32> = (0..rows)
+        .flat_map(|i| {
+            let center = if i % 4 == 3 { 3 } else { 0 };
+            c[center * d..(center + 1) * d].iter().map(|v| v + 0.02 * rng.uniform()).collect::<Vec<_>>()
+        })
+        .collect();
+    let want: Vec<(Vec<f64>, usize)> = x.chunks_exact(d).map(|r| s.reference(r)).collect();
+    let kappas: Vec<usize> = want.iter().map(|w| w.1).collect();
+    assert!(kappas.contains(&0) && kappas.contains(&1) && kappas.contains(&3), "{kappas:?}");
+    // The test kernel's f32 scores (summed in order) misrank the pair on some rows.
+    let f32_score = |r: &[f32], j: usize| -> f32 { r.iter().zip(&c[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum() };
+    let misranked =
+        x.chunks_exact(d).zip(&kappas).filter(|(r, k)| **k < 2 && f32_score(r, 1 - **k) > f32_score(r, **k));
+    assert!(misranked.count() > 0, "the f32 scores rank every row right; the test would not exercise the fallback");
+    let want_y: Vec<f64> = want.iter().flat_map(|w| w.0.clone()).collect();
+    for chunks in [&[60][..], &[1, 7, 52], &[1; 60]] {
+        let r = run(&a, &x, d, &vec![0.0; rows], 1.0, chunks).unwrap();
+        let got: Vec<usize> = r.state.chunks_exact(2).map(|s| s[1] as usize).collect();
+        assert_eq!(got, kappas, "chunks {chunks:?}");
+        assert_close(&r.y, &want_y, 1e-5);
     }
 }

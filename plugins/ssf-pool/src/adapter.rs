@@ -4,7 +4,9 @@
 //! - Pool (FedIns): the `Tap` at the query node selects each row's entries and writes the
 //!   averaged γ/β of every site plus the selected indices into the row's run state; each
 //!   site's `Post` reads its slice back; the optional head's `LinearDelta` replaces the
-//!   layer output by the mean of the selected heads.
+//!   layer output by the mean of the selected heads. The tap computes every similarity of
+//!   its call with one host GEMM and recomputes in f64 only the rows whose ranking the f32
+//!   error bound cannot certify (see `select.rs`), so its selection is the reference's.
 //!
 //! Every hook is row-independent (a row's result never depends on which other rows share
 //! its call), never allocates (buffers come from the host's scratch), and runs inside
@@ -13,6 +15,7 @@
 use core::fmt;
 use core::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
@@ -20,7 +23,7 @@ use graft_plugin_abi::{
     PluginError, Post, Tap, Target, TargetInfo, WeightView,
 };
 
-use crate::select::{dot, normalize_into, top_k};
+use crate::select::{certified_top_k, dot, normalize_into, top_k};
 
 /// One SSF site, resolved.
 #[derive(Debug)]
@@ -56,8 +59,23 @@ pub(crate) struct Pool {
     pub top_k: usize,
     pub eps: f64,
     pub base_query: bool,
-    /// `P × D` keys, normalized at load like the queries.
+    /// `P × D` keys, normalized at load like the queries (the tap's GEMM weight).
     pub keys: Vec<f32>,
+    /// `select::similarity_error_bound(D)`: how far an f32 GEMM similarity can lie from
+    /// the reference one.
+    pub similarity_bound: f64,
+}
+
+impl Pool {
+    fn key_matrix(&self) -> Option<WeightView<'_>> {
+        WeightView::f32(&self.keys, self.size, self.width)
+    }
+
+    /// Ranking slots of the certification: the best `k` plus the runner-up that must
+    /// trail them, when there is one.
+    fn rank_len(&self) -> usize {
+        self.top_k.saturating_add(1).min(self.size)
+    }
 }
 
 /// Pooled classifier heads at a linear node, resolved.
@@ -100,6 +118,8 @@ pub struct SsfPoolAdapter {
     targets: Vec<(Target, Role)>,
     state_floats: usize,
     notes: Vec<String>,
+    /// Rows the query tap recomputed in f64 because the f32 ranking was not certified.
+    fallback_rows: AtomicU64,
 }
 
 impl fmt::Debug for SsfPoolAdapter {
@@ -110,6 +130,7 @@ impl fmt::Debug for SsfPoolAdapter {
             .field("pool_size", &self.pool.as_ref().map(|p| p.size))
             .field("top_k", &self.pool.as_ref().map(|p| p.top_k))
             .field("head", &self.head.as_ref().map(|h| h.path.as_str()))
+            .field("fallback_rows", &self.fallback_rows())
             .finish_non_exhaustive()
     }
 }
@@ -198,7 +219,7 @@ impl SsfPoolAdapter {
         if let Some(h) = &head {
             targets.push((Target::new(h.node, HookKind::LinearDelta).with(reads), Role::Head));
         }
-        SsfPoolAdapter { source, sites, pool, head, targets, state_floats, notes }
+        SsfPoolAdapter { source, sites, pool, head, targets, state_floats, notes, fallback_rows: AtomicU64::new(0) }
     }
 
     /// The site module paths, in config order.
@@ -209,6 +230,13 @@ impl SsfPoolAdapter {
     /// Pool size `P` and `top_k`, for a pool.
     pub fn pool_shape(&self) -> Option<(usize, usize)> {
         self.pool.as_ref().map(|p| (p.size, p.top_k))
+    }
+
+    /// Rows whose selection the query tap recomputed with the exact f64 similarities since
+    /// load, because their f32 ranking was within the f32 error bound (near or exact ties,
+    /// a zero or non-finite query). A diagnostic: the selection is the same either way.
+    pub fn fallback_rows(&self) -> u64 {
+        self.fallback_rows.load(Ordering::Relaxed)
     }
 
     /// The columns of a state row holding site `site`'s averaged γ (pool only); its β
@@ -266,6 +294,16 @@ impl SsfPoolAdapter {
         if m.is_finite() { Ok(()) } else { Err(bad_call(field, format!("scale multiplier {m} is not finite"))) }
     }
 
+    /// Scratch of the query tap over `rows` rows: the normalized queries (`rows × D`), their
+    /// similarities (`rows × P`), the ranking slots, then the kernel's own scratch.
+    fn query_scratch(pool: &Pool, rows: usize, kernels: &HostKernelsRef) -> Option<usize> {
+        let ks = (kernels.scratch_floats())(pool.key_matrix()?, rows);
+        rows.checked_mul(pool.width)?
+            .checked_add(rows.checked_mul(pool.size)?)?
+            .checked_add(pool.rank_len())?
+            .checked_add(ks)
+    }
+
     fn tap_rows(&self, mut call: Tap<'_>) -> Result<(), PluginError> {
         if self.role(call.target, HookKind::Tap)? != Role::Query {
             return Err(internal("tap", "tap target is not the query"));
@@ -278,26 +316,51 @@ impl SsfPoolAdapter {
             return Err(bad_call(field, format!("x has {} columns, the query is {d} wide", call.x.cols())));
         }
         self.check_state(field, rows, call.state.rows(), call.state.cols())?;
+        let need =
+            Self::query_scratch(pool, rows, &call.kernels).ok_or_else(|| bad_call(field, "scratch size overflows"))?;
         let scratch = call.scratch.as_mut_slice();
-        if scratch.len() < d + p {
-            return Err(bad_call(field, format!("scratch has {} floats, the call needs {}", scratch.len(), d + p)));
+        if scratch.len() < need {
+            return Err(bad_call(field, format!("scratch has {} floats, the call needs {need}", scratch.len())));
         }
-        let (query, rest) = scratch.split_at_mut(d);
-        let sims = &mut rest[..p];
+        if rows == 0 {
+            return Ok(());
+        }
+        let (queries, rest) = scratch.split_at_mut(rows * d);
+        let (sims, rest) = rest.split_at_mut(rows * p);
+        let (rank, kscratch) = rest.split_at_mut(pool.rank_len());
+
+        // Every similarity of the call in one f32 GEMM: sims = Q̂·K̂ᵀ.
+        for (i, q) in queries.chunks_exact_mut(d).enumerate() {
+            normalize_into(call.x.row(i), pool.eps, q);
+        }
+        let keys = pool.key_matrix().ok_or_else(|| internal(field, "keys no longer match their shape"))?;
+        let qv = MatView::new(queries, rows, d, d).ok_or_else(|| internal(field, "query view"))?;
+        let sv = MatViewMut::new(sims, rows, p, p).ok_or_else(|| internal(field, "similarity view"))?;
+        check((call.kernels.linear())(qv, keys, 1.0, false, sv, RSliceMut::from_mut_slice(kscratch)), field, "Q̂·K̂ᵀ")?;
+
         let selection_start = self.state_floats - k;
-        for i in 0..rows {
-            normalize_into(call.x.row(i), pool.eps, query);
-            for (e, s) in sims.iter_mut().enumerate() {
-                *s = dot(query, &pool.keys[e * d..(e + 1) * d]);
-            }
+        let mut fallbacks = 0u64;
+        for (i, (query, row_sims)) in queries.chunks_exact(d).zip(sims.chunks_exact_mut(p)).enumerate() {
             let (params, selection) = call.state.row_mut(i).split_at_mut(selection_start);
-            top_k(sims, selection);
+            if certified_top_k(row_sims, pool.similarity_bound, rank) {
+                selection.copy_from_slice(&rank[..k]);
+            } else {
+                // Within the f32 error bound of a tie: the reference similarities decide.
+                for (s, key) in row_sims.iter_mut().zip(pool.keys.chunks_exact(d)) {
+                    *s = dot(query, key);
+                }
+                top_k(row_sims, selection);
+                fallbacks += 1;
+            }
             for site in &self.sites {
                 let c = site.width;
                 let (g, b) = params[site.state_offset..site.state_offset + 2 * c].split_at_mut(c);
                 mean_into(&site.gamma, c, selection, g);
                 mean_into(&site.beta, c, selection, b);
             }
+        }
+        if fallbacks > 0 {
+            self.fallback_rows.fetch_add(fallbacks, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -542,7 +605,9 @@ impl Adapter for SsfPoolAdapter {
         // An unknown target gets 0 here and BAD_CALL from the call; a size that overflows
         // gets usize::MAX, which no host can allocate.
         match self.targets.get(target as usize).map(|&(_, role)| role) {
-            Some(Role::Query) => self.pool.as_ref().map_or(0, |p| p.width.saturating_add(p.size)),
+            Some(Role::Query) => {
+                self.pool.as_ref().map_or(0, |p| Self::query_scratch(p, rows, &kernels).unwrap_or(usize::MAX))
+            }
             Some(Role::Head) => {
                 self.head.as_ref().map_or(0, |h| self.head_scratch(h, rows, &kernels).unwrap_or(usize::MAX))
             }

@@ -16,8 +16,12 @@
 //!   `0..top_k`). It writes the uniform means `γ_s = mean_{p∈I} Γ_s[p]`,
 //!   `β_s = mean_{p∈I} B_s[p]` to the row's state; each site's `Post` applies them. With
 //!   `base_query` (default) the tap carries [`Target::BASE`](graft_plugin_abi::Target::BASE):
-//!   FedIns queries the plain backbone. Norms and dots accumulate in f64 and round to f32
-//!   once (see `select.rs`): deterministic on every instruction set.
+//!   FedIns queries the plain backbone. The reference similarity accumulates norms and
+//!   dots in f64 and rounds to f32 once. The tap computes it as f32 SIMD similarities
+//!   (one host GEMM per call) with an exact f64 fallback for rows whose ranking is within
+//!   the f32 error bound (see `select.rs`): the selection, order included, is the f64
+//!   reference's, identical on every instruction set and for any split of the rows.
+//!   [`SsfPoolAdapter::fallback_rows`] counts the rows that took the fallback.
 //! - **Ordering.** The query tap must run before the posts and the head that read its
 //!   state. FedIns queries the final norm's output, *after* every site: with `base_query`
 //!   the host computes it in a hook-free prefix pass. A query downstream of a site with

@@ -14,7 +14,7 @@ use graft_plugin_abi::{ErrorCode, LoadRequest, ModelViewRef, NodeInfo, NodeOp, P
 use crate::adapter::{Head, Pool, Site, SsfPoolAdapter};
 use crate::config::{Config, FORMAT_VERSION, HeadConfig, PoolConfig, SiteConfig, config_err, parse_options};
 use crate::file::{AdapterFile, CONFIG_KEY, F32Tensor};
-use crate::select::normalize_into;
+use crate::select::{normalize_into, similarity_error_bound};
 
 /// The largest pool: selected indices travel in the f32 run state, exact below 2²⁴.
 pub const MAX_POOL_SIZE: usize = 1 << 24;
@@ -135,6 +135,7 @@ fn load_pool(pc: &PoolConfig, tensors: &mut Tensors<'_>, model: &ModelViewRef<'_
         eps: pc.query_eps,
         base_query: pc.base_query,
         keys: normalized,
+        similarity_bound: similarity_error_bound(d),
     })
 }
 

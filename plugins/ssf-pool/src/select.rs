@@ -3,12 +3,21 @@
 //! the rules are unit-tested on their own.
 //!
 //! Numerics follow torch `F.normalize` then a dot product (the fixture's reference): both
-//! vectors are normalized to f32 first, `v / max(‖v‖₂, eps)`, then dotted. Norms and dots
-//! accumulate in f64 and round to f32 once. That is at least as accurate as torch's f32
-//! path, and, unlike the host's SIMD kernels, gives the same bits on every instruction set,
-//! so a row selects the same entries on every machine. Exact ties (the zero query, keys
-//! whose normalized entries are powers of two) stay exact, and the selection breaks them
-//! by the lower index.
+//! vectors are normalized to f32 first, `v / max(‖v‖₂, eps)`, then dotted. The *reference*
+//! similarity accumulates norms and dots in f64 and rounds to f32 once ([`dot`]). That is
+//! at least as accurate as torch's f32 path and, unlike the host's SIMD kernels, gives the
+//! same bits on every instruction set. Exact ties (the zero query, keys whose normalized
+//! entries are powers of two) stay exact, and the selection breaks them by the lower index.
+//!
+//! The hook does not pay for f64 on every row: f32 SIMD similarities with an exact f64
+//! fallback for rows whose ranking is within the f32 error bound. The host's f32 GEMM
+//! gives every similarity of a call at once; [`certified_top_k`] accepts a row's ranking
+//! only when every adjacent gap among its best `k + 1` similarities exceeds twice
+//! [`similarity_error_bound`], a rigorous bound on how far a GEMM similarity can lie from
+//! the reference one whatever the kernel's summation order, FMA use or flush-to-zero
+//! mode. Such a ranking (entries *and* order) is then the reference's ranking; any other
+//! row (near ties, exact ties, NaN) is recomputed with the reference. The selection is
+//! therefore identical on every machine and identical to the f64 reference.
 
 /// Lanes of the f64 accumulations: independent partial sums in a fixed order, so the
 /// result is the same on every machine while the compiler may still vectorize the lanes.
@@ -46,6 +55,73 @@ pub(crate) fn normalize_into(v: &[f32], eps: f64, out: &mut [f32]) {
 /// `a · b`, accumulated in f64, rounded to f32.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_f64(a, b) as f32
+}
+
+/// f32 unit roundoff, 2⁻²⁴.
+const U32: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// f64 unit roundoff, 2⁻⁵³.
+const U64: f64 = 1.0 / (1u64 << 53) as f64;
+
+/// The smallest normal f32, 2⁻¹²⁶: what one product or partial sum can lose to underflow
+/// or to a kernel running with flush-to-zero / denormals-are-zero.
+const F32_MIN_NORMAL: f64 = f32::MIN_POSITIVE as f64;
+
+/// An upper bound on `‖v̂‖₂` for any `v̂` written by [`normalize_into`] with fewer than
+/// 2²³ entries. The divisor is at least the computed norm `n̂ ≥ ‖v‖·√(1 − γ₆₄(len))·(1 − 2⁻⁵³)`
+/// (a sum of squares in f64 cannot underflow or overflow for f32 inputs), and each
+/// quotient is rounded to f64 then to f32, so `‖v̂‖ ≤ (1 + 2⁻²⁴)(1 + 2⁻⁵²)/√(1 − γ₆₄(len))`,
+/// below `1 + 2⁻²⁴ + 2⁻²⁹`. Quotients that round into the f32 subnormal range move by at
+/// most 2⁻¹⁵⁰ each, which the absolute terms of [`similarity_error_bound`] cover.
+const NORMALIZED_NORM_BOUND: f64 = 1.0 + 1e-6;
+
+/// `γ_n = n·u / (1 − n·u)`, the classic bound on the relative error of an `n`-term
+/// floating-point sum of products (any order, with or without FMA); infinite once
+/// `n·u ≥ 1/2`, where it stops being useful.
+fn gamma(n: usize, u: f64) -> f64 {
+    let nu = n as f64 * u;
+    if nu >= 0.5 { f64::INFINITY } else { nu / (1.0 - nu) }
+}
+
+/// A bound on `|g − t|` for one row and key of width `d`, where `g` is the host's f32
+/// GEMM similarity of the normalized vectors and `t` the reference [`dot`] of the same
+/// vectors. Both lie near the exact real dot `s`:
+///
+/// - `|g − s| ≤ γ₃₂(d + 1)·Σ|q̂ᵢk̂ᵢ| + 3d·2⁻¹²⁶`: `d` products summed in any order onto the
+///   zeroed output (`+ 1`), plus what underflow, flush-to-zero or denormals-are-zero can
+///   drop per product and per partial sum (`α = 1` is exact);
+/// - `|t − s| ≤ γ₆₄(d)·Σ|q̂ᵢk̂ᵢ| + 2⁻²⁴|fl₆₄(s)| + 2⁻¹⁵⁰`: the f64 dot, then the rounding
+///   to f32 (which can turn two distinct values into a tie);
+///
+/// with `Σ|q̂ᵢk̂ᵢ| ≤ ‖q̂‖‖k̂‖ ≤ NORMALIZED_NORM_BOUND²`. The sum is padded by 2⁻¹⁰ of itself
+/// so that the f64 arithmetic of the bound and of the gap tests cannot eat the margin.
+/// Infinite from widths of about 2²³ on (`γ₃₂` stops being meaningful): every row then
+/// takes the fallback.
+pub(crate) fn similarity_error_bound(d: usize) -> f64 {
+    let n2 = NORMALIZED_NORM_BOUND * NORMALIZED_NORM_BOUND;
+    let gemm = gamma(d.saturating_add(1), U32) * n2 + 3.0 * d as f64 * F32_MIN_NORMAL;
+    let reference = gamma(d, U64) * n2 + U32 * n2 * (1.0 + gamma(d, U64)) + F32_MIN_NORMAL;
+    (gemm + reference) * (1.0 + 1.0 / 1024.0)
+}
+
+/// Ranks one row's f32 GEMM similarities into `rank` (`min(k + 1, P)` slots, indices as
+/// f32, best first) and returns whether that ranking provably equals the reference's:
+/// no similarity is NaN and every adjacent gap among the `rank.len()` best exceeds
+/// `2·bound` (`bound` from [`similarity_error_bound`]). Then, the reference similarities
+/// being within `bound` of these, `rank[..k]` is exactly the reference's top-k (entries
+/// and order): each ranked entry outranks the next strictly, and every entry outside
+/// `rank` is at most the last ranked one. With `k == P`, `rank` holds every entry and
+/// only their order is checked.
+pub(crate) fn certified_top_k(sims: &[f32], bound: f64, rank: &mut [f32]) -> bool {
+    if rank.is_empty() || rank.len() > sims.len() || sims.iter().any(|s| s.is_nan()) {
+        return false;
+    }
+    top_k(sims, rank);
+    let min_gap = 2.0 * bound;
+    rank.windows(2).all(|w| {
+        let (a, b) = (sims[w[0] as usize], sims[w[1] as usize]);
+        f64::from(a) - f64::from(b) > min_gap
+    })
 }
 
 /// Whether similarity `a` ranks strictly above `b`: larger first, NaN below every number.
@@ -186,5 +262,132 @@ mod tests {
         assert_eq!(key, [0.5, -0.5, 0.0, 0.5, 0.5]);
         assert_eq!(row, [0.5, 0.5, -0.5, 0.0, 0.5]);
         assert_eq!(dot(&key, &row), 0.25);
+    }
+
+    fn certify(sims: &[f32], bound: f64, k: usize) -> Option<Vec<usize>> {
+        let mut rank = vec![-1.0f32; (k + 1).min(sims.len())];
+        certified_top_k(sims, bound, &mut rank).then(|| rank[..k].iter().map(|&v| v as usize).collect())
+    }
+
+    #[test]
+    fn certification_needs_clear_gaps_down_to_the_runner_up() {
+        let b = 1e-3;
+        // Clear: both gaps (1st–2nd, 2nd–runner-up) exceed 2·bound.
+        assert_eq!(certify(&[0.9, 0.1, 0.5, -0.3], b, 2), Some(vec![0, 2]));
+        assert_eq!(certify(&[0.5, 0.5 - 0.0021, 0.0], b, 1), Some(vec![0]));
+        // A gap of at most 2·bound anywhere in the best k + 1 is refused.
+        assert_eq!(certify(&[0.5, 0.5 - 0.0019, 0.0], b, 1), None);
+        assert_eq!(certify(&[0.5, 0.5 + 1e-5, 0.1], b, 2), None, "near tie for first place");
+        assert_eq!(certify(&[0.9, 0.5, 0.5 - 1e-5], b, 2), None, "the runner-up is within reach");
+        assert_eq!(certify(&[0.25, 0.25, 0.9], b, 1), Some(vec![2]), "ties behind the runner-up do not matter");
+        assert_eq!(certify(&[0.9, 0.5, 0.1, 0.1 + 1e-6], b, 2), Some(vec![0, 1]));
+        assert_eq!(certify(&[0.0; 4], b, 2), None, "exact ties (the zero query)");
+        assert_eq!(certify(&[0.0, -0.0, 0.5], b, 2), None);
+        // k == P: there is no runner-up, only the order is checked.
+        assert_eq!(certify(&[0.1, 0.9], b, 2), Some(vec![1, 0]));
+        assert_eq!(certify(&[0.5, 0.5], b, 2), None);
+        // Any NaN refuses, even far below the best.
+        assert_eq!(certify(&[0.9, 0.5, 0.1, f32::NAN], b, 2), None);
+        assert_eq!(certify(&[f32::NAN; 3], b, 1), None);
+        // An infinite bound (too wide a query) certifies nothing.
+        assert_eq!(certify(&[0.9, -0.9], f64::INFINITY, 1), None);
+        assert_eq!(certify(&[0.9, -0.9], 0.0, 1), Some(vec![0]));
+    }
+
+    #[test]
+    fn error_bound_values() {
+        // γ₃₂(D + 1) dominates: ≈ (D + 1)·2⁻²⁴, plus 2⁻²⁴ for rounding the reference.
+        let b = similarity_error_bound(1728);
+        let approx = 1730.0 / (1u64 << 24) as f64;
+        assert!(b > approx && b < approx * 1.01, "{b} vs {approx}");
+        assert!(similarity_error_bound(12) < 1e-6);
+        assert!(similarity_error_bound(1) > 2.0 * U32, "the f32 rounding of the reference always counts");
+        let mut last = 0.0;
+        for d in [1, 2, 100, 10_000, 1 << 20, (1 << 23) - 3] {
+            let b = similarity_error_bound(d);
+            assert!(b.is_finite() && b > last, "d = {d}: {b}");
+            last = b;
+        }
+        assert_eq!(similarity_error_bound(1 << 23), f64::INFINITY);
+        assert_eq!(similarity_error_bound(usize::MAX), f64::INFINITY);
+    }
+
+    /// f32 dot products in the orders real kernels use: sequential, 8 FMA lanes,
+    /// pairwise (blocked), reversed.
+    fn f32_dots(a: &[f32], b: &[f32]) -> [f32; 4] {
+        let sequential = a.iter().zip(b).fold(0f32, |s, (x, y)| s + x * y);
+        let mut lanes = [0f32; 8];
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            lanes[i % 8] = x.mul_add(*y, lanes[i % 8]);
+        }
+        let fma8 = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        fn pairwise(a: &[f32], b: &[f32]) -> f32 {
+            if a.len() <= 4 {
+                return a.iter().zip(b).map(|(x, y)| x * y).sum();
+            }
+            let h = a.len() / 2;
+            pairwise(&a[..h], &b[..h]) + pairwise(&a[h..], &b[h..])
+        }
+        let reversed = a.iter().zip(b).rev().fold(0f32, |s, (x, y)| s + x * y);
+        [sequential, fma8, pairwise(a, b), reversed]
+    }
+
+    #[test]
+    fn certified_rankings_match_the_reference() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f64 + 0.5) / (1u64 << 24) as f64
+        };
+        let mut normal = move || {
+            let (u1, u2) = (uniform(), uniform());
+            ((-2.0 * u1.ln()).sqrt() * (core::f64::consts::TAU * u2).cos()) as f32
+        };
+        let (mut certified, mut total, mut worst) = (0, 0, 0f64);
+        for (d, p, k, rows) in [(1728, 16, 2, 40usize), (64, 8, 3, 300), (5, 6, 6, 300)] {
+            let bound = similarity_error_bound(d);
+            let mut keys = vec![0f32; p * d];
+            for key in keys.chunks_exact_mut(d) {
+                let raw: Vec<f32> = (0..d).map(|_| normal()).collect();
+                normalize_into(&raw, 1e-12, key);
+            }
+            for r in 0..rows {
+                let raw: Vec<f32> = (0..d).map(|_| normal()).collect();
+                let mut q = vec![0f32; d];
+                normalize_into(&raw, 1e-12, &mut q);
+                // Every third row is pulled towards keys 0 and 1 equally, leaving them gaps
+                // from far above the bound to far below it.
+                if r % 3 == 0 {
+                    let noise = 0.1f32.powi((r / 3 % 6) as i32);
+                    for (i, v) in q.iter_mut().enumerate() {
+                        *v = noise * *v + keys[i] + keys[d + i];
+                    }
+                    let raw = q.clone();
+                    normalize_into(&raw, 1e-12, &mut q);
+                }
+                let reference: Vec<f32> = keys.chunks_exact(d).map(|key| dot(&q, key)).collect();
+                let mut want = vec![0f32; k];
+                top_k(&reference, &mut want);
+                let gemm: Vec<[f32; 4]> = keys.chunks_exact(d).map(|key| f32_dots(&q, key)).collect();
+                for order in 0..4 {
+                    let sims: Vec<f32> = gemm.iter().map(|g| g[order]).collect();
+                    for (g, t) in sims.iter().zip(&reference) {
+                        let err = f64::from(*g) - f64::from(*t);
+                        assert!(err.abs() <= bound, "d = {d}: |{g} − {t}| > {bound}");
+                        worst = worst.max(err.abs() / bound);
+                    }
+                    let mut rank = vec![0f32; (k + 1).min(p)];
+                    total += 1;
+                    if certified_top_k(&sims, bound, &mut rank) {
+                        certified += 1;
+                        assert_eq!(rank[..k], want[..], "d = {d}, row {r}, order {order}: {sims:?}");
+                    }
+                }
+            }
+        }
+        // Most rows certify, and the near-tie rows keep some out.
+        assert!(certified > total / 2 && certified < total, "{certified}/{total}");
+        // The bound is a worst case: typical errors are far below it.
+        assert!(worst < 0.5, "{worst}");
     }
 }

@@ -188,6 +188,34 @@ fn rows_are_independent_of_chunking() {
 }
 
 #[test]
+fn tie_rows_take_the_exact_fallback() {
+    let m = model();
+    let a = load_fixture(&m);
+    let x = read_f32(&dir().join("inputs.f32"));
+    let sf = a.state_floats();
+    // One row per call, so the counter says which rows the f32 ranking could not certify.
+    let mut fell_back = Vec::new();
+    for i in 0..ROWS {
+        let before = a.fallback_rows();
+        let mut state = vec![0f32; sf];
+        tap(&a, 0, &x[i * D..(i + 1) * D], D, &mut state).unwrap();
+        match a.fallback_rows() - before {
+            0 => {}
+            1 => fell_back.push(i),
+            n => panic!("row {i}: {n} fallbacks for one row"),
+        }
+    }
+    // The zero query (35) and the exact ties for first (36, 37) and second place (38, 39)
+    // must be decided by the f64 reference; every other row of the fixture (D = 12) is
+    // clear of the f32 error bound and must not pay for it.
+    assert_eq!(fell_back, [35, 36, 37, 38, 39]);
+    // The whole batch falls back on exactly the same rows.
+    let before = a.fallback_rows();
+    forward(&a, &m, &x, 1.0);
+    assert_eq!(a.fallback_rows() - before, fell_back.len() as u64);
+}
+
+#[test]
 fn multiplier_zero_gives_the_base_model() {
     let m = model();
     let a = load_fixture(&m);

@@ -184,7 +184,7 @@ enum Command {
     Merge {
         /// The base `.graft` model.
         model: PathBuf,
-        /// The PEFT adapter directory.
+        /// The adapter: a PEFT directory, or a static SSF file (`ssf-pool` without a pool).
         #[arg(long)]
         adapter: PathBuf,
         /// The merged `.graft` file to write.
@@ -205,7 +205,7 @@ pub fn main(args: Args) -> Result<()> {
             if let Some(map) = module_map {
                 registry.set_module_map(ModuleMap::load(map)?);
             }
-            let loaded = registry.load_peft("merge", &adapter)?;
+            let loaded = registry.load_path("merge", &adapter, "")?;
             let report = graft::adapters::merge_to_file(&base, &loaded, &output)?;
             println!(
                 "{}: merged {} into {} node(s) ({}), wrote {} bytes",

@@ -76,6 +76,9 @@ pub struct Args {
     /// Skip stage 6 (SSF pool, routing, error memory on a drifting stream).
     #[arg(long)]
     skip_kinds: bool,
+    /// Rows of the drifting stream served through the error memory in stage 6.
+    #[arg(long, default_value_t = 16384)]
+    stream_rows: usize,
 }
 
 pub fn main(args: Args) -> Result<()> {

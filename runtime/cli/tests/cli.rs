@@ -1,6 +1,7 @@
 //! The `graft` binary end to end: convert the fixture ONNX model, inspect it, run it on
 //! the fixture's `.npy` inputs (whole and in batches), honour `GRAFT_KERNELS`, serve PEFT
-//! adapters per row, inspect and merge adapters, and run a small demo.
+//! adapters per row, inspect and merge adapters, inspect and serve the other kinds' files,
+//! and run a small demo.
 
 #![allow(clippy::unwrap_used)]
 
@@ -130,11 +131,15 @@ fn small_demo_runs() {
         "40",
         "--batch",
         "8",
+        "--stream-rows",
+        "2048",
         "--model-dir",
         dir.to_str().unwrap(),
     ]));
     for needle in
         ["build", "open", "first inference", "batch 1 latency", "rows/s", "p99", "rss", "adapters", "overhead", "swap"]
+            .into_iter()
+            .chain(["kinds", "ssf-pool", "routing", "error-memory", "drifting stream", "with memory", "feedback"])
     {
         assert!(printed.contains(needle), "demo output lacks `{needle}`:\n{printed}");
     }
@@ -226,5 +231,84 @@ fn peft_adapters_per_row_inspect_and_merge() {
     ok(graft(&refs));
     let want = f32s(&lora_fixture("out_dora_c_logits.npy"));
     assert!(max_diff(&f32s(&out.join("logit.npy")), &want) <= 1e-5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn other_kinds_inspect_and_run() {
+    let ml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/movielens");
+    let file = |name: &str| ml.join(name).to_str().unwrap().to_string();
+    // Model-free inspection: kind, targets, notes.
+    for (name, needles) in [
+        ("ssf_pool.safetensors", &["kind ssf-pool", "pool_size=8", "top_k=2", "fedins-query"][..]),
+        ("routing.safetensors", &["kind routing", "clusters=3", "route-input", "route-output"][..]),
+        ("error_memory.safetensors", &["kind error-memory", "tables=16", "bits=8", "compensate"][..]),
+    ] {
+        let listing = ok(graft(&["adapter", "inspect", &file(name)]));
+        for needle in needles {
+            assert!(listing.contains(needle), "inspect {name} lacks `{needle}`:\n{listing}");
+        }
+    }
+    // Against the model: nodes resolve; then serve per row with two kinds mixed.
+    let dir = scratch("kinds");
+    let model = dir.join("ml.graft");
+    ok(graft(&["convert", &file("model.onnx"), "-o", model.to_str().unwrap(), "--weights", "f32"]));
+    let listing = ok(graft(&["adapter", "inspect", &file("routing.safetensors"), "--model", model.to_str().unwrap()]));
+    assert!(listing.contains("Concat") && listing.contains("fc3"), "{listing}");
+    let mut args = vec!["run".to_string(), model.to_str().unwrap().into(), "--output-dir".into()];
+    args.push(dir.join("out").to_str().unwrap().into());
+    let write = |name: &str, data: NpyData, shape: Vec<usize>| {
+        let path = dir.join(format!("{name}.npy"));
+        match data {
+            NpyData::F32(v) => npy::write_f32(&path, &shape, &v).unwrap(),
+            NpyData::I64(v) => npy::write_i64(&path, &shape, &v).unwrap(),
+        }
+        format!("{name}={}", path.display())
+    };
+    let rows = 64;
+    let dense: Vec<f32> = std::fs::read(ml.join("dense.f32"))
+        .unwrap()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    args.extend(["--input".into(), write("dense", NpyData::F32(dense), vec![rows, 1])]);
+    for (input, slots) in [
+        ("ids_user", 1),
+        ("ids_item", 1),
+        ("ids_age", 1),
+        ("ids_gender", 1),
+        ("ids_occupation", 1),
+        ("ids_genre", 6),
+        ("ids_decade", 1),
+    ] {
+        let ids: Vec<i64> = std::fs::read(ml.join(format!("{input}.i64")))
+            .unwrap()
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        args.extend(["--input".into(), write(input, NpyData::I64(ids), vec![rows, slots])]);
+    }
+    let sets: Vec<&str> = (0..rows).map(|r| if r % 2 == 0 { "routing" } else { "pool" }).collect();
+    let rows_path = dir.join("rows.json");
+    std::fs::write(&rows_path, serde_json::to_vec(&sets).unwrap()).unwrap();
+    args.extend([
+        "--adapter".into(),
+        format!("routing={}", file("routing.safetensors")),
+        "--adapter".into(),
+        format!("pool={}", file("ssf_pool.safetensors")),
+        "--row-adapters".into(),
+        rows_path.to_str().unwrap().into(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(graft(&refs));
+    let got = f32s(&dir.join("out/logit.npy"));
+    let expected = |name: &str| -> Vec<f32> {
+        std::fs::read(ml.join(name)).unwrap().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    };
+    let (routing, pool) = (expected("out_routing_logits.f32"), expected("out_ssf_pool_logits.f32"));
+    for r in 0..rows {
+        let want = if r % 2 == 0 { routing[r] } else { pool[r] };
+        assert!((got[r] - want).abs() <= 1e-5, "row {r}: {} vs {want}", got[r]);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

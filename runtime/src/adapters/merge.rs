@@ -48,8 +48,20 @@ pub fn merge_to_file(model: &Model, adapter: &LoadedAdapter, path: &Path) -> Res
     let mut replaced: std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> = Default::default();
     let mut nodes = Vec::new();
     for (t, target) in adapter.targets().iter().enumerate() {
-        let node = &g.nodes[target.node as usize];
-        let Op::Linear { weight, bias } = node.op else { continue };
+        let node = g.nodes.get(target.node as usize).ok_or_else(|| {
+            refuse(format!(
+                "adapter `{}` taps a graph input: only hooks at linear layers fold into weights",
+                adapter.id()
+            ))
+        })?;
+        let Op::Linear { weight, bias } = node.op else {
+            return Err(refuse(format!(
+                "adapter `{}` hooks `{}` ({}): only hooks at linear layers fold into weights; serve it unmerged",
+                adapter.id(),
+                node.name,
+                node.op.name()
+            )));
+        };
         let def = &g.weights[weight];
         if !matches!(def.format, WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16) {
             return Err(refuse(format!(

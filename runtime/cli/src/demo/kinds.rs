@@ -25,10 +25,10 @@ use graft::{Error, Result, Session};
 use super::adapters::AdapterStage;
 use crate::report::{Latencies, micros};
 
-/// Rows per window of the drifting stream.
-const WINDOW: usize = 2048;
-/// Windows in the stream.
+/// Windows the drifting stream is reported in.
 const WINDOWS: usize = 8;
+/// Batch-1 runs per configuration in the overhead measurement.
+const PAIRS: usize = 1000;
 
 pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     let root = s.dir.join("kinds");
@@ -53,7 +53,7 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     for id in ["pool", "routing"] {
         let rows = RowAdapters::all(&registry, id)?;
         let (mut base, mut with) = (Latencies::default(), Latencies::default());
-        for i in 0..1000 {
+        for i in 0..PAIRS.min(s.args.requests.max(10) * 10) {
             let inputs = s.singles[i % s.singles.len()].inputs(s.spec, s.names);
             session.run(&inputs)?;
             let t = Instant::now();
@@ -96,12 +96,14 @@ fn drifting_stream(s: &AdapterStage<'_>, registry: &Registry, session: &mut Sess
     let dense = s.spec.dense;
     let mut direction_rng = Rng::new(4444);
     let direction: Vec<f64> = (0..dense).map(|_| direction_rng.normal() as f64).collect();
-    let total = WINDOW * WINDOWS;
+    let window = (s.args.stream_rows / WINDOWS).max(batch_rows);
+    let total = window * WINDOWS;
     println!(
-        "memory  drifting stream: {WINDOWS} windows × {WINDOW} rows, labels fed back after each batch of {batch_rows}"
+        "memory  drifting stream: {WINDOWS} windows × {window} rows, labels fed back after each batch of {batch_rows}"
     );
     println!("        {:>6} {:>8} {:>13} {:>13} {:>8}", "window", "drift", "logloss base", "with memory", "gain");
-    let (mut served, mut window) = (0usize, (0.0f64, 0.0f64, 0usize));
+    // Per window: summed base logloss, summed memory logloss, rows.
+    let (mut served, mut sums) = (0usize, (0.0f64, 0.0f64, 0usize));
     let mut feedback = Latencies::default();
     while served < total {
         let batch: Batch = stream.batch(batch_rows);
@@ -124,9 +126,9 @@ fn drifting_stream(s: &AdapterStage<'_>, registry: &Registry, session: &mut Sess
         let out = session.run_with(&inputs, &memory)?;
         let probs = out.get("prob").ok_or_else(|| Error::InvalidOption { detail: "no prob output".into() })?;
         for r in 0..batch_rows {
-            window.0 += logloss(sigmoid(base_logits[r]), labels[r] as f64);
-            window.1 += logloss(probs[r] as f64, labels[r] as f64);
-            window.2 += 1;
+            sums.0 += logloss(sigmoid(base_logits[r]), labels[r] as f64);
+            sums.1 += logloss(probs[r] as f64, labels[r] as f64);
+            sums.2 += 1;
         }
         let t = Instant::now();
         for ticket in out.tickets() {
@@ -134,14 +136,14 @@ fn drifting_stream(s: &AdapterStage<'_>, registry: &Registry, session: &mut Sess
         }
         feedback.push(t.elapsed() / batch_rows as u32);
         served += batch_rows;
-        if window.2 >= WINDOW {
-            let (b, m) = (window.0 / window.2 as f64, window.1 / window.2 as f64);
+        if sums.2 >= window {
+            let (b, m) = (sums.0 / sums.2 as f64, sums.1 / sums.2 as f64);
             println!(
                 "        {:>6} {drift:>8.2} {b:>13.4} {m:>13.4} {:>+7.1}%",
-                served / WINDOW,
+                served / window,
                 (m / b - 1.0) * 100.0
             );
-            window = (0.0, 0.0, 0);
+            sums = (0.0, 0.0, 0);
         }
     }
     println!("        feedback p50 {} per label (LSH insert)", micros(feedback.quantile(0.5)));
