@@ -19,10 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use common_adapters::{Batch, TestResult, adapter_dir, base_model, bits, logits, scratch, session};
 use graft::adapters::{LoadedAdapter, Registry, RowAdapters};
+use graft::synthetic::kinds::{SsfPoolSpec, write_routing, write_ssf_pool};
 use graft::synthetic::lora::{LoraSpec, write_peft_lora};
 
-/// Replacements of adapter `x` the writer publishes.
+/// Replacements of adapter `x` the writer publishes (LoRA ↔ DoRA).
 const SWAPS: u64 = 10_000;
+/// Replacements in the cross-kind soak (FedIns pool ↔ AdaptDHM routing).
+const KIND_SWAPS: u64 = 3_000;
 /// Serving threads, each with its own one-thread session.
 const READERS: usize = 4;
 /// Rows per batch: small, so that a debug build turns batches over quickly.
@@ -77,6 +80,23 @@ fn load_adapters(registry: &Registry, dir: &std::path::Path) -> TestResult<Adapt
     })
 }
 
+/// `x` swaps between kinds: a FedIns SSF pool (query: the dense input; per-row state from
+/// a tap, posts at two linears) and AdaptDHM routing (a tap at the interaction vector,
+/// the logit replaced); `y` is a LoRA adapter.
+fn load_kind_adapters(registry: &Registry, dir: &std::path::Path) -> TestResult<Adapters> {
+    let model = registry.model();
+    let (pool, route) = (dir.join("x_pool.safetensors"), dir.join("x_route.safetensors"));
+    let sites = ["top_fc1", "top_fc2"];
+    let spec = SsfPoolSpec { query: "dense", sites: &sites, pool: 6, top_k: 2, strength: 0.3, seed: 303 };
+    write_ssf_pool(model, &pool, &spec)?;
+    write_routing(model, &route, "Concat", "top_fc3", 3, &[8], 404)?;
+    Ok(Adapters {
+        v1: registry.load_path("x", &pool, "")?,
+        v2: registry.load_path("x", &route, "")?,
+        y: registry.load_peft("y", adapter_dir("lora_b"))?,
+    })
+}
+
 /// What each reader counted.
 #[derive(Default, Debug)]
 struct Tally {
@@ -105,10 +125,23 @@ impl Tally {
 
 #[test]
 fn hot_swaps_never_tear_rows() -> TestResult {
-    let dir = scratch("soak_hot_swaps")?;
+    soak("soak_hot_swaps", load_adapters, SWAPS)
+}
+
+#[test]
+fn hot_swaps_across_kinds_never_tear_rows() -> TestResult {
+    soak("soak_kind_swaps", load_kind_adapters, KIND_SWAPS)
+}
+
+type MakeAdapters = fn(&Registry, &std::path::Path) -> TestResult<Adapters>;
+
+/// Readers serve mixed batches while the writer alternates `x` between two versions
+/// `swaps` times; every row is checked bit for bit.
+fn soak(name: &str, make: MakeAdapters, swaps_wanted: u64) -> TestResult {
+    let dir = scratch(name)?;
     let model = base_model(&dir)?;
     let registry = Registry::new(&model);
-    let Adapters { v1, v2, y } = load_adapters(&registry, &dir)?;
+    let Adapters { v1, v2, y } = make(&registry, &dir)?;
     let batch = Batch::load(ROWS)?;
 
     // Expectations, one thread: the mixed batch with x = v1, then with x = v2.
@@ -191,7 +224,7 @@ fn hot_swaps_never_tear_rows() -> TestResult {
 
         // The writer: alternate v2, v1, v2, … under the same id.
         let result = (|| -> TestResult {
-            for i in 0..SWAPS {
+            for i in 0..swaps_wanted {
                 let next = if i % 2 == 0 { &v2 } else { &v1 };
                 let old = registry.replace(next.clone())?;
                 if Arc::ptr_eq(&old, next) {
@@ -216,18 +249,18 @@ fn hot_swaps_never_tear_rows() -> TestResult {
 
     let t = total.into_inner().unwrap_or_else(|p| p.into_inner());
     println!(
-        "soak: {swaps} swaps, {READERS} readers, {} batches of {ROWS} rows ({} rows checked), \
+        "{name}: {swaps} swaps, {READERS} readers, {} batches of {ROWS} rows ({} rows checked), \
          x=v1 in {} batches, x=v2 in {} batches, {} torn x rows, {} wrong base/y rows",
         t.batches, t.rows, t.v1_batches, t.v2_batches, t.torn_rows, t.wrong_fixed_rows
     );
     assert!(t.errors.is_empty(), "reader errors: {:?}", t.errors);
-    assert_eq!(swaps, SWAPS);
+    assert_eq!(swaps, swaps_wanted);
     assert_eq!(t.torn_rows, 0, "x rows matching neither the batch's version nor any version");
     assert_eq!(t.wrong_fixed_rows, 0, "base or y rows changed while x was swapped");
     // The writer waited until a reader took every generation it published, and the
     // swaps alternate: each version was served at least SWAPS/2 times.
-    assert!(t.v2_batches >= SWAPS / 2, "v2 served in only {} batches", t.v2_batches);
-    assert!(t.v1_batches >= SWAPS / 2, "v1 served in only {} batches", t.v1_batches);
+    assert!(t.v2_batches >= swaps_wanted / 2, "v2 served in only {} batches", t.v2_batches);
+    assert!(t.v1_batches >= swaps_wanted / 2, "v1 served in only {} batches", t.v1_batches);
     assert_eq!(t.rows, t.batches * ROWS as u64);
     // The registry holds the last published version; nothing else keeps old ones alive.
     assert!(Arc::ptr_eq(registry.snapshot().require("x")?, &v1), "v1 was published last");
