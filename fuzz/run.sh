@@ -4,8 +4,10 @@
 #   fuzz/run.sh [seconds] [target] [extra libFuzzer flags...]
 #   e.g. fuzz/run.sh 600 -jobs=2        fuzz/run.sh 60 peft        fuzz/run.sh 600 peft -jobs=2
 #
-# Targets: `container` (model files: envelope, graph JSON, planning, execution) and
-# `peft` (PEFT LoRA adapters: config, safetensors, validation, forward pass). A second
+# Targets: `container` (model files: envelope, graph JSON, planning, execution), `peft`
+# (PEFT LoRA adapters: config, safetensors, validation, forward pass) and `kinds` (the
+# ssf-pool, error-memory and routing adapter files: load, runs with mixed row groups,
+# tickets and feedback, saved error-memory state). A second
 # argument that starts with `-` is a libFuzzer flag, not a target, so the old
 # `run.sh SECONDS FLAGS...` form still fuzzes `container`.
 #
@@ -27,9 +29,9 @@ if [[ $# -gt 0 && "$1" != -* ]]; then
     shift
 fi
 case "$target" in
-    container | peft) ;;
+    container | peft | kinds) ;;
     *)
-        echo "run.sh: unknown fuzz target \`$target\` (targets: container, peft)" >&2
+        echo "run.sh: unknown fuzz target \`$target\` (targets: container, peft, kinds)" >&2
         exit 2
         ;;
 esac

@@ -8,6 +8,12 @@
 //!   tensor file whose data is misaligned), packed as the target reads them: `u32` LE
 //!   config length, `adapter_config.json`, `adapter_model.safetensors`. They are written
 //!   by `write_peft_lora` (the same layout as PEFT's `save_pretrained`) and varied here.
+//! - `kinds`: valid graft adapter files for the target's MLP (static SSF; FedIns pools
+//!   queried at the input and, through a prefix pass, at `r2`, one with a pooled head;
+//!   hard and soft routing; error memories with the pooled, top-k and exact estimators),
+//!   each behind a selector byte that varies the loader, batch, row sets, kernels and
+//!   options (the layout is documented in `fuzz_targets/kinds.rs`). They are written by
+//!   `graft::synthetic::kinds`.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example seed_corpus -- [--target T] [DIR]`
 //! (default target `container`, default DIR `fuzz/corpus/<target>`; `fuzz/run.sh` does
@@ -71,7 +77,8 @@ fn main() -> Res {
     match target.as_str() {
         "container" => container_seeds(&dir),
         "peft" => peft::seeds(&dir),
-        other => Err(format!("unknown fuzz target `{other}` (container, peft)").into()),
+        "kinds" => kinds::seeds(&dir),
+        other => Err(format!("unknown fuzz target `{other}` (container, peft, kinds)").into()),
     }
 }
 
@@ -242,6 +249,215 @@ mod peft {
             std::fs::write(dir.join(format!("seed-{name}.peft")), seed)?;
         }
         println!("wrote {} seeds to {}", seeds.len(), dir.display());
+        Ok(())
+    }
+}
+
+mod kinds {
+    use std::path::Path;
+
+    use graft::adapters::{Registry, RowAdapters};
+    use graft::builder::{Matrix, ModelBuilder, WeightFormats};
+    use graft::graph::Activation;
+    use graft::synthetic::kinds::{NamedTensor, SsfPoolSpec, write_adapter_file, write_routing, write_ssf_pool};
+    use graft::{Input, Session, SessionOptions};
+    use serde_json::{Value, json};
+
+    use super::Res;
+
+    /// The target's model; keep in sync with `model()` in `fuzz_targets/kinds.rs`.
+    fn model() -> ModelBuilder {
+        let values = |n: usize, seed: f32| (0..n).map(|i| ((i as f32 + seed) * 0.37).sin() * 0.6).collect::<Vec<_>>();
+        let mut b = ModelBuilder::new("kinds");
+        b.dense_input("x", 6);
+        b.linear("fc1", "x", Matrix::new(8, 6, values(48, 1.0)), Some(values(8, 2.0)));
+        b.activation("r1", Activation::Relu, "fc1");
+        b.linear("fc2", "r1", Matrix::new(4, 8, values(32, 3.0)), Some(values(4, 4.0)));
+        b.activation("r2", Activation::Relu, "fc2");
+        b.linear("fc3", "r2", Matrix::new(1, 4, values(4, 5.0)), Some(vec![0.1]));
+        b.activation("prob", Activation::Sigmoid, "fc3");
+        b.output("logit", "fc3");
+        b.output("prob", "prob");
+        b
+    }
+
+    /// Which loader the target uses (selector bits 0–1).
+    #[derive(Clone, Copy)]
+    enum Loader {
+        /// `Registry::load_path`: the kind from the file's metadata.
+        Detect,
+        /// `Registry::load` as the file's own kind.
+        Named,
+    }
+
+    /// A selector byte (layout in `fuzz_targets/kinds.rs`): `rows` indexes 1, 3, 8, 37;
+    /// `pattern` picks the rows' adapter sets.
+    fn selector(kind: &str, loader: Loader, rows: u8, pattern: u8, scalar: bool, config_option: bool) -> u8 {
+        let kind = match (loader, kind) {
+            (Loader::Detect, _) => 0,
+            (Loader::Named, "ssf-pool") => 1,
+            (Loader::Named, "error-memory") => 2,
+            (Loader::Named, _) => 3,
+        };
+        kind | (rows & 3) << 2 | (pattern & 3) << 4 | u8::from(scalar) << 6 | u8::from(config_option) << 7
+    }
+
+    /// Deterministic values around `center`.
+    fn wave(n: usize, seed: f32, center: f32, amplitude: f32) -> Vec<f32> {
+        (0..n).map(|i| center + amplitude * ((i as f32 + seed) * 0.73).sin()).collect()
+    }
+
+    fn tensor(name: &str, shape: &[usize], seed: f32, center: f32, amplitude: f32) -> NamedTensor {
+        (name.into(), shape.to_vec(), wave(shape.iter().product(), seed, center, amplitude))
+    }
+
+    fn error_memory(extra: Value) -> Value {
+        let mut config = json!({
+            "kind": "error-memory", "format_version": 1, "key_node": "r2", "output_node": "prob",
+            "output_is": "prob", "tables": 4, "bits": 3, "seed": 11, "lambda": 0.5,
+        });
+        if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+            config.extend(extra);
+        }
+        config
+    }
+
+    pub fn seeds(dir: &Path) -> Res {
+        let bytes = model().to_bytes(WeightFormats::uniform(graft::WeightFormat::F32))?;
+        let model = graft::Model::from_slice_copy(&bytes)?;
+        let tmp = std::env::temp_dir().join(format!("graft-kinds-seeds-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        // (name, selector, file path), each file written below.
+        let mut files: Vec<(String, u8, std::path::PathBuf)> = Vec::new();
+        let mut add = |name: &str, kind: &str, selectors: &[(Loader, u8, u8, bool, bool)]| {
+            for (i, &(loader, rows, pattern, scalar, config)) in selectors.iter().enumerate() {
+                let byte = selector(kind, loader, rows, pattern, scalar, config);
+                files.push((format!("{name}-{i}"), byte, tmp.join(format!("{name}.safetensors"))));
+            }
+        };
+        use Loader::{Detect, Named};
+
+        // Static SSF: a vector γ/β at a linear, a `[1, C]` one at an activation.
+        let ssf = json!({"kind": "ssf-pool", "format_version": 1, "sites": [
+            {"node": "fc1", "gamma": "g1", "beta": "b1"}, {"node": "r2", "gamma": "g2", "beta": "b2"}]});
+        write_adapter_file(
+            &tmp.join("ssf.safetensors"),
+            &ssf,
+            &[
+                tensor("g1", &[8], 1.0, 1.0, 0.3),
+                tensor("b1", &[8], 2.0, 0.0, 0.2),
+                tensor("g2", &[1, 4], 3.0, 1.0, 0.3),
+                tensor("b2", &[1, 4], 4.0, 0.0, 0.2),
+            ],
+        )?;
+        add("ssf", "ssf-pool", &[(Detect, 1, 1, false, false), (Named, 3, 2, true, true)]);
+
+        // A FedIns pool queried at the input, with a pooled head at `fc3`.
+        let (p, pool) = (5, json!({"keys": "keys", "query": "x", "top_k": 2}));
+        let head = json!({"node": "fc3", "weight": "hw", "bias": "hb"});
+        let pool_x = json!({"kind": "ssf-pool", "format_version": 1, "pool": pool, "head": head, "sites": [
+            {"node": "fc1", "gamma": "g1", "beta": "b1"}, {"node": "fc2", "gamma": "g2", "beta": "b2"}]});
+        write_adapter_file(
+            &tmp.join("pool-x.safetensors"),
+            &pool_x,
+            &[
+                tensor("keys", &[p, 6], 5.0, 0.0, 1.0),
+                tensor("g1", &[p, 8], 6.0, 1.0, 0.3),
+                tensor("b1", &[p, 8], 7.0, 0.0, 0.2),
+                tensor("g2", &[p, 4], 8.0, 1.0, 0.3),
+                tensor("b2", &[p, 4], 9.0, 0.0, 0.2),
+                tensor("hw", &[p, 1, 4], 10.0, 0.0, 0.5),
+                tensor("hb", &[p, 1], 11.0, 0.0, 0.1),
+            ],
+        )?;
+        add(
+            "pool-x",
+            "ssf-pool",
+            &[(Detect, 2, 1, false, false), (Named, 3, 2, true, false), (Detect, 0, 3, false, true)],
+        );
+
+        // A pool queried at `r2`, after its sites: the base query needs a prefix pass.
+        let spec = SsfPoolSpec { query: "r2", sites: &["fc1", "r1"], pool: 4, top_k: 3, strength: 0.2, seed: 3 };
+        write_ssf_pool(&model, &tmp.join("pool-r2.safetensors"), &spec)?;
+        add(
+            "pool-r2",
+            "ssf-pool",
+            &[(Detect, 2, 2, false, false), (Detect, 3, 1, false, true), (Named, 1, 0, true, false)],
+        );
+
+        // Hard routing from `r1` replacing the logit.
+        write_routing(&model, &tmp.join("routing-hard.safetensors"), "r1", "fc3", 3, &[5], 5)?;
+        add(
+            "routing-hard",
+            "routing",
+            &[(Detect, 1, 1, false, false), (Named, 3, 0, false, false), (Detect, 2, 2, true, true)],
+        );
+
+        // Soft routing from the input, with biases, replacing the probability.
+        let (k, dims) = (2, [6usize, 3, 1]);
+        let routing_soft = json!({"kind": "routing", "format_version": 1, "input_node": "x", "output_node": "prob",
+            "output_is": "prob", "clusters": k, "dims": dims, "mode": "soft", "use_bias": true});
+        let mut tensors = vec![tensor("centers", &[k, 6], 12.0, 0.0, 0.4)];
+        for l in 0..dims.len() - 1 {
+            let (i, o) = (dims[l], dims[l + 1]);
+            tensors.push(tensor(&format!("shared.{l}.weight"), &[i, o], 13.0 + l as f32, 0.0, 0.6));
+            tensors.push(tensor(&format!("shared.{l}.bias"), &[o], 14.0 + l as f32, 0.0, 0.1));
+            for j in 0..k {
+                tensors.push(tensor(&format!("cluster.{j}.{l}.weight"), &[i, o], 15.0 + j as f32, 1.0, 0.3));
+                tensors.push(tensor(&format!("cluster.{j}.{l}.bias"), &[o], 16.0 + j as f32, 0.0, 0.1));
+            }
+        }
+        write_adapter_file(&tmp.join("routing-soft.safetensors"), &routing_soft, &tensors)?;
+        add("routing-soft", "routing", &[(Detect, 2, 1, false, false), (Named, 3, 2, true, true)]);
+
+        // Error memories keyed on `r2` compensating the probability, one per estimator,
+        // and one in logit space with explicit projections.
+        let memories = [
+            ("memory-pooled", error_memory(json!({"estimate": "pooled"})), vec![]),
+            ("memory-topk", error_memory(json!({"estimate": "topk", "top_k": 3, "tau": 0.5, "decay": 0.95})), vec![]),
+            (
+                "memory-exact",
+                error_memory(
+                    json!({"estimate": "exact", "top_k": 3, "exact_capacity": 16, "threshold": 0.01, "pending": 8}),
+                ),
+                vec![],
+            ),
+            (
+                "memory-logit",
+                error_memory(json!({"tables": 2, "projections": "R", "space": "logit", "lambda": 1.0})),
+                vec![tensor("R", &[6, 4], 17.0, 0.0, 1.0)],
+            ),
+        ];
+        for (name, config, tensors) in &memories {
+            write_adapter_file(&tmp.join(format!("{name}.safetensors")), config, tensors)?;
+            add(
+                name,
+                "error-memory",
+                &[(Detect, 2, 1, false, false), (Named, 3, 2, false, true), (Detect, 1, 0, true, false)],
+            );
+        }
+
+        // Check every file loads and runs: a corpus of rejected adapters would fuzz only
+        // the parsers.
+        let registry = Registry::new(&model);
+        let mut session = Session::new(&model, SessionOptions { max_batch: 4, ..Default::default() })?;
+        let x: Vec<f32> = super::values(4 * 6, 18.0);
+        for (name, byte, path) in &files {
+            let adapter = registry.load_path(name, path, "").map_err(|e| format!("seed {name} does not load: {e}"))?;
+            registry.upsert(adapter)?;
+            let mut rows = RowAdapters::new(&registry);
+            for r in 0..4 {
+                if r % 2 == 0 { rows.push(name)? } else { rows.push_base()? }
+            }
+            session
+                .run_with(&[Input::dense("x", &x, 6)], &rows)
+                .map_err(|e| format!("seed {name} does not run: {e}"))?;
+            let mut seed = vec![*byte];
+            seed.extend_from_slice(&std::fs::read(path)?);
+            std::fs::write(dir.join(format!("seed-{name}.kinds")), seed)?;
+        }
+        std::fs::remove_dir_all(&tmp)?;
+        println!("wrote {} seeds to {}", files.len(), dir.display());
         Ok(())
     }
 }

@@ -431,6 +431,8 @@ pub(crate) struct LoadOptions {
     pub config: Option<Config>,
     /// Saved state to restore.
     pub state: Option<String>,
+    /// Memory budget for the sketch, exact ring and pending ring together, in bytes.
+    pub max_bytes: Option<u64>,
 }
 
 /// The options document: `config` keeps its entries in order (so a repeated key inside it
@@ -487,7 +489,8 @@ pub(crate) fn parse_options(json: &str) -> Result<LoadOptions, PluginError> {
                 options.config = Some(Config::from_entries(c.0, "the `config` option")?);
             }
             ("state", OptionValue::Plain(v)) => options.state = Some(string("state", &v)?),
-            _ => return Err(config_err(&key, "unknown load option (known: config, state)")),
+            ("max_bytes", OptionValue::Plain(v)) => options.max_bytes = Some(integer("max_bytes", &v)?),
+            _ => return Err(config_err(&key, "unknown load option (known: config, state, max_bytes)")),
         }
     }
     Ok(options)

@@ -161,7 +161,7 @@ use graft_plugin_abi::{
 pub use adapter::{COMPENSATE_TARGET, ErrorMemory, KEY_TARGET, Stats};
 pub use config::{CONFIG_KEYS, Config, Estimate, FORMAT_VERSION, MAX_BITS, MAX_RING, MAX_TABLES, Units};
 pub use file::{CONFIG_METADATA_KEY, MAX_FILE_BYTES, inspect_file, save};
-pub use load::{MAX_PENDING_BYTES, MAX_SKETCH_BYTES, load_bytes, load_file};
+pub use load::{DEFAULT_MAX_BYTES, MAX_PENDING_BYTES, MAX_SKETCH_BYTES, load_bytes, load_file};
 pub use projections::{SplitMix64, projections_from_seed};
 pub use sketch::{KEY_LIMIT, RENORM_ABOVE};
 pub use state::{Fnv1a, STATE_FORMAT_VERSION, STATE_METADATA_KEY};

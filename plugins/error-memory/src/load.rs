@@ -10,7 +10,7 @@ use abi_stable::std_types::RStr;
 use graft_plugin_abi::{ErrorCode, LoadRequest, ModelViewRef, NodeOp, PluginError};
 
 use crate::adapter::{Counters, ErrorMemory, NodeRef, WriterState};
-use crate::config::{Config, config_err, parse_options};
+use crate::config::{Config, LoadOptions, config_err, parse_options};
 use crate::file::{AdapterFile, parse, read_file, sketch_floats};
 use crate::pending::Pending;
 use crate::projections::projections_from_seed;
@@ -21,6 +21,10 @@ use crate::state::{Fnv1a, Identity};
 pub const MAX_SKETCH_BYTES: u64 = 1 << 30;
 /// Largest pending ring one adapter may allocate, in bytes.
 pub const MAX_PENDING_BYTES: u64 = 1 << 30;
+/// Default budget for everything an error memory allocates (sketch, exact ring, pending
+/// ring), so a small file cannot claim gigabytes on a device; the load option
+/// `{"max_bytes": n}` raises or lowers it (up to the two limits above).
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
 /// Loads the error-memory file `request.source` against `model`. Options (`request.options`):
 /// `""` or `{"config": {…}, "state": "<path>"}`.
@@ -28,7 +32,7 @@ pub fn load_file(request: &LoadRequest<'_>, model: &ModelViewRef<'_>) -> Result<
     let source = request.source.as_str();
     let options = parse_options(request.options.as_str())?;
     let file = parse(&read_file(source)?, source, options.config.clone())?;
-    build(source, file, options.state.as_deref(), model)
+    build(source, file, &options, model)
 }
 
 /// Loads from the file's bytes (the same validation as [`load_file`]; for fuzzing and tests).
@@ -41,7 +45,7 @@ pub fn load_bytes(
     let source = format!("<memory:{id}>");
     let options = parse_options(options_json)?;
     let file = parse(bytes, &source, options.config.clone())?;
-    build(&source, file, options.state.as_deref(), model)
+    build(&source, file, &options, model)
 }
 
 /// The hash of everything that gives saved state its meaning (crate docs, "State").
@@ -55,9 +59,10 @@ fn config_hash(config: &Config, d: usize, projections: &[f32]) -> u64 {
 fn build(
     source: &str,
     file: AdapterFile,
-    state: Option<&str>,
+    options: &LoadOptions,
     model: &ModelViewRef<'_>,
 ) -> Result<ErrorMemory, PluginError> {
+    let state = options.state.as_deref();
     let AdapterFile { config, projections } = file;
     let key = model.resolve(RStr::from_str(&config.key_node)).into_result()?;
     let output = model.resolve(RStr::from_str(&config.output_node)).into_result()?;
@@ -109,6 +114,17 @@ fn build(
         ));
     }
 
+    let budget = options.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+    let total = sketch_bytes.saturating_add(pending_bytes);
+    if total > budget {
+        return Err(config_err(
+            "max_bytes",
+            format!(
+                "the memory would take {total} bytes ({sketch_bytes} sketch + {pending_bytes} pending ring, d = {d}); \
+                 the budget is {budget} (raise it with the load option {{\"max_bytes\": n}})"
+            ),
+        ));
+    }
     let tables = config.tables as usize;
     let sketch =
         Sketch::new(tables, config.bits, d, config.estimate, config.k(), config.tau, config.exact_capacity as usize)?;

@@ -100,6 +100,23 @@ fn bad_config_values() {
     // Memory limits: 256 tables of 2^20 buckets.
     assert_err(load_config(&dir, &with(json!({"tables": 256, "bits": 20}))), ErrorCode::CONFIG, "bits");
     assert_err(load_config(&dir, &with(json!({"pending": 1 << 24, "tables": 256}))), ErrorCode::CONFIG, "pending");
+    // Within those limits but over the default budget (a tiny file claiming a GiB): refused
+    // unless the loader raises the budget; a budget can also be lowered.
+    assert_err(load_config(&dir, &with(json!({"tables": 128, "bits": 20}))), ErrorCode::CONFIG, "max_bytes");
+    assert_err(
+        load_config(&dir, &with(json!({"tables": 1, "bits": 1, "pending": 1 << 24}))),
+        ErrorCode::CONFIG,
+        "max_bytes",
+    );
+    let small = with(json!({"tables": 4, "bits": 8}));
+    let path = dir.file("small.safetensors");
+    let meta = HashMap::from([(CONFIG_METADATA_KEY.to_owned(), small.to_string())]);
+    safetensors::serialize_to_file(Vec::<(String, TensorView<'_>)>::new(), Some(meta), std::path::Path::new(&path))
+        .unwrap();
+    let model = FakeModel::new(D);
+    assert!(load(&model, &path, "").is_ok());
+    assert_err(load(&model, &path, r#"{"max_bytes": 1000}"#), ErrorCode::CONFIG, "max_bytes");
+    assert!(load(&model, &path, r#"{"max_bytes": 1073741824}"#).is_ok());
 }
 
 #[test]
