@@ -160,6 +160,22 @@ if paired:
         ok = "—" if worst is None else ("yes" if worst <= BUDGET_OVERHEAD else f"**no** ({worst:+.1f} %)")
         print(f"| {fmt} | {b[5:]} | {t[1:]} | {fmt_time(v['base_us'] * 1e3)} | " + " | ".join(cells) + f" | {ok} |")
 
+kinds = load_json("kinds_overhead_paired.json")
+if kinds:
+    print("\n### Adapter kinds: overhead over the base model, interleaved (`--bench kinds`)\n")
+    print("Demo DLRM, 1 thread; each round runs the base and every configuration back to back (3000 rounds at batch 1,")
+    print("100 at 256); overhead is the median per-round ratio. `memory+feedback` also feeds one label per row back.\n")
+    cols = ["lora-r8", "ssf-pool", "ssf-pool-prefix", "routing", "memory", "memory+feedback"]
+    print("| base | batch | base median | " + " | ".join(cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    groups = sorted({g.rsplit("/feedback", 1)[0] for g in kinds}, key=lambda g: (g.split("/")[1], int(g.split("/")[2][5:])))
+    for g in groups:
+        _, fmt, b, _t = g.split("/")
+        v = dict(kinds.get(g, {}))
+        v.update(kinds.get(g + "/feedback", {}))
+        cells = [f"{v[c + '_pct']:+.1f} %" if c + "_pct" in v else "—" for c in cols]
+        print(f"| {fmt} | {b[5:]} | {fmt_time(kinds[g]['base_us'] * 1e3)} | " + " | ".join(cells) + " |")
+
 mixed_paired = load_json("lora_mixed_paired.json")
 if mixed_paired:
     print("\n### Mixed batch, interleaved (the figure checked against the budget)\n")

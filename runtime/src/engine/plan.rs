@@ -240,9 +240,12 @@ pub(crate) struct Plan {
     /// Floats of scratch per worker.
     pub scratch_len: usize,
     /// Where each node's value lives (a fused linear shares its activation's place).
+    /// Read by adapter hooks only, which need `std`.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub node_place: Vec<Place>,
     /// Per node: how many steps have run once its value is complete. Adapter hooks at
     /// non-linear nodes fire at that boundary; hooks at a linear fire inside its step.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub ready: Vec<usize>,
 }
 
