@@ -165,6 +165,19 @@ pub enum Error {
     /// A per-row adapter assignment does not fit the batch.
     #[error("row adapters: {detail}")]
     RowAdapters { detail: String },
+    /// A plugin file was refused: not a shared library, no graft entry symbol, built
+    /// against another interface version, a malformed C table, or a kind name already
+    /// taken. `fix` says what to do about it.
+    #[error("plugin {path}: {detail} (fix: {fix})")]
+    Plugin { path: String, detail: String, fix: String },
+    /// An adapter of a plugin kind wrote a non-finite value from finite inputs; the
+    /// adapter instance is disabled and the run failed.
+    #[error("{0}")]
+    PluginFault(alloc::boxed::Box<PluginFault>),
+    /// An adapter was disabled after a fault (see [`Error::PluginFault`]); load it
+    /// again (or replace it) to use its id.
+    #[error("adapter `{id}` ({kind}) is disabled: {reason}")]
+    AdapterDisabled { id: String, kind: String, reason: String },
 
     // === ONNX import ===
     /// An ONNX node uses an op (or an op form) graft cannot import.
@@ -173,6 +186,32 @@ pub enum Error {
     /// The ONNX file could not be read or is inconsistent.
     #[error("onnx: {detail}")]
     Onnx { detail: String },
+}
+
+/// Where an adapter of a plugin kind wrote NaN or ±Inf (see [`Error::PluginFault`]).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "plugin {plugin} (kind `{kind}`): adapter `{id}` produced {value} at node `{node}` ({hook} hook, batch row \
+     {row}, column {col}) from finite inputs; the adapter is disabled"
+)]
+pub struct PluginFault {
+    /// The plugin file.
+    pub plugin: String,
+    /// The adapter kind.
+    pub kind: String,
+    /// The adapter's id.
+    pub id: String,
+    /// The node (or dense input) the hook ran at.
+    pub node: String,
+    /// `linear_delta`, `tap` or `post`.
+    pub hook: &'static str,
+    /// The row of the batch.
+    pub row: usize,
+    /// The column of the hook's output (the node's value, or the adapter's run state for
+    /// a tap).
+    pub col: usize,
+    /// The value written.
+    pub value: f32,
 }
 
 impl Error {

@@ -9,6 +9,7 @@
 //! dev-dependencies.
 
 pub mod movielens;
+pub mod plugin_builds;
 
 use std::fmt;
 use std::io;

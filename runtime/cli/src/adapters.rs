@@ -1,13 +1,17 @@
 //! Adapters on the command line: `--adapter ID=DIR` and `--row-adapters rows.json` for
-//! `graft run`, and `graft adapter inspect`.
+//! `graft run`, and `graft adapter inspect|merge`. Every command that loads adapters
+//! takes `--plugin PATH` and honours `$GRAFT_PLUGIN_DIR` for adapter kinds from plugins.
 //!
 //! `rows.json` is a JSON array with one entry per input row: `null` (base model only), an
 //! adapter id, or a stack `[{"id": "a", "scale": 0.5}, ...]` applied in order (`scale`
 //! defaults to 1).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use graft::adapters::{ModuleMap, Registry, RowAdapters};
+use graft::adapters::{LoadedAdapter, ModuleMap, Registry, RowAdapters};
+
+use crate::plugins::PluginArgs;
 use graft::{Error, Model, Result};
 use serde_json::Value;
 
@@ -15,8 +19,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdapterArgs {
     /// An adapter to load as `ID=PATH`: a PEFT LoRA directory, or a graft adapter file
-    /// (ssf-pool, error-memory, routing); repeat per adapter.
-    #[arg(long = "adapter", value_name = "ID=PATH")]
+    /// (ssf-pool, error-memory, routing, or a plugin kind named in its metadata); repeat
+    /// per adapter. `ID:KIND=PATH` names the kind, for a plugin kind's own file format.
+    #[arg(long = "adapter", value_name = "ID[:KIND]=PATH")]
     pub adapters: Vec<String>,
     /// Per-row adapter sets (JSON array, one entry per input row). Without it, a single
     /// `--adapter` applies to every row.
@@ -26,6 +31,8 @@ pub struct AdapterArgs {
     /// names differ from the adapter's module names.
     #[arg(long, value_name = "FILE")]
     pub module_map: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugins: PluginArgs,
 }
 
 /// One row's adapter set.
@@ -54,18 +61,25 @@ impl AdapterArgs {
             if self.row_adapters.is_some() {
                 return Err(Error::InvalidOption { detail: "--row-adapters needs at least one --adapter".into() });
             }
+            if !self.plugins.plugins.is_empty() {
+                return Err(Error::InvalidOption { detail: "--plugin needs at least one --adapter".into() });
+            }
             return Ok(Plan::None);
         }
-        let mut registry = Registry::new(model);
+        let mut registry = Registry::with_kinds(model, self.plugins.kinds()?);
         if let Some(path) = &self.module_map {
             registry.set_module_map(ModuleMap::load(path)?);
         }
         let mut ids = Vec::new();
         for spec in &self.adapters {
-            let (id, dir) = spec
-                .split_once('=')
-                .ok_or_else(|| Error::InvalidOption { detail: format!("--adapter `{spec}` is not ID=PATH") })?;
-            registry.insert(registry.load_path(id, dir, "")?)?;
+            let (name, path) = spec.split_once('=').ok_or_else(|| Error::InvalidOption {
+                detail: format!("--adapter `{spec}` is not ID=PATH or ID:KIND=PATH"),
+            })?;
+            let (id, kind) = match name.split_once(':') {
+                Some((id, kind)) => (id, Some(kind)),
+                None => (name, None),
+            };
+            registry.insert(load(&registry, id, kind, path.as_ref())?)?;
             ids.push(id.to_string());
         }
         match &self.row_adapters {
@@ -124,6 +138,19 @@ impl Plan {
     }
 }
 
+/// Loads `path` as an adapter of `kind`, or of the kind its files name.
+fn load(registry: &Registry, id: &str, kind: Option<&str>, path: &Path) -> Result<Arc<LoadedAdapter>> {
+    match kind {
+        None => registry.load_path(id, path, ""),
+        Some(kind) => {
+            let source = path.to_str().ok_or_else(|| Error::InvalidOption {
+                detail: format!("adapter path {} is not valid UTF-8", path.display()),
+            })?;
+            registry.load(kind, id, source, "")
+        }
+    }
+}
+
 /// Reads a `rows.json` file.
 pub fn read_row_sets(path: &std::path::Path) -> Result<Vec<RowSet>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
@@ -178,6 +205,11 @@ enum Command {
         /// Module-name overrides (JSON object), with `--model`.
         #[arg(long)]
         module_map: Option<PathBuf>,
+        /// The adapter's kind, for a plugin kind's own file format (default: detected).
+        #[arg(long, requires = "model")]
+        kind: Option<String>,
+        #[command(flatten)]
+        plugins: PluginArgs,
     },
     /// Write a copy of a float (f32/f16/bf16) model with an adapter folded into its
     /// weights. Quantized bases are refused: serve the adapter unmerged instead.
@@ -193,19 +225,26 @@ enum Command {
         /// Module-name overrides (JSON object).
         #[arg(long)]
         module_map: Option<PathBuf>,
+        /// The adapter's kind, for a plugin kind's own file format (default: detected).
+        #[arg(long)]
+        kind: Option<String>,
+        #[command(flatten)]
+        plugins: PluginArgs,
     },
 }
 
 pub fn main(args: Args) -> Result<()> {
     match args.command {
-        Command::Inspect { dir, model, module_map } => inspect(&dir, model.as_deref(), module_map.as_deref()),
-        Command::Merge { model, adapter, output, module_map } => {
+        Command::Inspect { dir, model, module_map, kind, plugins } => {
+            inspect(&dir, model.as_deref(), module_map.as_deref(), kind.as_deref(), &plugins)
+        }
+        Command::Merge { model, adapter, output, module_map, kind, plugins } => {
             let base = Model::open(&model)?;
-            let mut registry = Registry::new(&base);
+            let mut registry = Registry::with_kinds(&base, plugins.kinds()?);
             if let Some(map) = module_map {
                 registry.set_module_map(ModuleMap::load(map)?);
             }
-            let loaded = registry.load_path("merge", &adapter, "")?;
+            let loaded = load(&registry, "merge", kind.as_deref(), &adapter)?;
             let report = graft::adapters::merge_to_file(&base, &loaded, &output)?;
             println!(
                 "{}: merged {} into {} node(s) ({}), wrote {} bytes",
@@ -220,18 +259,32 @@ pub fn main(args: Args) -> Result<()> {
     }
 }
 
-fn inspect(dir: &std::path::Path, model: Option<&std::path::Path>, map: Option<&std::path::Path>) -> Result<()> {
-    let source = dir.to_str().ok_or_else(|| Error::InvalidOption { detail: "adapter path is not UTF-8".into() })?;
+fn inspect(
+    dir: &std::path::Path,
+    model: Option<&std::path::Path>,
+    map: Option<&std::path::Path>,
+    kind: Option<&str>,
+    plugins: &PluginArgs,
+) -> Result<()> {
     let info = match model {
         Some(path) => {
             let model = Model::open(path)?;
-            let mut registry = Registry::new(&model);
+            let mut registry = Registry::with_kinds(&model, plugins.kinds()?);
             if let Some(map) = map {
                 registry.set_module_map(ModuleMap::load(map)?);
             }
-            registry.load_path("inspect", source, "")?.info().clone()
+            load(&registry, "inspect", kind, dir)?.info().clone()
         }
-        None => graft::adapters::inspect_path(dir)?,
+        None => graft::adapters::inspect_path(dir).map_err(|e| match e {
+            // A plugin kind's files can only be summarized by loading them.
+            Error::UnknownAdapterKind { kind, known } => Error::InvalidOption {
+                detail: format!(
+                    "{}: kind `{kind}` is not built in ({known}); inspect it with --model and its --plugin",
+                    dir.display()
+                ),
+            },
+            other => other,
+        })?,
     };
     println!("{}: kind {}", dir.display(), info.kind);
     for note in info.notes.iter() {

@@ -1,11 +1,12 @@
 //! `graft`: convert ONNX recommender models, inspect containers, run them on `.npy`
-//! inputs, benchmark them, and run the serving demo.
+//! inputs, benchmark them, load adapter-kind plugins, and run the serving demo.
 
 mod adapters;
 mod bench;
 mod convert;
 mod demo;
 mod inspect;
+mod plugins;
 mod report;
 mod run;
 
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::Args),
     /// Inspect adapters.
     Adapter(adapters::Args),
+    /// Load and list adapter-kind plugins (Rust or C shared libraries).
+    Plugin(plugins::Args),
     /// Build a DLRM-size model, open it and serve request batches from several threads.
     Demo(demo::Args),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::main(a),
         Command::Demo(a) => demo::main(a),
         Command::Adapter(a) => adapters::main(a),
+        Command::Plugin(a) => plugins::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,10 @@
 //!
 //! Inputs are matched to graph inputs by name (`--input dense=dense.npy`). With
 //! `--batch N` the rows are fed in batches of N (flat bag inputs are re-based per batch),
-//! and the outputs are concatenated back in order. `--adapter ID=DIR` loads PEFT LoRA
-//! directories and `--row-adapters rows.json` picks each row's adapter set.
+//! and the outputs are concatenated back in order. `--adapter ID=PATH` loads adapters (PEFT
+//! LoRA directories, graft adapter files; `ID:KIND=PATH` for a plugin kind's own format),
+//! `--plugin PATH` / `$GRAFT_PLUGIN_DIR` add kinds from plugins, and `--row-adapters
+//! rows.json` picks each row's adapter set.
 
 use std::path::PathBuf;
 use std::time::Instant;

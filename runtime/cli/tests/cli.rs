@@ -312,3 +312,118 @@ fn other_kinds_inspect_and_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Builds `tests/plugins_c/add_vector.c` (a post adding a constant vector to a node) into
+/// `dir`; `None` after a SKIP line without a C compiler (a failure under `GRAFT_CI=1`).
+fn c_plugin(dir: &Path, test: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lib = dir.join(format!("libadd_vector.{}", std::env::consts::DLL_EXTENSION));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(root.join("plugins/abi/include"))
+        .arg(root.join("tests/plugins_c/add_vector.c"))
+        .arg("-o")
+        .arg(&lib)
+        .output();
+    match built {
+        Ok(out) => {
+            assert!(out.status.success(), "{cc}:\n{}", String::from_utf8_lossy(&out.stderr));
+            Some(lib)
+        }
+        Err(e) => {
+            let ci = std::env::var("GRAFT_CI").is_ok_and(|v| v == "1");
+            assert!(!ci, "{test}: a C compiler is required when GRAFT_CI=1, but `{cc}` did not start: {e}");
+            println!("SKIP: {test}: no C compiler (`{cc}`: {e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn plugins_load_list_and_serve() {
+    let dir = scratch("plugins");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let Some(lib) = c_plugin(&plugins, "plugins_load_list_and_serve") else { return };
+    let lib_arg = lib.to_str().unwrap();
+    let text = dir.join("notes.so");
+    std::fs::write(&text, "not a library").unwrap();
+
+    // `plugin load`: the kind, its language and interface; a refused file fails the command
+    // after every file was reported.
+    let loaded = ok(graft(&["plugin", "load", lib_arg]));
+    assert!(loaded.contains("kind `add-vector` (c plugin, graft_plugin.h 1.0)"), "{loaded}");
+    let o = graft(&["plugin", "load", lib_arg, text.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("kind `add-vector`") && stdout(&o).contains("refused: plugin"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("not a shared library"), "{}", stdout(&o));
+
+    // `plugin list`: built-ins, then the directory's plugins, from --plugin-dir or the
+    // environment.
+    let listed = ok(graft(&["plugin", "list", "--plugin-dir", plugins.to_str().unwrap()]));
+    for needle in ["lora", "routing", "built-in", "add-vector", "graft_plugin.h 1.0", "libadd_vector"] {
+        assert!(listed.contains(needle), "list lacks `{needle}`:\n{listed}");
+    }
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_graft")).args(["plugin", "list"]).env("GRAFT_PLUGIN_DIR", &plugins).output();
+    let from_env = ok(o.unwrap());
+    assert!(from_env.contains("add-vector") && from_env.contains(" c "), "{from_env}");
+    let bare = ok(Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["plugin", "list"])
+        .env_remove("GRAFT_PLUGIN_DIR")
+        .output()
+        .unwrap());
+    assert!(!bare.contains("add-vector") && bare.contains("no plugin directory"), "{bare}");
+
+    // `run` with a plugin kind: --plugin, or the directory in the environment.
+    let model = dir.join("m.graft");
+    let onnx = fixtures().join("model.onnx");
+    ok(graft(&["convert", onnx.to_str().unwrap(), "-o", model.to_str().unwrap(), "--weights", "f32"]));
+    let vector = dir.join("plus.txt");
+    std::fs::write(&vector, "top.fc3\n0.25\n").unwrap();
+    let base_out = dir.join("base");
+    let args = run_args(model.to_str().unwrap(), base_out.to_str().unwrap());
+    ok(graft(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let base = f32s(&base_out.join("logit.npy"));
+    let adapter = format!("plus:add-vector={}", vector.display());
+    for via_env in [false, true] {
+        let out = dir.join(format!("plus-{via_env}"));
+        let mut args = run_args(model.to_str().unwrap(), out.to_str().unwrap());
+        args.extend(["--adapter".into(), adapter.clone()]);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+        if via_env {
+            cmd.env("GRAFT_PLUGIN_DIR", &plugins);
+        } else {
+            args.extend(["--plugin".into(), lib_arg.into()]);
+            cmd.env_remove("GRAFT_PLUGIN_DIR");
+        }
+        ok(cmd.args(&args).output().unwrap());
+        let got = f32s(&out.join("logit.npy"));
+        let want: Vec<u32> = base.iter().map(|b| (b + 0.25).to_bits()).collect();
+        assert_eq!(got.iter().map(|g| g.to_bits()).collect::<Vec<_>>(), want, "via_env {via_env}");
+    }
+    // Without the plugin the kind is unknown, and the error lists the known kinds.
+    let mut args = run_args(model.to_str().unwrap(), dir.join("none").to_str().unwrap());
+    args.extend(["--adapter".into(), adapter.clone()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_graft")).args(&args).env_remove("GRAFT_PLUGIN_DIR").output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("adapter kind `add-vector` is not available"));
+
+    // `adapter inspect` of a plugin kind's file, against the model.
+    let inspected = ok(graft(&[
+        "adapter",
+        "inspect",
+        vector.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--kind",
+        "add-vector",
+        "--plugin",
+        lib_arg,
+    ]));
+    for needle in ["kind add-vector", "top_fc3", "post", "plugin=", "adds 1 value(s)"] {
+        assert!(inspected.contains(needle), "inspect lacks `{needle}`:\n{inspected}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

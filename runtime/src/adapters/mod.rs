@@ -8,6 +8,12 @@
 //! once per (hook point, row group). The [`Registry`] publishes adapters with atomic
 //! snapshot swaps, so serving threads never wait for a load or a swap.
 //!
+//! Kinds come from three places behind one seam ([`AdapterKind`]): the built-in kinds,
+//! Rust plugin files (abi_stable root modules) and C plugin files (`graft_plugin.h`),
+//! loaded with [`Registry::load_plugin`], [`Kinds::load_plugin`] or a plugin directory
+//! ([`Kinds::load_dir`], [`Kinds::from_env`] with `GRAFT_PLUGIN_DIR`). See the registry
+//! docs for how plugin failures are contained.
+//!
 //! ```no_run
 //! use graft::adapters::{Registry, RowAdapters};
 //! use graft::{Model, Session, SessionOptions};
@@ -24,15 +30,20 @@
 //! # Ok::<(), graft::Error>(())
 //! ```
 
+mod c_kind;
 mod host;
 mod kinds;
 mod merge;
+mod plugin;
 mod registry;
 mod rows;
 
 pub use graft_plugin_abi as abi;
+
+/// The details of an [`Error::PluginFault`](crate::Error::PluginFault).
+pub use crate::error::PluginFault;
 pub use host::{HostModelView, ModuleMap, host_kernels, resolve_module};
-pub use kinds::{Kinds, inspect_path};
+pub use kinds::{AdapterKind, KindInfo, KindOrigin, Kinds, PLUGIN_DIR_ENV, PluginLoad, RustModule, inspect_path};
 pub use merge::{MergeReport, merge_to_file};
 pub use registry::{ADAPTER_METADATA_KEY, LoadedAdapter, Registry, Snapshot, Ticket, detect_kind};
 pub use rows::{Group, Member, RowAdapters};

@@ -6,19 +6,46 @@
 //! ends. Writers build a new snapshot beside the current one and publish it with one
 //! atomic store. Loading and validation happen before publication, outside any lock, so
 //! a bad adapter never replaces a good one and a slow load never delays a swap.
+//!
+//! # Plugins and containment
+//!
+//! [`Registry::load_plugin`] adds a kind from a shared-library file (a Rust
+//! `graft-plugin-abi` root module, or a C `graft_plugin.h` table); every refusal — not a
+//! shared library, no entry symbol, another interface version, a malformed table, a kind
+//! name already taken — is an [`Error::Plugin`] naming the file and the fix. Kinds are
+//! published like adapters (a new set swapped in atomically), and no lock is held while
+//! a kind's code runs.
+//!
+//! Adapters of plugin kinds are *checked*: after each successful hook call the executor
+//! scans what the hook wrote (the output rows of `linear_delta` and `post`, the state
+//! rows of `tap`) and, if it holds NaN or ±Inf although everything the hook read was
+//! finite, disables that adapter instance and fails the run with [`Error::PluginFault`]
+//! (plugin file, kind, adapter id, node, hook, row, column). A disabled instance is
+//! refused by [`RowAdapters`](super::RowAdapters) with [`Error::AdapterDisabled`]; load
+//! it again (or [`replace`](Registry::replace) it) to serve the id. Errors a plugin hook
+//! returns flow as for any kind ([`Error::Adapter`] with its code and field); the
+//! adapter stays enabled. The scan costs one pass over the rows a hook reads and writes,
+//! only for plugin adapters; built-in kinds are trusted and pay nothing.
+//!
+//! What the host cannot contain: a Rust plugin's panic is caught by the plugin's own
+//! guard (the interface's contract; the built-in kinds wrap every hook in
+//! `catch_unwind`) — a panic that escapes it reaches an `extern "C"` boundary, where
+//! Rust aborts the process. A C plugin that crashes, corrupts memory or never returns
+//! takes the process with it. Plugin code stays mapped for the life of the process;
+//! replacing an adapter replaces its instance, never the code.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
+use abi_stable::std_types::RStr;
 use arc_swap::ArcSwap;
 use graft_plugin_abi::{AdapterBox, AdapterInfo, HookKind, LoadRequest, ModelView_TO, PluginError, Target};
 
 use super::host::{HostModelView, ModuleMap};
-use super::kinds::Kinds;
-use crate::error::{Error, Result};
+use super::kinds::{KindInfo, KindOrigin, Kinds};
+use crate::error::{Error, PluginFault, Result};
 use crate::graph::{InputKind, Op};
 use crate::model::Model;
 
@@ -49,6 +76,10 @@ pub struct LoadedAdapter {
     state_floats: usize,
     info: AdapterInfo,
     model: Model,
+    /// Where the kind's code comes from; plugin adapters' output is checked.
+    origin: KindOrigin,
+    /// The fault that disabled the adapter, once one did (a non-finite output).
+    disabled: OnceLock<PluginFault>,
 }
 
 impl core::fmt::Debug for LoadedAdapter {
@@ -58,6 +89,8 @@ impl core::fmt::Debug for LoadedAdapter {
             .field("kind", &self.kind)
             .field("version", &self.version)
             .field("targets", &self.targets.len())
+            .field("origin", &self.origin)
+            .field("disabled", &self.disabled.get())
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +153,54 @@ impl LoadedAdapter {
         self.object.save_state(RStr::from_str(path)).into_result().map_err(|e| self.hook_error(e))
     }
 
+    /// Where the adapter's kind comes from.
+    pub fn origin(&self) -> &KindOrigin {
+        &self.origin
+    }
+
+    /// The fault that disabled this instance, if one did (see the module docs).
+    pub fn disabled(&self) -> Option<&PluginFault> {
+        self.disabled.get()
+    }
+
+    /// Refuses a disabled instance with [`Error::AdapterDisabled`].
+    pub(crate) fn check_enabled(&self) -> Result<()> {
+        match self.disabled() {
+            None => Ok(()),
+            Some(fault) => {
+                Err(Error::AdapterDisabled { id: self.id.clone(), kind: self.kind.clone(), reason: fault.to_string() })
+            }
+        }
+    }
+
+    /// Whether the executor checks this adapter's hook output (plugin kinds).
+    pub(crate) fn is_checked(&self) -> bool {
+        self.origin.is_plugin()
+    }
+
+    /// Disables the instance after a hook wrote `value` at `(row, col)` of its output at
+    /// `node` from finite inputs, and returns the run's error. The first fault sticks:
+    /// threads that find one concurrently all report it.
+    pub(crate) fn fault(&self, node: &str, hook: HookKind, row: usize, col: usize, value: f32) -> Error {
+        let hook = match hook {
+            HookKind::LinearDelta => "linear_delta",
+            HookKind::Tap => "tap",
+            HookKind::Post => "post",
+        };
+        let plugin = self.origin.path().map_or_else(|| "(built in)".to_string(), |p| p.display().to_string());
+        let fault = self.disabled.get_or_init(|| PluginFault {
+            plugin,
+            kind: self.kind.clone(),
+            id: self.id.clone(),
+            node: node.into(),
+            hook,
+            row,
+            col,
+            value,
+        });
+        Error::PluginFault(Box::new(fault.clone()))
+    }
+
     /// The adapter object, for the executor.
     pub(crate) fn object(&self) -> &AdapterBox {
         &self.object
@@ -130,9 +211,14 @@ impl LoadedAdapter {
         &self.model
     }
 
-    /// Converts an error returned by this adapter's hooks.
+    /// Converts an error returned by this adapter's hooks; for a kind loaded from a file
+    /// the detail names the plugin file.
     pub(crate) fn hook_error(&self, e: PluginError) -> Error {
-        plugin_error(&self.id, &self.kind, e)
+        let mut e = plugin_error(&self.id, &self.kind, e);
+        if let (Some(path), Error::Adapter { detail, .. }) = (self.origin.path(), &mut e) {
+            *detail = format!("{detail} (plugin {})", path.display());
+        }
+        e
     }
 }
 
@@ -286,7 +372,8 @@ impl Snapshot {
 /// and the thread that swaps adapters.
 pub struct Registry {
     model: Model,
-    kinds: Kinds,
+    /// Swapped, like adapters, when a plugin adds a kind; readers never wait.
+    kinds: ArcSwap<Kinds>,
     modules: ModuleMap,
     current: ArcSwap<Snapshot>,
     /// Serializes writers (readers never take it).
@@ -295,7 +382,10 @@ pub struct Registry {
 
 impl core::fmt::Debug for Registry {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Registry").field("kinds", &self.kinds).field("adapters", &self.snapshot().ids()).finish()
+        f.debug_struct("Registry")
+            .field("kinds", &**self.kinds.load())
+            .field("adapters", &self.snapshot().ids())
+            .finish()
     }
 }
 
@@ -314,7 +404,7 @@ impl Registry {
     pub fn with_kinds(model: &Model, kinds: Kinds) -> Registry {
         Registry {
             model: model.clone(),
-            kinds,
+            kinds: ArcSwap::from_pointee(kinds),
             modules: ModuleMap::new(),
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
@@ -331,9 +421,22 @@ impl Registry {
         &self.model
     }
 
-    /// The kinds this registry can load.
-    pub fn kinds(&self) -> &Kinds {
-        &self.kinds
+    /// The kinds this registry can load (a snapshot: a later plugin load does not
+    /// change it).
+    pub fn kinds(&self) -> Arc<Kinds> {
+        self.kinds.load_full()
+    }
+
+    /// Loads the plugin at `path` (see [`Kinds::load_plugin`]) and makes its kind
+    /// available to later loads. Refuses a kind whose name is already taken.
+    pub fn load_plugin(&self, path: impl AsRef<std::path::Path>) -> Result<KindInfo> {
+        // Opening the library runs its code: do it before taking the writer lock.
+        let kind = super::plugin::open(path.as_ref())?;
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kinds = Kinds::clone(&self.kinds.load());
+        let info = kinds.add(kind)?;
+        self.kinds.store(Arc::new(kinds));
+        Ok(info)
     }
 
     /// The current snapshot; hold it for as long as a consistent view is needed.
@@ -345,13 +448,14 @@ impl Registry {
     /// validates it against the model. Nothing is published: pass the result to
     /// [`insert`](Self::insert) or [`replace`](Self::replace).
     pub fn load(&self, kind: &str, id: &str, source: &str, options: &str) -> Result<Arc<LoadedAdapter>> {
-        let module = self.kinds.require(kind)?;
+        // A clone of the kind: no lock is held while its code runs.
+        let module = self.kinds.load().require(kind)?;
         let view = HostModelView::new(&self.model, &self.modules);
         let request =
             LoadRequest { id: RStr::from_str(id), source: RStr::from_str(source), options: RStr::from_str(options) };
-        match (module.load())(request, ModelView_TO::from_ptr(&view, TD_Opaque)) {
-            RResult::ROk(object) => self.adopt(id, kind, object),
-            RResult::RErr(e) => Err(plugin_error(id, kind, e)),
+        match module.load(request, ModelView_TO::from_ptr(&view, TD_Opaque)) {
+            Ok(object) => self.adopt_from(id, kind, object, module.origin()),
+            Err(e) => Err(plugin_error(id, kind, e)),
         }
     }
 
@@ -377,8 +481,15 @@ impl Registry {
     }
 
     /// Wraps an adapter object a kind produced (e.g. from bytes rather than files),
-    /// checking that its targets exist in this model and fit their hooks.
+    /// checking that its targets exist in this model and fit their hooks. The adapter's
+    /// output is checked (see the module docs) when `kind` names a plugin kind of this
+    /// registry.
     pub fn adopt(&self, id: &str, kind: &str, object: AdapterBox) -> Result<Arc<LoadedAdapter>> {
+        let origin = self.kinds.load().get(kind).map_or(KindOrigin::BuiltIn, |k| k.origin());
+        self.adopt_from(id, kind, object, origin)
+    }
+
+    fn adopt_from(&self, id: &str, kind: &str, object: AdapterBox, origin: KindOrigin) -> Result<Arc<LoadedAdapter>> {
         let g = self.model.graph();
         let targets: Vec<Target> = object.targets().into_iter().collect();
         let info = object.info();
@@ -430,6 +541,8 @@ impl Registry {
             state_floats,
             info,
             model: self.model.clone(),
+            origin,
+            disabled: OnceLock::new(),
         }))
     }
 

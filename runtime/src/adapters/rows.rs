@@ -7,6 +7,8 @@
 //!
 //! Ids are resolved against one registry snapshot when rows are added, so an unknown id
 //! fails here, before anything runs, and a swap published later cannot change the batch.
+//! An adapter instance disabled after a fault (see the registry docs) is refused here,
+//! and again when a run starts with an assignment made before the fault.
 //! All bookkeeping (groups, the nodes any set touches) is built here too, so `run_with`
 //! itself allocates nothing.
 
@@ -180,6 +182,7 @@ impl RowAdapters {
                 if !adapter.model().same_as(&self.model) {
                     return Err(Error::AdapterModel { id: id.into() });
                 }
+                adapter.check_enabled()?;
                 Ok(Member { adapter, scale })
             })
             .collect()
@@ -203,6 +206,10 @@ impl RowAdapters {
         }
         if !self.uniform && self.rows != rows {
             return Err(Error::RowAdapters { detail: format!("{} rows assigned for a batch of {rows}", self.rows) });
+        }
+        // An adapter disabled after this assignment was made (a fault in an earlier run).
+        for member in self.groups.iter().flat_map(|g| &g.members) {
+            member.adapter.check_enabled()?;
         }
         Ok(())
     }

@@ -384,6 +384,10 @@ impl Exec<'_, '_> {
                     let state_ptr = unsafe { state.0.add(mrun.state + part.start * floats) };
                     let scratch = RSliceMut::from_mut_slice(&mut *hook_scratch);
                     let object = member.adapter.object();
+                    // Plugin adapters are checked: were the rows a hook updates in place
+                    // finite before it ran (a NaN it merely propagates is not its fault)?
+                    let checked = member.adapter.is_checked();
+                    let y_was_finite = checked && hook != HookKind::Tap && first_non_finite(&yv.as_view()).is_none();
                     let result = match hook {
                         HookKind::LinearDelta => object.linear_delta(LinearDelta {
                             target,
@@ -424,6 +428,28 @@ impl Exec<'_, '_> {
                         slot.get_or_insert(member.adapter.hook_error(e));
                         return;
                     }
+                    if checked {
+                        // SAFETY: as for the call above; the hook has returned, so these
+                        // state rows are only read.
+                        let state = unsafe { MatView::from_raw_parts(state_ptr, len, floats, floats) };
+                        let written = match hook {
+                            HookKind::Tap => first_non_finite(&state),
+                            _ => first_non_finite(&yv.as_view()).filter(|_| y_was_finite),
+                        };
+                        // What the hook read: x, and for non-taps the state its taps left.
+                        let inputs_finite = || {
+                            first_non_finite(&xv).is_none()
+                                && (hook == HookKind::Tap || first_non_finite(&state).is_none())
+                        };
+                        if let Some((i, col, value)) = written
+                            && inputs_finite()
+                        {
+                            let node = slot_name(self.model.graph(), slot);
+                            let error = member.adapter.fault(&node, hook, row_of(i), col, value);
+                            failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(error);
+                            return;
+                        }
+                    }
                 }
                 if let (Some((ptr, stride, w)), true) = (y_at, gathered) {
                     for i in 0..len {
@@ -443,6 +469,28 @@ impl Exec<'_, '_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The first NaN or ±Inf of `m`, as (row, column, value). Rows are screened with a
+/// branch-free exponent test (vectorizable) before any is searched.
+fn first_non_finite(m: &MatView<'_>) -> Option<(usize, usize, f32)> {
+    const EXPONENT: u32 = 0x7f80_0000;
+    (0..m.rows()).find_map(|r| {
+        let row = m.row(r);
+        let any = row.iter().fold(false, |acc, v| acc | (v.to_bits() & EXPONENT == EXPONENT));
+        if !any {
+            return None;
+        }
+        row.iter().position(|v| !v.is_finite()).map(|c| (r, c, row[c]))
+    })
+}
+
+/// The name of a hook slot: a node, or a dense graph input.
+fn slot_name(g: &Graph, slot: usize) -> String {
+    match g.nodes.get(slot) {
+        Some(node) => node.name.clone(),
+        None => g.inputs.get(slot - g.nodes.len()).map_or_else(|| format!("slot {slot}"), |i| i.name.clone()),
     }
 }
 
