@@ -9,7 +9,7 @@
 static_assert(std::is_standard_layout<graft_plugin>::value, "graft_plugin is a C struct");
 static_assert(std::is_trivially_copyable<graft_hook_call>::value, "graft_hook_call is a C struct");
 static_assert(offsetof(graft_plugin, abi_major) == 0, "the version header comes first");
-static_assert(sizeof(graft_plugin_error) == 512, "128-byte field + 384-byte message");
+static_assert(sizeof(graft_plugin_error) == 516, "a 4-byte code, a 128-byte field and a 384-byte message");
 
 namespace {
 
