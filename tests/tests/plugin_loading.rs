@@ -293,7 +293,8 @@ fn adapter_errors_from_c_plugins_are_typed_and_leave_the_host_serving() -> TestR
     match session.run_with(&batch.inputs(), &mixed) {
         Err(Error::Adapter { id, kind, code, field, detail }) => {
             assert_eq!((id.as_str(), kind.as_str(), code, field.as_str()), ("bad", "post-error", "tensor", "values"));
-            assert_eq!(detail, "post refuses to run");
+            let plugin = lib(plugins, "posterr").canonicalize()?;
+            assert_eq!(detail, format!("post refuses to run (plugin {})", plugin.display()));
         }
         other => return Err(format!("expected a post error, got {:?}", other.map(|_| ())).into()),
     }
