@@ -15,12 +15,23 @@
 //! that a third-party kind could not take.
 //!
 //! Nothing here depends on the runtime; the runtime and every kind depend on this crate.
+//!
+//! ## Writing a kind
+//! A kind implements [`Adapter`] for its adapter type, writes a loader
+//! `fn(&LoadRequest<'_>, &ModelViewRef<'_>) -> Result<A, PluginError>`, and declares its
+//! root module with [`adapter_kind_module!`]. Every hook body runs inside [`guard`], so a
+//! bug in the kind is an [`ErrorCode::INTERNAL`] error instead of an unwind across the
+//! boundary. The `testing` feature (for `[dev-dependencies]`) adds [`testing`]: a fake
+//! model, reference host kernels and assertions for testing a kind without a host.
 
 #![warn(missing_docs)]
 // `#[sabi_trait]` expands to impls inside a const block (abi_stable 0.11).
 #![allow(non_local_definitions)]
 
 mod error;
+mod kind;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod view;
 
 use abi_stable::library::RootModule;
@@ -30,6 +41,7 @@ use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings
 
 pub use abi_stable;
 pub use error::{ErrorCode, PluginError};
+pub use kind::{guard, guard_load, guard_with, into_adapter_box};
 
 pub use view::{ElemFormat, KernelStatus, MatView, MatViewMut, WeightView};
 

@@ -6,6 +6,8 @@ use core::marker::PhantomData;
 
 use abi_stable::StableAbi;
 
+use crate::{ErrorCode, PluginError};
+
 /// A read-only `rows × cols` f32 matrix whose row `i` starts at `ptr + i · stride`.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
@@ -303,5 +305,15 @@ impl KernelStatus {
     /// Whether the call succeeded.
     pub fn is_ok(self) -> bool {
         self == KernelStatus::OK
+    }
+
+    /// `Ok` for [`OK`](Self::OK), else an [`ErrorCode::KERNEL`] error about `field` saying
+    /// that the kernel refused `what` (the product, such as `x·Aᵀ`).
+    pub fn check(self, field: &str, what: impl core::fmt::Display) -> Result<(), PluginError> {
+        if self.is_ok() {
+            Ok(())
+        } else {
+            Err(PluginError::new(ErrorCode::KERNEL, field, format!("host kernel refused {what}: status {}", self.0)))
+        }
     }
 }

@@ -10,15 +10,15 @@
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use abi_stable::std_types::{RResult, RSliceMut, RStr, RString, RVec};
 use graft_plugin_abi::{
     Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError, Post, Tap, Target,
-    TargetInfo, WeightView,
+    TargetInfo, WeightView, guard,
 };
 
+use crate::KIND;
 use crate::config::{Config, Units};
 use crate::file::config_notes;
 use crate::pending::Pending;
@@ -112,18 +112,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays usable after a panic elsewhere (counters and buffers; a
     // half-applied insert only skews one sample), so poisoning is not propagated.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            what,
-            "the error-memory kind panicked (a bug); the call was abandoned",
-        )),
-    }
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -482,15 +470,15 @@ impl Adapter for ErrorMemory {
     }
 
     fn tap(&self, call: Tap<'_>) -> RResult<(), PluginError> {
-        guard("tap", || self.tap_rows(call))
+        guard(KIND, "tap", || self.tap_rows(call))
     }
 
     fn post(&self, call: Post<'_>) -> RResult<(), PluginError> {
-        guard("post", || self.post_rows(call))
+        guard(KIND, "post", || self.post_rows(call))
     }
 
     fn feedback(&self, ticket: u64, label: f32) -> RResult<(), PluginError> {
-        let r = guard("feedback", || self.feedback_one(ticket, label));
+        let r = guard(KIND, "feedback", || self.feedback_one(ticket, label));
         if r.is_err() {
             self.counters.feedback_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -498,6 +486,6 @@ impl Adapter for ErrorMemory {
     }
 
     fn save_state(&self, path: RStr<'_>) -> RResult<(), PluginError> {
-        guard("save_state", || self.save(path.as_str()))
+        guard(KIND, "save_state", || self.save(path.as_str()))
     }
 }

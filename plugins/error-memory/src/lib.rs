@@ -147,17 +147,6 @@ mod projections;
 mod sketch;
 mod state;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
-
-use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
-use graft_plugin_abi::{
-    ABI_VERSION, Adapter_TO, AdapterBox, AdapterKindMod, AdapterKindModRef, ErrorCode, LoadRequest, ModelViewRef,
-    PluginError,
-};
-
 pub use adapter::{COMPENSATE_TARGET, ErrorMemory, KEY_TARGET, Stats};
 pub use config::{CONFIG_KEYS, Config, Estimate, FORMAT_VERSION, MAX_BITS, MAX_RING, MAX_TABLES, Units};
 pub use file::{CONFIG_METADATA_KEY, MAX_FILE_BYTES, inspect_file, save};
@@ -169,31 +158,4 @@ pub use state::{Fnv1a, STATE_FORMAT_VERSION, STATE_METADATA_KEY};
 /// The kind's name.
 pub const KIND: &str = "error-memory";
 
-extern "C" fn kind() -> RStr<'static> {
-    RStr::from_str(KIND)
-}
-
-extern "C" fn load(request: LoadRequest<'_>, model: ModelViewRef<'_>) -> RResult<AdapterBox, PluginError> {
-    match catch_unwind(AssertUnwindSafe(|| load_file(&request, &model))) {
-        Ok(Ok(adapter)) => RResult::ROk(Adapter_TO::from_value(adapter, TD_Opaque)),
-        Ok(Err(e)) => RResult::RErr(e),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            request.source.as_str(),
-            "the error-memory kind panicked while loading (a bug); nothing was loaded",
-        )),
-    }
-}
-
-/// The `error-memory` kind's root module (built once, then shared).
-pub fn module() -> AdapterKindModRef {
-    static MODULE: OnceLock<AdapterKindModRef> = OnceLock::new();
-    *MODULE.get_or_init(|| AdapterKindMod { abi_version: ABI_VERSION, kind, load }.leak_into_prefix())
-}
-
-/// The exported root module of the `plugin` build.
-#[cfg(feature = "plugin")]
-#[abi_stable::export_root_module]
-pub fn graft_adapter_kind_root() -> AdapterKindModRef {
-    module()
-}
+graft_plugin_abi::adapter_kind_module!(kind = KIND, load = load_file);

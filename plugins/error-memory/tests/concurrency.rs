@@ -23,7 +23,7 @@ fn hammer(estimate: Estimate) {
     c.estimate = estimate;
     c.decay = 0.7; // renormalizations during the run
     c.exact_capacity = 64;
-    let a = build(&dir, "c.safetensors", &FakeModel::new(D), &c, &[], "").unwrap();
+    let a = build(&dir, "c.safetensors", &memory_model(D), &c, &[], "").unwrap();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::channel::<Vec<u64>>()).unzip();
 
     let answered: Vec<Vec<u64>> = std::thread::scope(|s| {
@@ -108,7 +108,7 @@ fn concurrent_save_while_learning() {
     let mut c = Config::new("h", "p");
     c.tables = 2;
     c.bits = 4;
-    let a = build(&dir, "c.safetensors", &FakeModel::new(D), &c, &[], "").unwrap();
+    let a = build(&dir, "c.safetensors", &memory_model(D), &c, &[], "").unwrap();
     let path = dir.file("s.state");
     std::thread::scope(|s| {
         let a = &a;
@@ -129,6 +129,6 @@ fn concurrent_save_while_learning() {
     });
     // Whatever snapshot landed last is a valid state.
     let b =
-        load(&FakeModel::new(D), &dir.file("c.safetensors"), &serde_json::json!({"state": path}).to_string()).unwrap();
+        load(&memory_model(D), &dir.file("c.safetensors"), &serde_json::json!({"state": path}).to_string()).unwrap();
     assert!(b.stats().inserts <= 300);
 }

@@ -83,7 +83,7 @@ fn run(estimate: Estimate, rho: f64, inserts: usize) {
     c.decay = rho;
     c.estimate = estimate;
     c.projections = Some("R".into());
-    let a = build(&dir, "d.safetensors", &FakeModel::new(D), &c, &[("R", vec![L * P, D], &r)], "").unwrap();
+    let a = build(&dir, "d.safetensors", &memory_model(D), &c, &[("R", vec![L * P, D], &r)], "").unwrap();
     let mut naive = Naive { s: vec![0.0; L * B], c: vec![0.0; L * B], k: vec![0.0; L * B * D] };
     let queries: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(D)).collect();
     for step in 0..inserts {
@@ -143,7 +143,7 @@ fn renormalizations_happen() {
     c.tables = 1;
     c.bits = 1;
     c.decay = 0.5;
-    let a = build(&dir, "r.safetensors", &FakeModel::new(1), &c, &[], "").unwrap();
+    let a = build(&dir, "r.safetensors", &memory_model(1), &c, &[], "").unwrap();
     for i in 0..100 {
         learn(&a, &[1.0], 0.5, if i % 2 == 0 { 1.0 } else { 0.0 });
     }

@@ -23,7 +23,7 @@ fn example_config() -> Config {
 }
 
 fn example(dir: &TempDir, name: &str, c: &Config) -> ErrorMemory {
-    let a = build(dir, name, &FakeModel::new(2), c, &[("R", vec![2, 2], &R)], "").unwrap();
+    let a = build(dir, name, &memory_model(2), c, &[("R", vec![2, 2], &R)], "").unwrap();
     for (h, y, y_hat) in SAMPLES {
         learn(&a, &h, y_hat, y);
     }
@@ -109,7 +109,7 @@ fn empty_memory_leaves_output_untouched() {
             let mut c = example_config();
             c.output_is = output_is;
             c.space = space;
-            let a = build(&dir, "e.safetensors", &FakeModel::new(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
+            let a = build(&dir, "e.safetensors", &memory_model(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
             for v in [0.0f32, 0.3, 1.0] {
                 let v = if output_is == Units::Logit { v * 40.0 - 20.0 } else { v };
                 assert_eq!(serve(&a, &[1.0, 1.0], v, 1.0).0, v);
@@ -135,7 +135,7 @@ fn one_sample(dir: &TempDir, output_is: Units, space: Units, base: f32, label: f
     let mut c = example_config();
     c.output_is = output_is;
     c.space = space;
-    let a = build(dir, "l.safetensors", &FakeModel::new(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
+    let a = build(dir, "l.safetensors", &memory_model(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
     let (_, t) = serve(&a, &[1.0, 1.0], base, 1.0);
     a.feedback(t, label).into_result().unwrap();
     a
@@ -198,7 +198,7 @@ fn threshold_skips_small_errors() {
     let dir = TempDir::new("thr");
     let mut c = example_config();
     c.threshold = 0.35;
-    let a = build(&dir, "t.safetensors", &FakeModel::new(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
+    let a = build(&dir, "t.safetensors", &memory_model(2), &c, &[("R", vec![2, 2], &R)], "").unwrap();
     learn(&a, &[1.0, 1.0], 0.7, 1.0); // e = 0.3: answered, not stored
     learn(&a, &[1.0, 1.0], 0.6, 1.0); // e = 0.4: stored
     let s = a.stats();
@@ -226,7 +226,7 @@ fn seeded_projections_are_portable() {
     c.tables = 3;
     c.bits = 4;
     c.seed = 42;
-    let a = build(&dir, "s.safetensors", &FakeModel::new(5), &c, &[], "").unwrap();
+    let a = build(&dir, "s.safetensors", &memory_model(5), &c, &[], "").unwrap();
     let r = graft_plugin_error_memory::projections_from_seed(42, 3, 4, 5);
     assert_eq!(a.projections(), r.as_slice());
     let h = [0.3f32, -1.2, 0.5, 2.0, -0.1];

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use common::*;
 use graft_plugin_abi::abi_stable::std_types::{RSliceMut, RStr};
-use graft_plugin_abi::{Adapter, ErrorCode, LoadRequest, MatView, MatViewMut, NodeOp, PluginError, Post, Tap};
+use graft_plugin_abi::{Adapter, ErrorCode, LoadRequest, MatView, MatViewMut, PluginError, Post, Tap};
 use graft_plugin_error_memory::{CONFIG_METADATA_KEY, Config, ErrorMemory, Estimate, KIND};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -45,7 +45,7 @@ fn load_raw(
 }
 
 fn load_config(dir: &TempDir, config: &Value) -> Result<ErrorMemory, PluginError> {
-    load_raw(dir, Some(&config.to_string()), &[], "", &FakeModel::new(D))
+    load_raw(dir, Some(&config.to_string()), &[], "", &memory_model(D))
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -113,7 +113,7 @@ fn bad_config_values() {
     let meta = HashMap::from([(CONFIG_METADATA_KEY.to_owned(), small.to_string())]);
     safetensors::serialize_to_file(Vec::<(String, TensorView<'_>)>::new(), Some(meta), std::path::Path::new(&path))
         .unwrap();
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     assert!(load(&model, &path, "").is_ok());
     assert_err(load(&model, &path, r#"{"max_bytes": 1000}"#), ErrorCode::CONFIG, "max_bytes");
     assert!(load(&model, &path, r#"{"max_bytes": 1073741824}"#).is_ok());
@@ -122,7 +122,7 @@ fn bad_config_values() {
 #[test]
 fn bad_metadata() {
     let dir = TempDir::new("meta");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     // Not JSON, not an object, a repeated key.
     for bad in ["{not json", "[1, 2]", "\"x\"", r#"{"kind":"error-memory","kind":"error-memory"}"#] {
         assert_err(load_raw(&dir, Some(bad), &[], "", &model), ErrorCode::CONFIG, CONFIG_METADATA_KEY);
@@ -158,7 +158,7 @@ fn bad_metadata() {
 #[test]
 fn bad_files() {
     let dir = TempDir::new("files");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let good = dir.file("good.safetensors");
     graft_plugin_error_memory::save(&good, &Config::new("h", "p"), &[]).unwrap();
     let bytes = std::fs::read(&good).unwrap();
@@ -188,7 +188,7 @@ fn bad_files() {
 #[test]
 fn bad_projections() {
     let dir = TempDir::new("proj");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let cfg = with(json!({"projections": "R"})).to_string();
     let good = f32_bytes(&[1.0, 0.0, 0.0, 1.0]);
     load_raw(&dir, Some(&cfg), &[("R", Dtype::F32, vec![2, 2], good.clone())], "", &model).unwrap();
@@ -222,7 +222,7 @@ fn bad_projections() {
 #[test]
 fn bad_nodes() {
     let dir = TempDir::new("nodes");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let load_nodes = |key: &str, out: &str| {
         load_raw(&dir, Some(&with(json!({"key_node": key, "output_node": out})).to_string()), &[], "", &model)
     };
@@ -241,7 +241,7 @@ fn bad_nodes() {
     assert_eq!((t[0].node, t[1].node), (2, 2));
     // A zero-width key.
     let mut m = model.clone();
-    m.nodes.push(Node { name: "empty".into(), op: NodeOp::Other, width: 0 });
+    m.nodes.push(FakeNode::other("empty", 0));
     assert_err(
         load_raw(&dir, Some(&with(json!({"key_node": "empty"})).to_string()), &[], "", &m),
         ErrorCode::SHAPE,
@@ -253,7 +253,7 @@ fn memory(dir: &TempDir) -> ErrorMemory {
     let mut c = Config::new("h", "p");
     c.tables = 2;
     c.bits = 2;
-    build(dir, "m.safetensors", &FakeModel::new(D), &c, &[], "").unwrap()
+    build(dir, "m.safetensors", &memory_model(D), &c, &[], "").unwrap()
 }
 
 #[test]
@@ -331,7 +331,7 @@ fn bad_calls() {
 #[test]
 fn root_module_and_inspect() {
     let dir = TempDir::new("root");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let m = graft_plugin_error_memory::module();
     assert_eq!((m.kind())().as_str(), KIND);
     assert_eq!(m.abi_version(), graft_plugin_abi::ABI_VERSION);

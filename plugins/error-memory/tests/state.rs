@@ -41,7 +41,7 @@ fn options(path: &str) -> String {
 fn restore_reproduces_estimates() {
     for estimate in [Estimate::Pooled, Estimate::TopK, Estimate::Exact] {
         let dir = TempDir::new("restore");
-        let model = FakeModel::new(D);
+        let model = memory_model(D);
         let c = config(estimate);
         let a = build(&dir, "a.safetensors", &model, &c, &[], "").unwrap();
         let mut rng = Rng(77);
@@ -83,7 +83,7 @@ fn restore_reproduces_estimates() {
 #[test]
 fn saved_tensors_have_documented_shapes() {
     let dir = TempDir::new("shapes");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     for (estimate, names) in [
         (Estimate::Pooled, vec!["C", "S"]),
         (Estimate::TopK, vec!["C", "K", "S"]),
@@ -122,7 +122,7 @@ fn state_error(model: &FakeModel, adapter: &str, state: &str) -> PluginError {
 #[test]
 fn damaged_and_foreign_state_is_refused() {
     let dir = TempDir::new("damaged");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let a = build(&dir, "a.safetensors", &model, &config(Estimate::TopK), &[], "").unwrap();
     fill(&a, &mut Rng(9), 20);
     let state = dir.file("good.state");
@@ -177,7 +177,7 @@ fn damaged_and_foreign_state_is_refused() {
         assert!(e.message.contains("another configuration"), "{c:?}: {e}");
     }
     // Another key width.
-    let wide = FakeModel::new(D + 1);
+    let wide = memory_model(D + 1);
     let e = state_error(&wide, &adapter, &state);
     assert!(e.message.contains("another configuration"), "{e}");
 
@@ -193,7 +193,7 @@ fn damaged_and_foreign_state_is_refused() {
 #[test]
 fn save_errors_and_overwrite() {
     let dir = TempDir::new("save");
-    let model = FakeModel::new(D);
+    let model = memory_model(D);
     let a = build(&dir, "a.safetensors", &model, &config(Estimate::Pooled), &[], "").unwrap();
     fill(&a, &mut Rng(1), 3);
     // A directory that does not exist: an I/O error, nothing left behind.

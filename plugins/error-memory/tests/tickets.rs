@@ -13,7 +13,7 @@ fn memory(dir: &TempDir, pending: u32) -> ErrorMemory {
     c.tables = 2;
     c.bits = 2;
     c.pending = pending;
-    build(dir, "t.safetensors", &FakeModel::new(3), &c, &[], "").unwrap()
+    build(dir, "t.safetensors", &memory_model(3), &c, &[], "").unwrap()
 }
 
 fn feedback(a: &ErrorMemory, ticket: u64, label: f32) -> Result<(), graft_plugin_abi::PluginError> {

@@ -6,14 +6,14 @@
 //! the adapter's stored format (f32, f16 or bf16 straight from the mapping).
 
 use core::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, KernelStatus, LinearDelta, MatView, MatViewMut,
-    PluginError, Target, TargetInfo, WeightView,
+    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, PluginError, Target,
+    TargetInfo, WeightView, guard,
 };
 
+use crate::KIND;
 use crate::dora::Dora;
 use crate::tensors::{Backing, Tensor};
 
@@ -71,22 +71,6 @@ fn bad_call(field: &str, message: impl Into<String>) -> PluginError {
 
 fn internal(field: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(ErrorCode::INTERNAL, field, message)
-}
-
-fn check(status: KernelStatus, field: &str, what: &str) -> Result<(), PluginError> {
-    if status.is_ok() {
-        Ok(())
-    } else {
-        Err(PluginError::new(ErrorCode::KERNEL, field, format!("host kernel refused {what}: status {}", status.0)))
-    }
-}
-
-/// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(internal(what, "the lora kind panicked (a bug); the call was abandoned")),
-    }
 }
 
 impl Module {
@@ -169,11 +153,11 @@ impl LoraAdapter {
         let c = m.scale * f64::from(call.scale);
         let cf = c as f32;
         let t = MatViewMut::new(t_buf, rows, r, r).ok_or_else(|| internal(field, "t view"))?;
-        check(linear(call.x, wa, cf, false, t, RSliceMut::from_mut_slice(kscratch)), field, "x·Aᵀ")?;
+        linear(call.x, wa, cf, false, t, RSliceMut::from_mut_slice(kscratch)).check(field, "x·Aᵀ")?;
         let t = MatView::new(t_buf, rows, r, r).ok_or_else(|| internal(field, "t view"))?;
 
         let Some(dora) = &m.dora else {
-            check(linear(t, wb, 1.0, true, call.y.reborrow(), RSliceMut::from_mut_slice(kscratch)), field, "t·Bᵀ")?;
+            linear(t, wb, 1.0, true, call.y.reborrow(), RSliceMut::from_mut_slice(kscratch)).check(field, "t·Bᵀ")?;
             if let Some(bias) = &m.bias {
                 for row in 0..rows {
                     for (y, &b) in call.y.row_mut(row).iter_mut().zip(bias) {
@@ -186,7 +170,7 @@ impl LoraAdapter {
 
         // DoRA: u = t·Bᵀ (+ c·b_B); y ← f ⊙ (y − b) + b + f ⊙ u.
         let u = MatViewMut::new(u_buf, rows, out, out).ok_or_else(|| internal(field, "u view"))?;
-        check(linear(t, wb, 1.0, false, u, RSliceMut::from_mut_slice(kscratch)), field, "t·Bᵀ")?;
+        linear(t, wb, 1.0, false, u, RSliceMut::from_mut_slice(kscratch)).check(field, "t·Bᵀ")?;
         let factors: &[f32] = if call.scale == 1.0 {
             &dora.factor_at_one
         } else {
@@ -290,10 +274,10 @@ impl Adapter for LoraAdapter {
     }
 
     fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        guard("linear_delta", || self.delta(call))
+        guard(KIND, "linear_delta", || self.delta(call))
     }
 
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        guard("merge", || self.merge_into(target, weight, bias))
+        guard(KIND, "merge", || self.merge_into(target, weight, bias))
     }
 }

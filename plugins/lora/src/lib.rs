@@ -68,17 +68,6 @@ mod inspect;
 mod load;
 mod tensors;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
-
-use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
-use graft_plugin_abi::{
-    ABI_VERSION, Adapter_TO, AdapterBox, AdapterKindMod, AdapterKindModRef, ErrorCode, LoadRequest, ModelViewRef,
-    PluginError,
-};
-
 pub use adapter::LoraAdapter;
 pub use config::{MAX_CONFIG_BYTES, REJECTED_KEYS};
 pub use inspect::inspect_dir;
@@ -87,31 +76,4 @@ pub use load::{CONFIG_FILE, LEGACY_FILE, TENSOR_FILE, load_bytes, load_dir};
 /// The kind's name.
 pub const KIND: &str = "lora";
 
-extern "C" fn kind() -> RStr<'static> {
-    RStr::from_str(KIND)
-}
-
-extern "C" fn load(request: LoadRequest<'_>, model: ModelViewRef<'_>) -> RResult<AdapterBox, PluginError> {
-    match catch_unwind(AssertUnwindSafe(|| load_dir(&request, &model))) {
-        Ok(Ok(adapter)) => RResult::ROk(Adapter_TO::from_value(adapter, TD_Opaque)),
-        Ok(Err(e)) => RResult::RErr(e),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            request.source.as_str(),
-            "the lora kind panicked while loading (a bug); nothing was loaded",
-        )),
-    }
-}
-
-/// The `lora` kind's root module (built once, then shared).
-pub fn module() -> AdapterKindModRef {
-    static MODULE: OnceLock<AdapterKindModRef> = OnceLock::new();
-    *MODULE.get_or_init(|| AdapterKindMod { abi_version: ABI_VERSION, kind, load }.leak_into_prefix())
-}
-
-/// The exported root module of the `plugin` build.
-#[cfg(feature = "plugin")]
-#[abi_stable::export_root_module]
-pub fn graft_adapter_kind_root() -> AdapterKindModRef {
-    module()
-}
+graft_plugin_abi::adapter_kind_module!(kind = KIND, load = load_dir);

@@ -28,21 +28,21 @@ fn example(patch: serde_json::Value, tensors: &[RawTensor], options: &str) -> (F
 #[test]
 fn lora_rslora_and_scaling_override() {
     let (m, a) = example(json!({}), &example_tensors(), "");
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[17.5, 8.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[17.5, 8.5], 1e-5);
     assert_eq!(a.info().targets[0].scale, 2.0);
     assert_eq!(a.info().targets[0].variant.as_str(), "lora");
 
     let (m, a) = example(json!({"use_rslora": true}), &example_tensors(), "");
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[21.642136, 12.642136], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[21.642136, 12.642136], 1e-5);
     assert_eq!(a.info().targets[0].variant.as_str(), "rslora");
 
     // ALLoRA: the config extension, and the load option (which takes precedence).
     let (m, a) = example(json!({"scaling": 1.0}), &example_tensors(), "");
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
     let (m, a) = example(json!({}), &example_tensors(), r#"{"scaling": 1}"#);
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
     let (m, a) = example(json!({"scaling": 7.0}), &example_tensors(), r#"{"scaling": 1}"#);
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[12.5, 3.5], 1e-5);
 }
 
 #[test]
@@ -50,9 +50,9 @@ fn multiplier_equals_scaled_alpha() {
     let (m, a) = example(json!({}), &example_tensors(), "");
     let (_, half_alpha) = example(json!({"lora_alpha": 2}), &example_tensors(), "");
     let x = [1.0, 2.0, 3.0, -0.5, 0.25, 4.0];
-    assert_close(&forward(&a, 0, m.layer("fc"), &x, 0.5), &forward(&half_alpha, 0, m.layer("fc"), &x, 1.0), 1e-6);
+    assert_close(&forward(&a, 0, m.node("fc"), &x, 0.5), &forward(&half_alpha, 0, m.node("fc"), &x, 1.0), 1e-6);
     // Multiplier 0 leaves the base output untouched.
-    assert_close(&forward(&a, 0, m.layer("fc"), &x, 0.0), &m.layer("fc").forward(&x), 0.0);
+    assert_close(&forward(&a, 0, m.node("fc"), &x, 0.0), &m.node("fc").forward(&x), 0.0);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn merge_matches_the_example() {
     assert_close(&w, &[3.0, 4.0, 2.0, 4.0, 7.0, -3.0], 1e-6);
     assert_close(&b, &[0.5, -0.5], 0.0);
     // W'x + b equals the unmerged result.
-    let merged = Layer::linear("fc", 2, 3, w, Some(b));
+    let merged = FakeNode::linear("fc", 2, 3, w, Some(b));
     assert_close(&merged.forward(&EX_X), &[17.5, 8.5], 1e-5);
 }
 
@@ -72,19 +72,19 @@ fn merge_matches_the_example() {
 fn dora_forward_and_merge() {
     let (m, a) = example(json!({"use_dora": true}), &dora_tensors(), "");
     assert_eq!(a.info().targets[0].variant.as_str(), "dora");
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[16.284104, 9.962287], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[16.284104, 9.962287], 1e-5);
 
     let mut w = vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0];
     let mut b = vec![0.5, -0.5];
     a.merge(0, MatViewMut::new(&mut w, 2, 3, 3).unwrap(), RSliceMut::from_mut_slice(&mut b)).into_result().unwrap();
     assert_close(&w, &[2.785430, 3.713907, 1.856953, 4.649906, 8.137335, -3.487429], 1e-5);
     assert_close(&b, &[0.5, -0.5], 0.0);
-    let merged = Layer::linear("fc", 2, 3, w, Some(b));
+    let merged = FakeNode::linear("fc", 2, 3, w, Some(b));
     assert_close(&merged.forward(&EX_X), &[16.284104, 9.962287], 1e-5);
 }
 
 /// DoRA reference computed from scratch at effective scale `c`.
-fn dora_reference(layer: &Layer, x: &[f32], m: &[f64], c: f64) -> Vec<f32> {
+fn dora_reference(layer: &FakeNode, x: &[f32], m: &[f64], c: f64) -> Vec<f32> {
     let (inf, out) = (layer.in_features, layer.out_features);
     let (a, b) = (EX_A.map(f64::from), EX_B.map(f64::from));
     let ba = |o: usize, i: usize| (0..2).map(|k| b[o * 2 + k] * a[k * inf + i]).sum::<f64>();
@@ -107,7 +107,7 @@ fn dora_reference(layer: &Layer, x: &[f32], m: &[f64], c: f64) -> Vec<f32> {
 #[test]
 fn dora_multiplier_uses_the_exact_norm() {
     let (m, a) = example(json!({"use_dora": true}), &dora_tensors(), "");
-    let layer = m.layer("fc");
+    let layer = m.node("fc");
     let x = [1.0, 2.0, 3.0, -0.5, 0.25, 4.0];
     for mult in [1.0f32, 0.5, 0.0, 3.0, -1.0] {
         let got = forward(&a, 0, layer, &x, mult);
@@ -119,7 +119,7 @@ fn dora_multiplier_uses_the_exact_norm() {
 fn dora_stacks_on_an_earlier_adapter() {
     // y already holds base + another adapter's delta: PEFT rescales all of y − b.
     let (m, a) = example(json!({"use_dora": true}), &dora_tensors(), "");
-    let layer = m.layer("fc");
+    let layer = m.node("fc");
     let mut y = layer.forward(&EX_X);
     y[0] += 1.0;
     y[1] -= 2.0;
@@ -135,8 +135,8 @@ fn lora_bias_forward_and_merge() {
     t.push(f32_tensor("base_model.model.fc.lora_B.bias", &[2], &[1.0, -3.0]));
     let (m, a) = example(json!({"lora_bias": true}), &t, "");
     assert_eq!(a.info().targets[0].variant.as_str(), "lora+bias");
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[19.5, 2.5], 1e-5);
-    assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 0.5), &[13.5, 0.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[19.5, 2.5], 1e-5);
+    assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 0.5), &[13.5, 0.5], 1e-5);
     let mut w = vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0];
     let mut b = vec![0.5, -0.5];
     a.merge(0, MatViewMut::new(&mut w, 2, 3, 3).unwrap(), RSliceMut::from_mut_slice(&mut b)).into_result().unwrap();
@@ -157,7 +157,7 @@ fn half_precision_tensors_are_used_in_place() {
             ("base_model.model.fc.lora_magnitude_vector".to_string(), dtype, vec![2], bytes(&[5.0, 10.0])),
         ];
         let (m, a) = example(json!({"use_dora": true}), &t, "");
-        assert_close(&forward(&a, 0, m.layer("fc"), &EX_X, 1.0), &[16.284104, 9.962287], 1e-5);
+        assert_close(&forward(&a, 0, m.node("fc"), &EX_X, 1.0), &[16.284104, 9.962287], 1e-5);
         assert_eq!(a.info().targets[0].bytes, 2 * (6 + 4 + 2));
     }
 }
@@ -182,7 +182,7 @@ fn misaligned_tensor_is_copied_and_counted() {
     let a = load_dir(&req, &model.view()).unwrap();
     assert_eq!(a.info().owned_bytes, 40);
     assert_eq!(a.info().mapped_bytes, 0);
-    assert_close(&forward(&a, 0, model.layer("fc"), &EX_X, 1.0), &[17.5, 8.5], 1e-5);
+    assert_close(&forward(&a, 0, model.node("fc"), &EX_X, 1.0), &[17.5, 8.5], 1e-5);
 
     // The aligned file is used in place.
     let a = load_from_dir(&model, &config(json!({})), &example_tensors(), "");
@@ -221,7 +221,7 @@ fn root_module_loads_through_the_abi() {
 #[test]
 fn bad_calls_are_errors() {
     let (m, a) = example(json!({"use_dora": true}), &dora_tensors(), "");
-    let layer = m.layer("fc");
+    let layer = m.node("fc");
     let mut y = layer.forward(&EX_X);
     assert_err(run(&a, 1, &EX_X, 3, &mut y, 2, None, 1.0), ErrorCode::BAD_CALL, "target");
     assert_err(run(&a, 0, &EX_X[..2], 2, &mut y[..1], 1, None, 1.0), ErrorCode::BAD_CALL, "fc");

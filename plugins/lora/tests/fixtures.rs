@@ -27,16 +27,16 @@ fn random_model() -> FakeModel {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     };
-    FakeModel {
-        layers: LINEARS
+    FakeModel::new(
+        LINEARS
             .iter()
             .map(|&(n, out, inf)| {
                 let w = (0..out * inf).map(|_| next()).collect();
                 let b = (0..out).map(|_| next()).collect();
-                Layer::linear(n, out, inf, w, Some(b))
+                FakeNode::linear(n, out, inf, w, Some(b))
             })
             .collect(),
-    }
+    )
 }
 
 /// The real dlrm_small base weights.
@@ -46,14 +46,14 @@ fn real_model() -> FakeModel {
     let read = |k: &str| -> Vec<f32> {
         st.tensor(k).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     };
-    FakeModel {
-        layers: LINEARS
+    FakeModel::new(
+        LINEARS
             .iter()
             .map(|&(n, out, inf)| {
-                Layer::linear(n, out, inf, read(&format!("{n}.weight")), Some(read(&format!("{n}.bias"))))
+                FakeNode::linear(n, out, inf, read(&format!("{n}.weight")), Some(read(&format!("{n}.bias"))))
             })
             .collect(),
-    }
+    )
 }
 
 fn load_fixture(name: &str, model: &FakeModel) -> LoraAdapter {
@@ -82,13 +82,13 @@ fn fixture_ranks_scales_variants() {
         }
         let targets = a.targets();
         for (t, m) in targets.iter().zip(modules) {
-            assert_eq!(model.layers[t.node as usize].name, *m);
+            assert_eq!(model.nodes[t.node as usize].name, *m);
         }
         assert!(info.notes.iter().any(|n| n.as_str() == "peft_version=0.21.2"), "{name}");
         assert!(info.mapped_bytes > 0);
         // The forward runs on every target.
         for (i, m) in modules.iter().enumerate() {
-            let layer = model.layer(m);
+            let layer = model.node(m);
             let x: Vec<f32> = (0..3 * layer.in_features).map(|k| (k as f32 * 0.37).sin()).collect();
             let y = forward(&a, i as u32, layer, &x, 1.0);
             assert!(y.iter().all(|v| v.is_finite()));
@@ -104,7 +104,7 @@ fn dora_c_factors_match_peft_with_the_real_base() {
     let bytes = std::fs::read(fixtures().join("dlrm_small_lora/debug_dora_c_norms.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for (i, m) in ["top_fc1", "top_fc2", "top_fc3"].iter().enumerate() {
-        let layer = model.layer(m);
+        let layer = model.node(m);
         let want: Vec<f32> = st
             .tensor(&format!("{m}.mag_over_norm"))
             .unwrap()

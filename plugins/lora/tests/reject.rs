@@ -229,7 +229,7 @@ fn non_finite_values() {
     let e = assert_err(load_ok(json!({}), &t), ErrorCode::NOT_FINITE, "base_model.model.fc.lora_A.weight");
     assert!(e.message.contains("index 1"), "{e}");
     // A DoRA row whose norm is zero.
-    let model = FakeModel { layers: vec![Layer::linear("fc", 2, 3, vec![0.0; 6], None)] };
+    let model = FakeModel::new(vec![FakeNode::linear("fc", 2, 3, vec![0.0; 6], None)]);
     let t = vec![
         f32_tensor("base_model.model.fc.lora_A.weight", &[2, 3], &EX_A),
         f32_tensor("base_model.model.fc.lora_B.weight", &[2, 2], &[0.0; 4]),
@@ -259,7 +259,7 @@ fn model_resolution() {
     ];
     assert_err(load_ok(json!({}), &t), ErrorCode::UNKNOWN_MODULE, "nope");
     let mut model = example_model();
-    model.layers[0].op = NodeOp::EmbeddingBag;
+    model.nodes[0].op = NodeOp::EmbeddingBag;
     assert_err(load(&model, &config(json!({})), &example_tensors(), ""), ErrorCode::UNSUPPORTED, "fc");
 }
 
@@ -312,12 +312,10 @@ fn hostile_safetensors() {
 #[test]
 fn rank_pattern_selects_module_rank_and_alpha() {
     // Two modules: fc (r=2 by pattern) and top_fc (r=1 by the first matching key).
-    let model = FakeModel {
-        layers: vec![
-            Layer::linear("fc", 2, 3, vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0], None),
-            Layer::linear("top_fc", 2, 3, vec![1.0; 6], None),
-        ],
-    };
+    let model = FakeModel::new(vec![
+        FakeNode::linear("fc", 2, 3, vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0], None),
+        FakeNode::linear("top_fc", 2, 3, vec![1.0; 6], None),
+    ]);
     let t = vec![
         f32_tensor("base_model.model.fc.lora_A.weight", &[2, 3], &EX_A),
         f32_tensor("base_model.model.fc.lora_B.weight", &[2, 2], &EX_B),

@@ -15,14 +15,14 @@
 //! probability mixture straight into the state.
 
 use core::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, KernelStatus, LinearDelta, MatView, MatViewMut, NodeOp,
-    PluginError, Post, Tap, Target, TargetInfo, WeightView,
+    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, NodeOp, PluginError,
+    Post, Tap, Target, TargetInfo, WeightView, guard,
 };
 
+use crate::KIND;
 use crate::config::{Config, Mode, OutputIs};
 use crate::route;
 
@@ -93,22 +93,6 @@ fn bad_call(field: &str, message: impl Into<String>) -> PluginError {
 
 fn internal(field: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(ErrorCode::INTERNAL, field, message)
-}
-
-fn check(status: KernelStatus, field: &str, what: impl fmt::Display) -> Result<(), PluginError> {
-    if status.is_ok() {
-        Ok(())
-    } else {
-        Err(PluginError::new(ErrorCode::KERNEL, field, format!("host kernel refused {what}: status {}", status.0)))
-    }
-}
-
-/// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(internal(what, "the routing kind panicked (a bug); the call was abandoned")),
-    }
 }
 
 /// Scratch floats reinterpreted as row indices and bucket bounds.
@@ -258,11 +242,8 @@ impl RoutingAdapter {
         }
         let scores = scores.get_mut(..rows * k).ok_or_else(|| internal(field, "score buffer too short"))?;
         let y = MatViewMut::new(scores, rows, k, k).ok_or_else(|| internal(field, "score view"))?;
-        check(
-            (kernels.linear())(x, w, 1.0, false, y, RSliceMut::from_mut_slice(kernel_scratch)),
-            field,
-            "the score GEMM",
-        )?;
+        (kernels.linear())(x, w, 1.0, false, y, RSliceMut::from_mut_slice(kernel_scratch))
+            .check(field, "the score GEMM")?;
         Ok(route::decide(x, &self.centers, bound, scores, kappa))
     }
 
@@ -310,7 +291,7 @@ impl RoutingAdapter {
             let y = MatViewMut::new(y_buf, n, layer.outputs, layer.outputs)
                 .ok_or_else(|| internal(field, "activation view"))?;
             let status = linear(x, w, 1.0, layer.bias.is_some(), y, RSliceMut::from_mut_slice(kernel_scratch));
-            check(status, field, format_args!("tower layer {l}"))?;
+            status.check(field, format_args!("tower layer {l}"))?;
             if l != last {
                 // ReLU that keeps NaN (as torch does): `f32::max` would turn it into 0.
                 for v in dst[..n * layer.outputs].iter_mut() {
@@ -590,10 +571,10 @@ impl Adapter for RoutingAdapter {
     }
 
     fn tap(&self, call: Tap<'_>) -> RResult<(), PluginError> {
-        guard("tap", || self.tap_rows(call))
+        guard(KIND, "tap", || self.tap_rows(call))
     }
 
     fn post(&self, call: Post<'_>) -> RResult<(), PluginError> {
-        guard("post", || self.post_rows(call))
+        guard(KIND, "post", || self.post_rows(call))
     }
 }

@@ -31,7 +31,7 @@ const X: [f32; 4] = [3.0, 1.0, 1.0, 2.0];
 
 #[test]
 fn bias_off_and_on() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let a = load(&model, &tiny(false).write("nobias"), "").unwrap();
     let r = run(&a, &X, 2, &[0.0, 0.0], 1.0, &[2]).unwrap();
     assert_eq!(r.y, [9.0, 1.0]);
@@ -46,7 +46,7 @@ fn bias_off_and_on() {
 
 #[test]
 fn multiplier_blends_in_node_units() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let a = load(&model, &tiny(true).write("m"), "").unwrap();
     let base = [4.0f32, -3.5];
     // m = 0: the base output, bit for bit (even a NaN base stays as it was).

@@ -44,7 +44,7 @@ fn only_cluster_zero(output_is: OutputIs) -> Synth {
 
 #[test]
 fn hard_prob_routes_to_cluster_one() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let s = example("prob", OutputIs::Prob, Mode::Hard);
     let a = load(&model, &s.write("hard-prob"), "").unwrap();
     // y0 is whatever the base model said; m = 1 replaces it.
@@ -56,7 +56,7 @@ fn hard_prob_routes_to_cluster_one() {
 
 #[test]
 fn hard_logit_is_z() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let s = example("head", OutputIs::Logit, Mode::Hard);
     let a = load(&model, &s.write("hard-logit"), "").unwrap();
     let r = run(&a, &X, 2, &[-3.0], 1.0, &[1]).unwrap();
@@ -66,7 +66,7 @@ fn hard_logit_is_z() {
 
 #[test]
 fn cluster_zero_check_value() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     // Through a K = 1 file holding cluster 0's tower.
     let a = load(&model, &only_cluster_zero(OutputIs::Prob).write("k1"), "").unwrap();
     let r = run(&a, &X, 2, &[0.0], 1.0, &[1]).unwrap();
@@ -83,7 +83,7 @@ fn cluster_zero_check_value() {
 
 #[test]
 fn soft_mixture() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let a = load(&model, &example("prob", OutputIs::Prob, Mode::Soft).write("soft"), "").unwrap();
     let r = run(&a, &X, 2, &[0.0], 1.0, &[1]).unwrap();
     assert!((r.y[0] - 0.466_536).abs() < 1e-6, "{r:?}");
@@ -96,7 +96,7 @@ fn soft_mixture() {
 
 #[test]
 fn through_the_root_module() {
-    let model = FakeModel::new(2, 1);
+    let model = routing_model(2, 1);
     let f = example("prob", OutputIs::Prob, Mode::Hard).write("abi");
     let m = module();
     assert_eq!((m.kind())().as_str(), KIND);

@@ -35,7 +35,7 @@ fn rows(seed: u64) -> Vec<f32> {
 }
 
 fn check(s: &Synth, tag: &str) {
-    let model = FakeModel::new(D, 1);
+    let model = routing_model(D, 1);
     let a = load(&model, &s.write(tag), "").unwrap();
     let x = rows(0x5eed_1234);
     let want: Vec<(Vec<f64>, usize)> = x.chunks_exact(D).map(|r| s.reference(r)).collect();
@@ -87,7 +87,7 @@ fn wider_output_and_one_cluster() {
         config.use_bias = true;
         let s = Synth::random(config, 99 + k as u64);
         let (d, out) = (dims[0], *dims.last().unwrap());
-        let model = FakeModel::new(d, out);
+        let model = routing_model(d, out);
         let a = load(&model, &s.write("wide"), "").unwrap();
         let mut rng = Rng(7);
         let x: Vec<f32> = (0..9 * d).map(|_| rng.uniform()).collect();
@@ -119,7 +119,7 @@ fn near_tie_centers_route_as_the_f64_reference() {
         });
     }
     s.set("centers", c.clone());
-    let model = FakeModel::new(d, 1);
+    let model = routing_model(d, 1);
     let a = load(&model, &s.write("near-tie"), "").unwrap();
     let mut rng = Rng(0xface);
     let rows = 60;

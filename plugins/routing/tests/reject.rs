@@ -19,7 +19,7 @@ fn good() -> Synth {
 }
 
 fn model() -> FakeModel {
-    FakeModel::new(D, 1)
+    routing_model(D, 1)
 }
 
 fn load_synth(s: &Synth) -> Result<RoutingAdapter, graft_plugin_abi::PluginError> {
@@ -240,8 +240,8 @@ fn model_errors() {
     let s = good();
     let f = s.write("model");
     // Node widths that contradict dims.
-    assert_err(load(&FakeModel::new(D + 1, 1), &f, ""), ErrorCode::SHAPE, "dims");
-    assert_err(load(&FakeModel::new(D, 2), &f, ""), ErrorCode::SHAPE, "dims");
+    assert_err(load(&routing_model(D + 1, 1), &f, ""), ErrorCode::SHAPE, "dims");
+    assert_err(load(&routing_model(D, 2), &f, ""), ErrorCode::SHAPE, "dims");
     // Unknown nodes: the host's error passes through.
     let mut s2 = s.clone();
     s2.config.output_node = "nope".into();
@@ -251,7 +251,7 @@ fn model_errors() {
     s3.config.output_node = "emb".into();
     s3.config.dims = vec![D, 5, D];
     let s3 = Synth::random(s3.config, 1);
-    assert_err(load(&FakeModel::new(D, 1), &s3.write("in-out"), ""), ErrorCode::UNSUPPORTED, "output_node");
+    assert_err(load(&routing_model(D, 1), &s3.write("in-out"), ""), ErrorCode::UNSUPPORTED, "output_node");
     let mut m = model();
     m.nodes[0].op = NodeOp::Other;
     load(&m, &f, "").unwrap();

@@ -14,15 +14,15 @@
 
 use core::fmt;
 use core::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, KernelStatus, LinearDelta, MatView, MatViewMut, NodeOp,
-    PluginError, Post, Tap, Target, TargetInfo, WeightView,
+    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, NodeOp, PluginError,
+    Post, Tap, Target, TargetInfo, WeightView, guard,
 };
 
+use crate::KIND;
 use crate::select::{certified_top_k, dot, normalize_into, top_k};
 
 /// One SSF site, resolved.
@@ -141,22 +141,6 @@ fn bad_call(field: &str, message: impl Into<String>) -> PluginError {
 
 fn internal(field: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(ErrorCode::INTERNAL, field, message)
-}
-
-fn check(status: KernelStatus, field: &str, what: &str) -> Result<(), PluginError> {
-    if status.is_ok() {
-        Ok(())
-    } else {
-        Err(PluginError::new(ErrorCode::KERNEL, field, format!("host kernel refused {what}: status {}", status.0)))
-    }
-}
-
-/// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(internal(what, "the ssf-pool kind panicked (a bug); the call was abandoned")),
-    }
 }
 
 /// `y ← γ' ⊙ y + β'` with `γ' = 1 + m(γ − 1)`, `β' = mβ`. At `m = 1` the stored γ and β are
@@ -336,7 +320,7 @@ impl SsfPoolAdapter {
         let keys = pool.key_matrix().ok_or_else(|| internal(field, "keys no longer match their shape"))?;
         let qv = MatView::new(queries, rows, d, d).ok_or_else(|| internal(field, "query view"))?;
         let sv = MatViewMut::new(sims, rows, p, p).ok_or_else(|| internal(field, "similarity view"))?;
-        check((call.kernels.linear())(qv, keys, 1.0, false, sv, RSliceMut::from_mut_slice(kscratch)), field, "Q̂·K̂ᵀ")?;
+        (call.kernels.linear())(qv, keys, 1.0, false, sv, RSliceMut::from_mut_slice(kscratch)).check(field, "Q̂·K̂ᵀ")?;
 
         let selection_start = self.state_floats - k;
         let mut fallbacks = 0u64;
@@ -478,7 +462,7 @@ impl SsfPoolAdapter {
             let w = head.weight_of(p).ok_or_else(|| internal(field, "head weight no longer matches its shape"))?;
             let xv = MatView::new(&x_rows[..n * inf], n, inf, inf).ok_or_else(|| internal(field, "x view"))?;
             let yv = MatViewMut::new(&mut y_rows[..n * out], n, out, out).ok_or_else(|| internal(field, "y view"))?;
-            check(linear(xv, w, alpha, false, yv, RSliceMut::from_mut_slice(kscratch)), field, "x·W_pᵀ")?;
+            linear(xv, w, alpha, false, yv, RSliceMut::from_mut_slice(kscratch)).check(field, "x·W_pᵀ")?;
             let bias = head.bias.as_ref().map(|b| &b[p * out..(p + 1) * out]);
             let mut j = 0;
             for i in 0..rows {
@@ -616,11 +600,11 @@ impl Adapter for SsfPoolAdapter {
     }
 
     fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        guard("linear_delta", || self.head_rows(call))
+        guard(KIND, "linear_delta", || self.head_rows(call))
     }
 
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        guard("merge", || self.merge_into(target, weight, bias))
+        guard(KIND, "merge", || self.merge_into(target, weight, bias))
     }
 
     fn state_floats(&self) -> usize {
@@ -628,10 +612,10 @@ impl Adapter for SsfPoolAdapter {
     }
 
     fn tap(&self, call: Tap<'_>) -> RResult<(), PluginError> {
-        guard("tap", || self.tap_rows(call))
+        guard(KIND, "tap", || self.tap_rows(call))
     }
 
     fn post(&self, call: Post<'_>) -> RResult<(), PluginError> {
-        guard("post", || self.post_rows(call))
+        guard(KIND, "post", || self.post_rows(call))
     }
 }

@@ -111,17 +111,6 @@ mod inspect;
 mod load;
 mod select;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
-
-use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr};
-use graft_plugin_abi::{
-    ABI_VERSION, Adapter_TO, AdapterBox, AdapterKindMod, AdapterKindModRef, ErrorCode, LoadRequest, ModelViewRef,
-    PluginError,
-};
-
 pub use adapter::SsfPoolAdapter;
 pub use config::{CONFIG_KIND, Config, DEFAULT_QUERY_EPS, FORMAT_VERSION, HeadConfig, PoolConfig, SiteConfig};
 pub use file::{CONFIG_KEY, save};
@@ -131,31 +120,4 @@ pub use load::{MAX_POOL_SIZE, load_bytes, load_file};
 /// The kind's name.
 pub const KIND: &str = "ssf-pool";
 
-extern "C" fn kind() -> RStr<'static> {
-    RStr::from_str(KIND)
-}
-
-extern "C" fn load(request: LoadRequest<'_>, model: ModelViewRef<'_>) -> RResult<AdapterBox, PluginError> {
-    match catch_unwind(AssertUnwindSafe(|| load_file(&request, &model))) {
-        Ok(Ok(adapter)) => RResult::ROk(Adapter_TO::from_value(adapter, TD_Opaque)),
-        Ok(Err(e)) => RResult::RErr(e),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            request.source.as_str(),
-            "the ssf-pool kind panicked while loading (a bug); nothing was loaded",
-        )),
-    }
-}
-
-/// The `ssf-pool` kind's root module (built once, then shared).
-pub fn module() -> AdapterKindModRef {
-    static MODULE: OnceLock<AdapterKindModRef> = OnceLock::new();
-    *MODULE.get_or_init(|| AdapterKindMod { abi_version: ABI_VERSION, kind, load }.leak_into_prefix())
-}
-
-/// The exported root module of the `plugin` build.
-#[cfg(feature = "plugin")]
-#[abi_stable::export_root_module]
-pub fn graft_adapter_kind_root() -> AdapterKindModRef {
-    module()
-}
+graft_plugin_abi::adapter_kind_module!(kind = KIND, load = load_file);

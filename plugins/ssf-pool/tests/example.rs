@@ -23,7 +23,11 @@ const HEAD_W: [f32; 24] = [
 const HEAD_B: [f32; 8] = [0.0, 0.0, 50.0, 50.0, 1.0, -1.0, -50.0, 50.0];
 
 fn model() -> FakeModel {
-    FakeModel::new(vec![Node::input("q", 2), Node::other("feat", 3), Node::linear("head", 2, 3, vec![0.0; 6], None)])
+    FakeModel::new(vec![
+        FakeNode::input("q", 2),
+        FakeNode::other("feat", 3),
+        FakeNode::linear("head", 2, 3, vec![0.0; 6], None),
+    ])
 }
 
 fn config() -> Config {

@@ -32,10 +32,16 @@ fn model() -> FakeModel {
     let bytes = std::fs::read(dir().join("weights.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let linear = |name: &str, key: &str, out: usize, inf: usize| {
-        Node::linear(name, out, inf, tensor(&st, &format!("{key}.weight")), Some(tensor(&st, &format!("{key}.bias"))))
+        FakeNode::linear(
+            name,
+            out,
+            inf,
+            tensor(&st, &format!("{key}.weight")),
+            Some(tensor(&st, &format!("{key}.bias"))),
+        )
     };
     FakeModel::new(vec![
-        Node::input("x", D),
+        FakeNode::input("x", D),
         linear("/fc1/Gemm", "fc1", C1, D),
         linear("/fc2/Gemm", "fc2", C2, C1),
         linear("/fc3/Gemm", "fc3", 1, C2),

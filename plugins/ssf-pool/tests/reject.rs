@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 /// The pool example: query `q` (2 wide), site `feat` (3), head `head` (3→2), P = 4.
 fn model() -> FakeModel {
     let mut m = FakeModel::new(vec![
-        Node::input("q", 2),
-        Node::other("feat", 3),
-        Node::linear("head", 2, 3, vec![0.0; 6], None),
-        Node::other("act", 2),
+        FakeNode::input("q", 2),
+        FakeNode::other("feat", 3),
+        FakeNode::linear("head", 2, 3, vec![0.0; 6], None),
+        FakeNode::other("act", 2),
     ]);
     m.aliases.insert("feat_alias".into(), "feat".into());
     m
@@ -168,7 +168,7 @@ fn bad_nodes() {
     );
     assert_err(load_with(&patched("/head/node", Some(json!("act"))), &tensors()), ErrorCode::UNSUPPORTED, "head.node");
     let mut m = model();
-    m.nodes[0] = Node::linear("q", 2, 3, vec![0.0; 6], None);
+    m.nodes[0] = FakeNode::linear("q", 2, 3, vec![0.0; 6], None);
     let c = patched("/head/node", Some(json!("q")));
     let r = load(&m, &file_bytes(Some(&c.to_string()), &tensors()), "");
     assert_err(r, ErrorCode::CONFIG, "head.node");

@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::*;
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::std_types::{RSliceMut, RStr};
-use graft_plugin_abi::{Adapter, HostKernels, HostKernelsRef, KernelStatus, MatView, MatViewMut, Tap, WeightView};
+use graft_plugin_abi::abi_stable::std_types::RSliceMut;
+use graft_plugin_abi::testing::kernels_fma8;
+use graft_plugin_abi::{Adapter, HostKernelsRef, MatView, MatViewMut, Tap};
 use graft_plugin_ssf_pool::{Config, PoolConfig, SiteConfig, SsfPoolAdapter, save};
 
 const D: usize = 1728;
@@ -41,7 +39,7 @@ impl Normal {
 }
 
 fn model() -> FakeModel {
-    FakeModel::new(vec![Node::input("q", D), Node::other("feat", C)])
+    FakeModel::new(vec![FakeNode::input("q", D), FakeNode::other("feat", C)])
 }
 
 /// A pool of random keys; entry `p`'s γ is `p`, its β `−p`, so the state shows the
@@ -82,47 +80,6 @@ fn reference_selection(q: &[f32], keys_hat: &[f32]) -> [usize; K] {
 
 fn normalized_keys(keys: &[f32]) -> Vec<f32> {
     keys.chunks_exact(D).flat_map(normalized).collect()
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("test-fma8")
-}
-
-extern "C" fn no_scratch(_w: WeightView<'_>, _rows: usize) -> usize {
-    0
-}
-
-/// A second kernel: 8 FMA lanes per dot, combined pairwise, like a SIMD kernel. Its sums
-/// differ from the common scalar kernel's in the last bits.
-extern "C" fn fma8_linear(
-    x: MatView<'_>,
-    w: WeightView<'_>,
-    alpha: f32,
-    accumulate: bool,
-    mut y: MatViewMut<'_>,
-    _scratch: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    let Some(wf) = w.as_f32() else { return KernelStatus::SHAPE_MISMATCH };
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
-        return KernelStatus::SHAPE_MISMATCH;
-    }
-    for i in 0..x.rows() {
-        for (j, wr) in wf.chunks_exact(w.cols()).enumerate() {
-            let mut lanes = [0f32; 8];
-            for (c, (a, b)) in x.row(i).iter().zip(wr).enumerate() {
-                lanes[c % 8] = a.mul_add(*b, lanes[c % 8]);
-            }
-            let dot = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-            let yr = y.row_mut(i);
-            yr[j] = if accumulate { yr[j] + alpha * dot } else { alpha * dot };
-        }
-    }
-    KernelStatus::OK
-}
-
-fn fma8_kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats: no_scratch, linear: fma8_linear }.leak_into_prefix())
 }
 
 /// The tap over `x` in calls of `chunk` rows through `kernels`; returns the state.
@@ -178,7 +135,7 @@ fn random_rows_select_the_reference_entries() {
 
     // Other summation orders and other call splits give the same bits (the host may split
     // a batch across threads; a machine may have another SIMD kernel).
-    for (chunk, k) in [(ROWS, fma8_kernels()), (1, kernels()), (7, fma8_kernels())] {
+    for (chunk, k) in [(ROWS, kernels_fma8()), (1, kernels()), (7, kernels_fma8())] {
         let again = tap_chunked(&a, &x, chunk, k);
         assert!(again.iter().zip(&state).all(|(p, q)| p.to_bits() == q.to_bits()), "chunk {chunk}");
     }

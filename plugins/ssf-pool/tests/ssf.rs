@@ -17,9 +17,9 @@ const BETA: [f32; 2] = [0.1, -0.2];
 
 fn model() -> FakeModel {
     FakeModel::new(vec![
-        Node::input("x", 3),
-        Node::linear("fc", 2, 3, W.to_vec(), Some(B.to_vec())),
-        Node::other("act", 2),
+        FakeNode::input("x", 3),
+        FakeNode::linear("fc", 2, 3, W.to_vec(), Some(B.to_vec())),
+        FakeNode::other("act", 2),
     ])
 }
 
@@ -69,7 +69,7 @@ fn worked_example_post_and_fold() {
         assert_eq!(w, [2.0, 0.0, 4.0, 0.0, 0.5, -0.5]);
         assert_eq!(b, [2.0 * 0.5 + 0.1, 0.5 * -0.5 - 0.2]);
         assert_close(&b, &[1.1, -0.45], 1e-7);
-        let folded = Node::linear("fc", 2, 3, w.to_vec(), Some(b.to_vec())).forward(&X);
+        let folded = FakeNode::linear("fc", 2, 3, w.to_vec(), Some(b.to_vec())).forward(&X);
         assert_close(&folded, &y, 1e-6);
     }
 }
@@ -88,7 +88,7 @@ fn fold_matches_post_on_random_layers() {
         let g: Vec<f32> = (0..out).map(|_| rnd()).collect();
         let be: Vec<f32> = (0..out).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..rows * inf).map(|_| rnd()).collect();
-        let m = FakeModel::new(vec![Node::linear("fc", out, inf, w.clone(), Some(b.clone()))]);
+        let m = FakeModel::new(vec![FakeNode::linear("fc", out, inf, w.clone(), Some(b.clone()))]);
         let config = Config::ssf(vec![SiteConfig::new("fc", "g", "b")]);
         let bytes = file_bytes(Some(&config.to_json()), &[f32_tensor("g", &[out], &g), f32_tensor("b", &[out], &be)]);
         let a = load(&m, &bytes, "").unwrap();
@@ -96,7 +96,7 @@ fn fold_matches_post_on_random_layers() {
         post(&a, 0, &mut y, out, &[], 1.0).unwrap();
         let (mut w2, mut b2) = (w.clone(), b.clone());
         merge(&a, 0, &mut w2, &mut b2, out, inf).unwrap();
-        let folded = Node::linear("fc", out, inf, w2, Some(b2)).forward(&x);
+        let folded = FakeNode::linear("fc", out, inf, w2, Some(b2)).forward(&x);
         let scale = y.iter().fold(1f32, |acc, v| acc.max(v.abs()));
         assert_close(&folded, &y, 1e-5 * scale);
     }

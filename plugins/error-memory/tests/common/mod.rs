@@ -1,161 +1,24 @@
-//! A test host: a `ModelView` of named nodes with a settable fingerprint, a scalar
-//! `HostKernels` table, temp directories, and helpers that drive the tap → post →
-//! feedback cycle the way the runtime does.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The error-memory kind's test helpers: the model it is tested against, and drivers for
+//! the tap → post → feedback cycle the way the runtime runs it. The stand-in host (fake
+//! model, reference kernels, temp directories, assertions) is `graft_plugin_abi::testing`.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
-use graft_plugin_abi::{
-    Adapter, ElemFormat, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, LoadRequest, MatView, MatViewMut,
-    ModelView, ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, Post, Tap, WeightView,
-};
+use graft_plugin_abi::abi_stable::std_types::{RSliceMut, RStr};
+pub use graft_plugin_abi::testing::{FakeModel, FakeNode, TempDir, assert_err, kernels};
+use graft_plugin_abi::{Adapter, LoadRequest, MatView, MatViewMut, NodeOp, PluginError, Post, Tap};
 use graft_plugin_error_memory::{COMPENSATE_TARGET, Config, ErrorMemory, KEY_TARGET};
 
-/// One node: a name, an op and an output width.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    pub op: NodeOp,
-    pub width: usize,
-}
-
-/// A model of named nodes; `resolve` maps a path to the node of the same name.
-#[derive(Debug, Clone)]
-pub struct FakeModel {
-    pub nodes: Vec<Node>,
-    pub fingerprint: u64,
-}
-
-impl ModelView for FakeModel {
-    fn resolve(&self, module_path: RStr<'_>) -> RResult<NodeInfo, PluginError> {
-        match self.nodes.iter().position(|n| n.name == module_path.as_str()) {
-            Some(i) => {
-                let n = &self.nodes[i];
-                RResult::ROk(NodeInfo {
-                    node: i as u32,
-                    name: RString::from(format!("/{}", n.name)),
-                    op: n.op,
-                    in_features: 0,
-                    out_features: n.width,
-                    has_bias: false,
-                    base_format: RString::from("f32"),
-                })
-            }
-            None => RResult::RErr(PluginError::new(ErrorCode::UNKNOWN_MODULE, module_path.as_str(), "no such node")),
-        }
-    }
-
-    fn base_weight_row(&self, _node: u32, _row: usize, _out: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::new(ErrorCode::UNSUPPORTED, "", "no weights in this fake"))
-    }
-
-    fn base_bias(&self, _node: u32) -> ROption<RSlice<'_, f32>> {
-        ROption::RNone
-    }
-
-    fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-}
-
-impl FakeModel {
-    /// A key node `h` of width `d` (an activation), an output node `p` of width 1, a wide
-    /// node `wide` (width 3) and a graph input `x` (width `d`).
-    pub fn new(d: usize) -> FakeModel {
-        let node = |name: &str, op, width| Node { name: name.into(), op, width };
-        FakeModel {
-            nodes: vec![
-                node("x", NodeOp::Input, d),
-                node("h", NodeOp::Other, d),
-                node("p", NodeOp::Other, 1),
-                node("wide", NodeOp::Linear, 3),
-            ],
-            fingerprint: 0x0123_4567_89ab_cdef,
-        }
-    }
-
-    pub fn view(&self) -> ModelViewRef<'_> {
-        ModelView_TO::from_ptr(self, TD_Opaque)
-    }
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("test-scalar")
-}
-
-/// The scalar kernel copies one weight row at a time into its scratch, so a kind that
-/// hands it the wrong scratch tail is caught.
-extern "C" fn scratch_floats(w: WeightView<'_>, _rows: usize) -> usize {
-    w.cols()
-}
-
-extern "C" fn linear(
-    x: MatView<'_>,
-    w: WeightView<'_>,
-    alpha: f32,
-    accumulate: bool,
-    mut y: MatViewMut<'_>,
-    mut scratch: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() || w.format() != ElemFormat::F32 {
-        return KernelStatus::SHAPE_MISMATCH;
-    }
-    let scratch = scratch.as_mut_slice();
-    if scratch.len() < w.cols() {
-        return KernelStatus::SCRATCH_TOO_SMALL;
-    }
-    let cols = w.cols();
-    let wrow = &mut scratch[..cols];
-    let all = w.as_f32().unwrap();
-    for j in 0..w.rows() {
-        wrow.copy_from_slice(&all[j * cols..(j + 1) * cols]);
-        for i in 0..x.rows() {
-            let dot: f32 = x.row(i).iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
-            let yr = y.row_mut(i);
-            yr[j] = if accumulate { yr[j] + alpha * dot } else { alpha * dot };
-        }
-    }
-    KernelStatus::OK
-}
-
-/// The test kernel table.
-pub fn kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats, linear }.leak_into_prefix())
-}
-
-/// A directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("graft-em-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn file(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A key node `h` of width `d` (an activation), an output node `p` of width 1, a wide
+/// node `wide` (width 3) and a graph input `x` (width `d`); graph names are `/<name>`.
+pub fn memory_model(d: usize) -> FakeModel {
+    FakeModel::new(vec![
+        FakeNode::input("x", d),
+        FakeNode::other("h", d),
+        FakeNode::other("p", 1),
+        FakeNode::weightless("wide", NodeOp::Linear, 3),
+    ])
+    .with_name_prefix("/")
+    .with_fingerprint(0x0123_4567_89ab_cdef)
 }
 
 /// Loads `path` against `model` through the kind's own loader.
@@ -237,17 +100,6 @@ pub fn read_tensor(path: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
     let t = st.tensor(name).unwrap();
     let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     (t.shape().to_vec(), v)
-}
-
-/// Asserts an error's code and field.
-pub fn assert_err<T: std::fmt::Debug>(r: Result<T, PluginError>, code: ErrorCode, field: &str) -> PluginError {
-    match r {
-        Ok(v) => panic!("expected {} error on `{field}`, got Ok({v:?})", code.name()),
-        Err(e) => {
-            assert_eq!((e.code, e.field.as_str()), (code, field), "wrong error: {e}");
-            e
-        }
-    }
 }
 
 /// A small deterministic generator for test data (xorshift64*).

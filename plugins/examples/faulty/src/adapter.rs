@@ -1,7 +1,5 @@
 //! The adapter: one target whose hooks misbehave as the mode says.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
     Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError, Post, Target,
@@ -22,15 +20,18 @@ pub struct FaultyAdapter {
 }
 
 /// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
+/// The message names the mode, since a panic here is the point, not a bug.
 fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            what,
-            "the faulty kind panicked in a hook (mode panic); the call was abandoned",
-        )),
-    }
+    graft_plugin_abi::guard_with(
+        || {
+            PluginError::new(
+                ErrorCode::INTERNAL,
+                what,
+                "the faulty kind panicked in a hook (mode panic); the call was abandoned",
+            )
+        },
+        f,
+    )
 }
 
 impl FaultyAdapter {

@@ -38,15 +38,13 @@
 mod adapter;
 mod spec;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr};
 use graft_plugin_abi::{
-    ABI_VERSION, Adapter_TO, AdapterBox, AdapterKindMod, AdapterKindModRef, ErrorCode, LoadRequest, ModelViewRef,
-    PluginError,
+    ABI_VERSION, AdapterBox, AdapterKindMod, AdapterKindModRef, ErrorCode, LoadRequest, ModelViewRef, PluginError,
+    guard_with, into_adapter_box,
 };
 
 pub use adapter::FaultyAdapter;
@@ -58,20 +56,26 @@ pub const KIND: &str = "faulty";
 /// The `abi_version` the exported module claims: 1 with `old_abi`, else the current one.
 pub const CLAIMED_ABI_VERSION: u32 = if cfg!(feature = "old_abi") { 1 } else { ABI_VERSION };
 
+// The root module is written out rather than declared with
+// `graft_plugin_abi::adapter_kind_module!`: this kind claims another `abi_version` under
+// `old_abi`, and its panic message names the mode that caused it, since the panic is the
+// point here, not a bug.
+
 extern "C" fn kind() -> RStr<'static> {
     RStr::from_str(KIND)
 }
 
 extern "C" fn load_entry(request: LoadRequest<'_>, model: ModelViewRef<'_>) -> RResult<AdapterBox, PluginError> {
-    match catch_unwind(AssertUnwindSafe(|| load(&request, &model))) {
-        Ok(Ok(adapter)) => RResult::ROk(Adapter_TO::from_value(adapter, TD_Opaque)),
-        Ok(Err(e)) => RResult::RErr(e),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            request.source.as_str(),
-            "the faulty kind panicked while loading (mode panic_on_load); nothing was loaded",
-        )),
-    }
+    guard_with(
+        || {
+            PluginError::new(
+                ErrorCode::INTERNAL,
+                request.source.as_str(),
+                "the faulty kind panicked while loading (mode panic_on_load); nothing was loaded",
+            )
+        },
+        || load(&request, &model).map(into_adapter_box),
+    )
 }
 
 /// The `faulty` kind's root module, claiming [`CLAIMED_ABI_VERSION`].

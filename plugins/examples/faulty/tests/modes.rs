@@ -2,84 +2,19 @@
 //! `load`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+mod common;
 
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
+use common::*;
+use graft_plugin_abi::abi_stable::std_types::{ROption, RSliceMut, RStr};
 use graft_plugin_abi::{
-    ABI_VERSION, AdapterBox, ErrorCode, HookKind, HostKernels, HostKernelsRef, KernelStatus, LinearDelta, LoadRequest,
-    MatView, MatViewMut, ModelView, ModelView_TO, NodeInfo, NodeOp, PluginError, Post, WeightView,
+    ABI_VERSION, AdapterBox, ErrorCode, HookKind, LinearDelta, LoadRequest, MatView, MatViewMut, PluginError, Post,
 };
 
-/// Node 0: linear `fc` 2→2; node 1: activation `act` (width 2); node 2: input `dense`.
-#[derive(Debug)]
-struct Model;
-
-impl ModelView for Model {
-    fn resolve(&self, path: RStr<'_>) -> RResult<NodeInfo, PluginError> {
-        let (node, op) = match path.as_str() {
-            "fc" => (0, NodeOp::Linear),
-            "act" => (1, NodeOp::Other),
-            "dense" => (2, NodeOp::Input),
-            other => return RResult::RErr(PluginError::new(ErrorCode::UNKNOWN_MODULE, other, "no such node")),
-        };
-        RResult::ROk(NodeInfo {
-            node,
-            name: RString::from(path.as_str()),
-            op,
-            in_features: if op == NodeOp::Linear { 2 } else { 0 },
-            out_features: 2,
-            has_bias: false,
-            base_format: RString::from("f32"),
-        })
-    }
-    fn base_weight_row(&self, _: u32, _: usize, _: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::new(ErrorCode::BAD_CALL, "", "unused"))
-    }
-    fn base_bias(&self, _: u32) -> ROption<RSlice<'_, f32>> {
-        ROption::RNone
-    }
-    fn fingerprint(&self) -> u64 {
-        1
-    }
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("none")
-}
-extern "C" fn scratch_floats(_: WeightView<'_>, _: usize) -> usize {
-    0
-}
-extern "C" fn linear(
-    _: MatView<'_>,
-    _: WeightView<'_>,
-    _: f32,
-    _: bool,
-    _: MatViewMut<'_>,
-    _: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    KernelStatus::SHAPE_MISMATCH
-}
-fn kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats, linear }.leak_into_prefix())
-}
-
-fn source(name: &str, json: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("graft-faulty-{}-{name}.json", std::process::id()));
-    std::fs::write(&p, json).unwrap();
-    p
-}
-
 fn load(name: &str, json: &str) -> Result<AdapterBox, PluginError> {
-    let p = source(name, json);
-    let s = p.to_str().unwrap().to_owned();
-    let req = LoadRequest { id: RStr::from_str(name), source: RStr::from_str(&s), options: RStr::from_str("") };
-    let r = graft_plugin_faulty::module().load()(req, ModelView_TO::from_ptr(&Model, TD_Opaque)).into_result();
-    let _ = std::fs::remove_file(p);
-    r
+    let dir = TempDir::new("faulty");
+    let source = source(&dir, name, json);
+    let req = LoadRequest { id: RStr::from_str(name), source: RStr::from_str(&source), options: RStr::from_str("") };
+    graft_plugin_faulty::module().load()(req, model().view()).into_result()
 }
 
 fn delta(a: &AdapterBox, y: &mut [f32]) -> Result<(), PluginError> {
@@ -184,7 +119,6 @@ fn bad_sources_are_refused() {
         source: RStr::from_str("/nonexistent/faulty.json"),
         options: RStr::from_str(""),
     };
-    let e =
-        graft_plugin_faulty::module().load()(req, ModelView_TO::from_ptr(&Model, TD_Opaque)).into_result().unwrap_err();
+    let e = graft_plugin_faulty::module().load()(req, model().view()).into_result().unwrap_err();
     assert_eq!(e.code, ErrorCode::IO);
 }

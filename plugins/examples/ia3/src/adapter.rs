@@ -6,13 +6,14 @@
 //! host's `linear` kernel on the cache built at load.
 
 use core::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
     Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError, Target,
-    TargetInfo, WeightView,
+    TargetInfo, WeightView, guard,
 };
+
+use crate::KIND;
 
 /// Where a module applies its vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +72,6 @@ impl fmt::Debug for Ia3Adapter {
 
 fn bad_call(field: &str, message: impl Into<String>) -> PluginError {
     PluginError::new(ErrorCode::BAD_CALL, field, message)
-}
-
-/// Runs `f`, turning a panic into an `INTERNAL` error so it never crosses the boundary.
-pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(_) => RResult::RErr(PluginError::new(
-            ErrorCode::INTERNAL,
-            what,
-            "the ia3 kind panicked (a bug); the call was abandoned",
-        )),
-    }
 }
 
 impl Module {
@@ -261,10 +250,10 @@ impl Adapter for Ia3Adapter {
     }
 
     fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        guard("linear_delta", || self.delta(call))
+        guard(KIND, "linear_delta", || self.delta(call))
     }
 
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        guard("merge", || self.merge_into(target, weight, bias))
+        guard(KIND, "merge", || self.merge_into(target, weight, bias))
     }
 }

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use graft_plugin_abi::abi_stable::library::lib_header_from_path;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RSliceMut, RStr};
-use graft_plugin_abi::{ABI_VERSION, AdapterKindModRef, LinearDelta, LoadRequest, MatView, MatViewMut};
+use graft_plugin_abi::abi_stable::std_types::RStr;
+use graft_plugin_abi::{ABI_VERSION, AdapterKindModRef, LoadRequest};
 
 #[test]
 fn the_cdylib_loads_and_computes_the_same() {
@@ -26,19 +26,8 @@ fn the_cdylib_loads_and_computes_the_same() {
     let req = LoadRequest { id: RStr::from_str("d"), source: RStr::from_str(&source), options: RStr::from_str("") };
     let adapter = module.load()(req, model.view()).into_result().unwrap();
     for (target, name, want) in [(0u32, "fc", [15.0, -0.75]), (1, "ff", [5.5, -2.0])] {
-        let mut y = model.layer(name).forward(&EX_X);
-        let mut scratch = vec![0f32; adapter.scratch_floats(target, 1, kernels())];
-        let call = LinearDelta {
-            target,
-            x: MatView::new(&EX_X, 1, 3, 3).unwrap(),
-            y: MatViewMut::new(&mut y, 1, 2, 2).unwrap(),
-            base_bias: ROption::RNone,
-            scale: 1.0,
-            state: MatView::empty(1),
-            kernels: kernels(),
-            scratch: RSliceMut::from_mut_slice(&mut scratch),
-        };
-        adapter.linear_delta(call).into_result().unwrap();
+        let mut y = model.node(name).forward(&EX_X);
+        run(&adapter, target, &EX_X, 3, &mut y, 2, 1.0).unwrap();
         assert_eq!(y, want, "{name}");
     }
 }

@@ -45,14 +45,14 @@ fn dlrm() -> Dlrm {
     let bytes = std::fs::read(d.join("weights.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let read = |k: &str| f32s(st.tensor(k).unwrap().data());
-    let model = FakeModel {
-        layers: LINEARS
+    let model = FakeModel::new(
+        LINEARS
             .iter()
             .map(|&(n, out, inf)| {
-                Layer::linear(n, out, inf, read(&format!("{n}.weight")), Some(read(&format!("{n}.bias"))))
+                FakeNode::linear(n, out, inf, read(&format!("{n}.weight")), Some(read(&format!("{n}.bias"))))
             })
             .collect(),
-    };
+    );
     let tables = (0..4).map(|k| read(&format!("emb_f{k}.weight"))).collect();
     let dense = read_f32(d.join("dense.f32"))[..ROWS * 8].to_vec();
     let ids = (0..4)
@@ -73,9 +73,9 @@ fn relu(v: &mut [f32]) {
 impl Dlrm {
     /// Logits for the 16 rows; `hook(name, x, y)` runs after each top linear.
     fn forward(&self, model: &FakeModel, mut hook: impl FnMut(&str, &[f32], &mut Vec<f32>)) -> Vec<f32> {
-        let mut h = model.layer("bot_fc1").forward(&self.dense);
+        let mut h = model.node("bot_fc1").forward(&self.dense);
         relu(&mut h);
-        let mut bot = model.layer("bot_fc2").forward(&h);
+        let mut bot = model.node("bot_fc2").forward(&h);
         relu(&mut bot);
         let mut z = vec![0f32; ROWS * 80];
         for r in 0..ROWS {
@@ -93,7 +93,7 @@ impl Dlrm {
         }
         let mut x = z;
         for name in ["top_fc1", "top_fc2", "top_fc3"] {
-            let mut y = model.layer(name).forward(&x);
+            let mut y = model.node(name).forward(&x);
             hook(name, &x, &mut y);
             if name != "top_fc3" {
                 relu(&mut y);
@@ -147,7 +147,7 @@ fn hooks_reproduce_peft_logits() {
     let a = load_fixture(&d.model);
     for (m, file) in [(1.0f32, "expected_logits.f32"), (0.5, "expected_logits_m0.5.f32"), (0.0, "base_logits.f32")] {
         let got = d.forward(&d.model, |name, x, y| {
-            let layer = d.model.layer(name);
+            let layer = d.model.node(name);
             run(&a, target_of(&a, name), x, layer.in_features, y, layer.out_features, m).unwrap();
         });
         let want = read_f32(fixtures().join("ia3").join(file));
@@ -165,7 +165,7 @@ fn merged_weights_reproduce_peft_logits() {
     let a = load_fixture(&d.model);
     let mut merged = d.model.clone();
     for (t, (name, _)) in a.modules().enumerate() {
-        let layer = merged.layers.iter_mut().find(|l| l.name == name).unwrap();
+        let layer = merged.nodes.iter_mut().find(|l| l.name == name).unwrap();
         let (out, inf) = (layer.out_features, layer.in_features);
         let mut b = layer.bias.clone().unwrap();
         a.merge(

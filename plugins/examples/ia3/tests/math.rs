@@ -23,7 +23,7 @@ fn targets_and_info() {
     let t = a.targets();
     assert_eq!(t.len(), 2);
     for (t, name) in t.iter().zip(["fc", "ff"]) {
-        assert_eq!(model.layers[t.node as usize].name, name);
+        assert_eq!(model.nodes[t.node as usize].name, name);
         assert_eq!((t.hook, t.flags), (HookKind::LinearDelta, 0));
     }
     let info = a.info();
@@ -43,7 +43,7 @@ fn targets_and_info() {
 #[test]
 fn output_scaling_scales_the_whole_output_bias_included() {
     let (model, a) = example();
-    let fc = model.layer("fc");
+    let fc = model.node("fc");
     assert_eq!(fc.forward(&EX_X), [7.5, -1.5]);
     // (x·Wᵀ + b) ⊙ l = [7.5·2, −1.5·0.5]
     assert_eq!(forward(&a, 0, fc, &EX_X, 1.0), [15.0, -0.75]);
@@ -56,7 +56,7 @@ fn output_scaling_scales_the_whole_output_bias_included() {
 #[test]
 fn feedforward_scales_the_input_not_the_bias() {
     let (model, a) = example();
-    let ff = model.layer("ff");
+    let ff = model.node("ff");
     // x ⊙ l = [2, 0, 1.5] → W·(x ⊙ l) + b = [2 + 3 + 0.5, −1.5 − 0.5]
     assert_eq!(forward(&a, 1, ff, &EX_X, 1.0), [5.5, -2.0]);
     // m = 0.5: l' = [1.5, 0.5, 0.75], x ⊙ l' = [1.5, 1, 2.25] → [1.5 + 4.5 + 0.5, 1 − 2.25 − 0.5]
@@ -71,9 +71,9 @@ fn rows_are_independent() {
     let (model, a) = example();
     // Row 2: x = [0, −1, 4], base [8.5, −5.5].
     let x = [1.0, 2.0, 3.0, 0.0, -1.0, 4.0];
-    assert_eq!(forward(&a, 0, model.layer("fc"), &x, 1.0), [15.0, -0.75, 17.0, -2.75]);
+    assert_eq!(forward(&a, 0, model.node("fc"), &x, 1.0), [15.0, -0.75, 17.0, -2.75]);
     // x ⊙ l = [0, 0, 2] → [4.5, −2.5]
-    assert_eq!(forward(&a, 1, model.layer("ff"), &x, 1.0), [5.5, -2.0, 4.5, -2.5]);
+    assert_eq!(forward(&a, 1, model.node("ff"), &x, 1.0), [5.5, -2.0, 4.5, -2.5]);
 }
 
 #[test]
@@ -116,14 +116,14 @@ fn merge_matches_peft_and_the_unmerged_forward() {
         (0u32, "fc", [2.0, 0.0, 4.0, 0.0, 0.5, -0.5], [1.0, -0.25]),
         (1, "ff", [2.0, 0.0, 1.0, 0.0, 0.0, -0.5], [0.5, -0.5]),
     ] {
-        let layer = model.layer(name);
+        let layer = model.node(name);
         let mut w = layer.weight.clone();
         let mut b = layer.bias.clone().unwrap();
         a.merge(target, MatViewMut::new(&mut w, 2, 3, 3).unwrap(), RSliceMut::from_mut_slice(&mut b))
             .into_result()
             .unwrap();
         assert_eq!((w.as_slice(), b.as_slice()), (&want_w[..], &want_b[..]), "{name}");
-        let merged = Layer::linear(name, 2, 3, w, Some(b));
+        let merged = FakeNode::linear(name, 2, 3, w, Some(b));
         assert_eq!(merged.forward(&EX_X), forward(&a, target, layer, &EX_X, 1.0), "{name}");
     }
 }
@@ -180,7 +180,7 @@ fn root_module_loads_a_directory_through_the_abi() {
     let req = LoadRequest { id: RStr::from_str("x"), source: RStr::from_str(&source), options: RStr::from_str("{}") };
     let boxed = m.load()(req, model.view()).into_result().unwrap();
     assert_eq!(boxed.targets().len(), 2);
-    let mut y = model.layer("fc").forward(&EX_X);
+    let mut y = model.node("fc").forward(&EX_X);
     let mut scratch = vec![0f32; boxed.scratch_floats(0, 1, kernels())];
     let call = LinearDelta {
         target: 0,

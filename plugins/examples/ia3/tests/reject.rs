@@ -54,13 +54,13 @@ fn regex_or_null_feedforward_falls_back_to_the_shape() {
     for ff in [json!(".*ff"), json!(null)] {
         let a = load(&m, &config(json!({"feedforward_modules": ff})), &example_tensors(), "").unwrap();
         assert_eq!(a.modules().collect::<Vec<_>>(), [("fc", Scaling::Output), ("ff", Scaling::Feedforward)]);
-        assert_eq!(forward(&a, 1, m.layer("ff"), &EX_X, 1.0), [5.5, -2.0]);
+        assert_eq!(forward(&a, 1, m.node("ff"), &EX_X, 1.0), [5.5, -2.0]);
     }
 }
 
 #[test]
 fn a_one_by_one_layer_needs_a_list() {
-    let m = FakeModel { layers: vec![Layer::linear("tiny", 1, 1, vec![2.0], Some(vec![1.0]))] };
+    let m = FakeModel::new(vec![FakeNode::linear("tiny", 1, 1, vec![2.0], Some(vec![1.0]))]);
     let t = [vector("tiny", &[1, 1], &[3.0])];
     assert_err(
         load(&m, &config(json!({"feedforward_modules": "t.*"})), &t, ""),
@@ -69,9 +69,9 @@ fn a_one_by_one_layer_needs_a_list() {
     );
     // A list decides: feedforward scales x (bias untouched), output scaling scales the bias too.
     let ff = load(&m, &config(json!({"feedforward_modules": ["tiny"]})), &t, "").unwrap();
-    assert_eq!(forward(&ff, 0, m.layer("tiny"), &[1.0], 1.0), [7.0]);
+    assert_eq!(forward(&ff, 0, m.node("tiny"), &[1.0], 1.0), [7.0]);
     let out = load(&m, &config(json!({"feedforward_modules": ["other"]})), &t, "").unwrap();
-    assert_eq!(forward(&out, 0, m.layer("tiny"), &[1.0], 1.0), [9.0]);
+    assert_eq!(forward(&out, 0, m.node("tiny"), &[1.0], 1.0), [9.0]);
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn non_finite_values_are_refused() {
     }
     // A non-finite base weight would poison the feedforward cache.
     let mut m = example_model();
-    m.layers[1].weight[4] = f32::NAN;
+    m.nodes[1].weight[4] = f32::NAN;
     assert_err(load(&m, &cfg(), &example_tensors(), ""), ErrorCode::NOT_FINITE, "ff");
 }
 
@@ -151,7 +151,7 @@ fn config_and_option_errors() {
     assert_err(load(&m, "", &t, ""), ErrorCode::CONFIG, "adapter_config.json");
     // fan_in_fan_out (GPT-2 Conv1D bases) changes nothing for vectors.
     let a = load(&m, &config(json!({"fan_in_fan_out": true})), &t, "").unwrap();
-    assert_eq!(forward(&a, 0, m.layer("fc"), &EX_X, 1.0), [15.0, -0.75]);
+    assert_eq!(forward(&a, 0, m.node("fc"), &EX_X, 1.0), [15.0, -0.75]);
 }
 
 #[test]

@@ -1,170 +1,16 @@
-//! A test host: a `ModelView` over f32 linear nodes, a scalar `HostKernels` table, temp
-//! directories and safetensors writers. It stands in for the runtime so that the kind can
-//! be tested on its own.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
+//! The lora kind's test helpers: safetensors writers, PEFT configs, the worked example
+//! and a `linear_delta` driver. The stand-in host (fake model, reference kernels, temp
+//! directories, assertions) is `graft_plugin_abi::testing`.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
-use graft_plugin_abi::{
-    Adapter, ElemFormat, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, LinearDelta, MatView, MatViewMut,
-    ModelView, ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, WeightView,
-};
+use graft_plugin_abi::abi_stable::std_types::{RSlice, RSliceMut};
+pub use graft_plugin_abi::testing::{FakeModel, FakeNode, TempDir, assert_close, assert_err, kernels};
+use graft_plugin_abi::{Adapter, LinearDelta, MatView, MatViewMut, PluginError};
 use graft_plugin_lora::LoraAdapter;
-use half::{bf16, f16};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
-
-/// One node of the fake model.
-#[derive(Debug, Clone)]
-pub struct Layer {
-    pub name: String,
-    pub op: NodeOp,
-    pub in_features: usize,
-    pub out_features: usize,
-    /// `[out, in]` row-major.
-    pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl Layer {
-    pub fn linear(name: &str, out: usize, inf: usize, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Layer {
-        assert_eq!(weight.len(), out * inf);
-        Layer { name: name.into(), op: NodeOp::Linear, in_features: inf, out_features: out, weight, bias }
-    }
-
-    /// `y = x·Wᵀ + b` for `rows` rows.
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.in_features;
-        let mut y = vec![0f32; rows * self.out_features];
-        for i in 0..rows {
-            for o in 0..self.out_features {
-                let w = &self.weight[o * self.in_features..(o + 1) * self.in_features];
-                let dot: f32 = w.iter().zip(&x[i * self.in_features..]).map(|(a, b)| a * b).sum();
-                y[i * self.out_features + o] = dot + self.bias.as_ref().map_or(0.0, |b| b[o]);
-            }
-        }
-        y
-    }
-}
-
-/// A model of named nodes; `resolve` maps a module path to the node of the same name.
-#[derive(Debug, Clone, Default)]
-pub struct FakeModel {
-    pub layers: Vec<Layer>,
-}
-
-impl ModelView for FakeModel {
-    fn resolve(&self, module_path: RStr<'_>) -> RResult<NodeInfo, PluginError> {
-        match self.layers.iter().position(|l| l.name == module_path.as_str()) {
-            Some(i) => {
-                let l = &self.layers[i];
-                RResult::ROk(NodeInfo {
-                    node: i as u32,
-                    name: RString::from(format!("node_{}", l.name)),
-                    op: l.op,
-                    in_features: l.in_features,
-                    out_features: l.out_features,
-                    has_bias: l.bias.is_some(),
-                    base_format: RString::from("f32"),
-                })
-            }
-            None => RResult::RErr(PluginError::new(
-                ErrorCode::UNKNOWN_MODULE,
-                module_path.as_str(),
-                "no node with that name",
-            )),
-        }
-    }
-
-    fn base_weight_row(&self, node: u32, row: usize, mut out: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        let l = &self.layers[node as usize];
-        out.as_mut_slice().copy_from_slice(&l.weight[row * l.in_features..(row + 1) * l.in_features]);
-        RResult::ROk(())
-    }
-
-    fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>> {
-        self.layers[node as usize].bias.as_deref().map(RSlice::from_slice).into()
-    }
-
-    fn fingerprint(&self) -> u64 {
-        0x6661_6b65
-    }
-}
-
-impl FakeModel {
-    pub fn view(&self) -> ModelViewRef<'_> {
-        ModelView_TO::from_ptr(self, TD_Opaque)
-    }
-
-    pub fn layer(&self, name: &str) -> &Layer {
-        self.layers.iter().find(|l| l.name == name).unwrap()
-    }
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("test-scalar")
-}
-
-/// The scalar kernel decodes one weight row at a time into its scratch, so a kind that
-/// passes the wrong scratch tail is caught.
-extern "C" fn scratch_floats(w: WeightView<'_>, _rows: usize) -> usize {
-    w.cols()
-}
-
-fn decode_row(w: &WeightView<'_>, j: usize, out: &mut [f32]) {
-    let cols = w.cols();
-    match w.format() {
-        ElemFormat::F32 => out.copy_from_slice(&w.as_f32().unwrap()[j * cols..(j + 1) * cols]),
-        ElemFormat::F16 => {
-            for (o, &b) in out.iter_mut().zip(&w.as_u16().unwrap()[j * cols..(j + 1) * cols]) {
-                *o = f16::from_bits(b).to_f32();
-            }
-        }
-        ElemFormat::Bf16 => {
-            for (o, &b) in out.iter_mut().zip(&w.as_u16().unwrap()[j * cols..(j + 1) * cols]) {
-                *o = bf16::from_bits(b).to_f32();
-            }
-        }
-    }
-}
-
-extern "C" fn linear(
-    x: MatView<'_>,
-    w: WeightView<'_>,
-    alpha: f32,
-    accumulate: bool,
-    mut y: MatViewMut<'_>,
-    mut scratch: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
-        return KernelStatus::SHAPE_MISMATCH;
-    }
-    let scratch = scratch.as_mut_slice();
-    if scratch.len() < w.cols() {
-        return KernelStatus::SCRATCH_TOO_SMALL;
-    }
-    let wrow = &mut scratch[..w.cols()];
-    for j in 0..w.rows() {
-        decode_row(&w, j, wrow);
-        for i in 0..x.rows() {
-            let dot: f32 = x.row(i).iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
-            let yr = y.row_mut(i);
-            yr[j] = if accumulate { yr[j] + alpha * dot } else { alpha * dot };
-        }
-    }
-    KernelStatus::OK
-}
-
-/// The test kernel table.
-pub fn kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats, linear }.leak_into_prefix())
-}
 
 /// Runs one `linear_delta` over `rows` rows of `x`, updating `y` in place.
 pub fn run(
@@ -193,35 +39,10 @@ pub fn run(
 }
 
 /// Base forward of `layer` then the adapter at `target`.
-pub fn forward(adapter: &LoraAdapter, target: u32, layer: &Layer, x: &[f32], scale: f32) -> Vec<f32> {
+pub fn forward(adapter: &LoraAdapter, target: u32, layer: &FakeNode, x: &[f32], scale: f32) -> Vec<f32> {
     let mut y = layer.forward(x);
     run(adapter, target, x, layer.in_features, &mut y, layer.out_features, layer.bias.as_deref(), scale).unwrap();
     y
-}
-
-/// A directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("graft-lora-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A tensor to write: key, dtype, shape, raw little-endian bytes.
@@ -277,7 +98,7 @@ pub fn config(patch: serde_json::Value) -> String {
 
 /// The §1.7 worked example: layer `fc` and its adapter tensors.
 pub fn example_model() -> FakeModel {
-    FakeModel { layers: vec![Layer::linear("fc", 2, 3, vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0], Some(vec![0.5, -0.5]))] }
+    FakeModel::new(vec![FakeNode::linear("fc", 2, 3, vec![1.0, 0.0, 2.0, 0.0, 1.0, -1.0], Some(vec![0.5, -0.5]))])
 }
 
 pub const EX_X: [f32; 3] = [1.0, 2.0, 3.0];
@@ -305,22 +126,4 @@ pub fn load(
     options: &str,
 ) -> Result<LoraAdapter, PluginError> {
     graft_plugin_lora::load_bytes("test", config_json.as_bytes(), safetensors_bytes(tensors), options, &model.view())
-}
-
-pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "index {i}: got {g}, want {w} (tol {tol}); {got:?} vs {want:?}");
-    }
-}
-
-/// Asserts an error's code and field.
-pub fn assert_err<T: std::fmt::Debug>(r: Result<T, PluginError>, code: ErrorCode, field: &str) -> PluginError {
-    match r {
-        Ok(v) => panic!("expected {} error on `{field}`, got Ok({v:?})", code.name()),
-        Err(e) => {
-            assert_eq!((e.code, e.field.as_str()), (code, field), "wrong error: {e}");
-            e
-        }
-    }
 }

@@ -1,157 +1,50 @@
-//! A test host for the routing kind: a `ModelView` of named nodes with widths, a scalar
-//! `HostKernels` table, temp files, a synthetic-model builder, the tap → post driver, and
-//! an independent f64 reference computed straight from the stored tensors.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
+//! The routing kind's test helpers: the model it is tested against, temp files, a
+//! synthetic-model builder, the tap → post driver, and an independent f64 reference
+//! computed straight from the stored tensors. The stand-in host (fake model, reference
+//! kernels, temp directories, assertions) is `graft_plugin_abi::testing`.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
-use graft_plugin_abi::{
-    Adapter, ElemFormat, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView,
-    ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, Post, Tap, WeightView,
-};
+use graft_plugin_abi::abi_stable::std_types::{RSliceMut, RStr};
+// The kernels whose scratch need grows with the rows: the kind sizes scratch per call.
+pub use graft_plugin_abi::testing::kernels_row_scratch as kernels;
+pub use graft_plugin_abi::testing::{FakeModel, FakeNode, TempDir, assert_err};
+use graft_plugin_abi::{Adapter, MatView, MatViewMut, PluginError, Post, Tap};
 use graft_plugin_routing::{Config, Mode, OutputIs, RoutingAdapter};
 
-/// One node of the fake model: a name, an op and an output width.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    pub op: NodeOp,
-    pub width: usize,
+/// `emb` (a graph input, `d` wide), `head` (a linear, `out` wide), `prob` (a sigmoid).
+/// Node indices start at 10, so that a target index is never mistaken for a node.
+pub fn routing_model(d: usize, out: usize) -> FakeModel {
+    FakeModel::new(vec![
+        FakeNode::input("emb", d),
+        FakeNode::weightless("head", graft_plugin_abi::NodeOp::Linear, out),
+        FakeNode::other("prob", out),
+    ])
+    .with_first_node(10)
 }
 
-/// A model of named nodes; `resolve` maps a module path to the node of the same name.
-#[derive(Debug, Clone, Default)]
-pub struct FakeModel {
-    pub nodes: Vec<Node>,
-}
-
-impl ModelView for FakeModel {
-    fn resolve(&self, module_path: RStr<'_>) -> RResult<NodeInfo, PluginError> {
-        match self.nodes.iter().position(|n| n.name == module_path.as_str()) {
-            Some(i) => {
-                let n = &self.nodes[i];
-                RResult::ROk(NodeInfo {
-                    node: 10 + i as u32,
-                    name: RString::from(format!("node_{}", n.name)),
-                    op: n.op,
-                    in_features: 0,
-                    out_features: n.width,
-                    has_bias: false,
-                    base_format: RString::from("f32"),
-                })
-            }
-            None => RResult::RErr(PluginError::new(
-                ErrorCode::UNKNOWN_MODULE,
-                module_path.as_str(),
-                "no node with that name",
-            )),
-        }
-    }
-
-    fn base_weight_row(&self, _node: u32, _row: usize, _out: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::new(ErrorCode::BAD_CALL, "", "the routing kind never reads base weights"))
-    }
-
-    fn base_bias(&self, _node: u32) -> ROption<RSlice<'_, f32>> {
-        ROption::RNone
-    }
-
-    fn fingerprint(&self) -> u64 {
-        0x726f_7574
-    }
-}
-
-impl FakeModel {
-    /// `emb` (a graph input, `d` wide), `head` (a linear, `out` wide), `prob` (a sigmoid).
-    pub fn new(d: usize, out: usize) -> FakeModel {
-        FakeModel {
-            nodes: vec![
-                Node { name: "emb".into(), op: NodeOp::Input, width: d },
-                Node { name: "head".into(), op: NodeOp::Linear, width: out },
-                Node { name: "prob".into(), op: NodeOp::Other, width: out },
-            ],
-        }
-    }
-
-    pub fn view(&self) -> ModelViewRef<'_> {
-        ModelView_TO::from_ptr(self, TD_Opaque)
-    }
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("test-scalar")
-}
-
-/// The scalar kernel wants a row of the weight plus one float per row of scratch, so a
-/// kind that sizes scratch for the wrong row count, or passes the wrong tail, is caught.
-extern "C" fn scratch_floats(w: WeightView<'_>, rows: usize) -> usize {
-    w.cols() + rows
-}
-
-extern "C" fn linear(
-    x: MatView<'_>,
-    w: WeightView<'_>,
-    alpha: f32,
-    accumulate: bool,
-    mut y: MatViewMut<'_>,
-    mut scratch: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() || w.format() != ElemFormat::F32 {
-        return KernelStatus::SHAPE_MISMATCH;
-    }
-    let scratch = scratch.as_mut_slice();
-    if scratch.len() < w.cols() + x.rows() {
-        return KernelStatus::SCRATCH_TOO_SMALL;
-    }
-    let cols = w.cols();
-    let wv = w.as_f32().unwrap();
-    let wrow = &mut scratch[..cols];
-    for j in 0..w.rows() {
-        wrow.copy_from_slice(&wv[j * cols..(j + 1) * cols]);
-        for i in 0..x.rows() {
-            let dot: f32 = x.row(i).iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
-            let yr = y.row_mut(i);
-            yr[j] = if accumulate { yr[j] + alpha * dot } else { alpha * dot };
-        }
-    }
-    KernelStatus::OK
-}
-
-/// The test kernel table.
-pub fn kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats, linear }.leak_into_prefix())
-}
-
-/// A file removed on drop.
+/// An adapter file in a temporary directory, removed with it on drop.
 #[derive(Debug)]
-pub struct TempFile(pub PathBuf);
+pub struct TempFile {
+    dir: TempDir,
+    path: PathBuf,
+}
 
 impl TempFile {
     pub fn new(tag: &str) -> TempFile {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        TempFile(std::env::temp_dir().join(format!("graft-routing-{}-{tag}-{n}.safetensors", std::process::id())))
+        let dir = TempDir::new(&format!("routing-{tag}"));
+        let path = dir.path().join("adapter.safetensors");
+        TempFile { dir, path }
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.path.to_str().unwrap()
     }
 }
 
@@ -378,17 +271,6 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (f64::from(*g) - w).abs();
         assert!(err <= tol * w.abs().max(1.0), "index {i}: got {g}, want {w} (tol {tol}); {got:?} vs {want:?}");
-    }
-}
-
-/// Asserts an error's code and field.
-pub fn assert_err<T: std::fmt::Debug>(r: Result<T, PluginError>, code: ErrorCode, field: &str) -> PluginError {
-    match r {
-        Ok(v) => panic!("expected {} error on `{field}`, got Ok({v:?})", code.name()),
-        Err(e) => {
-            assert_eq!((e.code, e.field.as_str()), (code, field), "wrong error: {e}");
-            e
-        }
     }
 }
 

@@ -1,172 +1,17 @@
-//! A test host: a `ModelView` over named nodes (graph inputs, linears, other ops), a scalar
-//! f32 `HostKernels` table, temp directories, raw safetensors writers and hook drivers. It
-//! stands in for the runtime so that the kind can be tested on its own.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
+//! The ssf-pool kind's test helpers: hook drivers, raw safetensors writers and fixture
+//! readers. The stand-in host (fake model, reference kernels, temp directories,
+//! assertions) is `graft_plugin_abi::testing`.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used, clippy::too_many_arguments)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use graft_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use graft_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use graft_plugin_abi::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
-use graft_plugin_abi::{
-    Adapter, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, LinearDelta, LoadRequest, MatView, MatViewMut,
-    ModelView, ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, Post, Tap, WeightView,
-};
+use graft_plugin_abi::abi_stable::std_types::{ROption, RSliceMut, RStr};
+pub use graft_plugin_abi::testing::{FakeModel, FakeNode, TempDir, assert_close, assert_err, kernels};
+use graft_plugin_abi::{Adapter, LinearDelta, LoadRequest, MatView, MatViewMut, PluginError, Post, Tap};
 use graft_plugin_ssf_pool::SsfPoolAdapter;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
-
-/// One node of the fake model.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    pub op: NodeOp,
-    pub in_features: usize,
-    pub out_features: usize,
-    /// `[out, in]` row-major (linears only).
-    pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl Node {
-    pub fn input(name: &str, width: usize) -> Node {
-        Node { name: name.into(), op: NodeOp::Input, in_features: 0, out_features: width, weight: vec![], bias: None }
-    }
-
-    pub fn other(name: &str, width: usize) -> Node {
-        Node { name: name.into(), op: NodeOp::Other, in_features: 0, out_features: width, weight: vec![], bias: None }
-    }
-
-    pub fn linear(name: &str, out: usize, inf: usize, weight: Vec<f32>, bias: Option<Vec<f32>>) -> Node {
-        assert_eq!(weight.len(), out * inf);
-        Node { name: name.into(), op: NodeOp::Linear, in_features: inf, out_features: out, weight, bias }
-    }
-
-    /// `y = x·Wᵀ + b` for every row of `x`, in f32 like the fixture's torch reference.
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.in_features;
-        let mut y = vec![0f32; rows * self.out_features];
-        for i in 0..rows {
-            let xr = &x[i * self.in_features..(i + 1) * self.in_features];
-            for o in 0..self.out_features {
-                let w = &self.weight[o * self.in_features..(o + 1) * self.in_features];
-                let dot: f32 = w.iter().zip(xr).map(|(a, b)| a * b).sum();
-                y[i * self.out_features + o] = dot + self.bias.as_ref().map_or(0.0, |b| b[o]);
-            }
-        }
-        y
-    }
-}
-
-/// A model of named nodes; `resolve` maps a module path to the node of the same name, or
-/// through `aliases` (several paths naming one node).
-#[derive(Debug, Clone, Default)]
-pub struct FakeModel {
-    pub nodes: Vec<Node>,
-    pub aliases: HashMap<String, String>,
-}
-
-impl ModelView for FakeModel {
-    fn resolve(&self, module_path: RStr<'_>) -> RResult<NodeInfo, PluginError> {
-        let path = module_path.as_str();
-        let name = self.aliases.get(path).map_or(path, String::as_str);
-        match self.nodes.iter().position(|l| l.name == name) {
-            Some(i) => {
-                let l = &self.nodes[i];
-                RResult::ROk(NodeInfo {
-                    node: i as u32,
-                    name: RString::from(l.name.as_str()),
-                    op: l.op,
-                    in_features: l.in_features,
-                    out_features: l.out_features,
-                    has_bias: l.bias.is_some(),
-                    base_format: RString::from("f32"),
-                })
-            }
-            None => RResult::RErr(PluginError::new(ErrorCode::UNKNOWN_MODULE, path, "no node with that name")),
-        }
-    }
-
-    fn base_weight_row(&self, node: u32, row: usize, mut out: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        let l = &self.nodes[node as usize];
-        out.as_mut_slice().copy_from_slice(&l.weight[row * l.in_features..(row + 1) * l.in_features]);
-        RResult::ROk(())
-    }
-
-    fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>> {
-        self.nodes[node as usize].bias.as_deref().map(RSlice::from_slice).into()
-    }
-
-    fn fingerprint(&self) -> u64 {
-        0x7373_6670
-    }
-}
-
-impl FakeModel {
-    pub fn new(nodes: Vec<Node>) -> FakeModel {
-        FakeModel { nodes, aliases: HashMap::new() }
-    }
-
-    pub fn view(&self) -> ModelViewRef<'_> {
-        ModelView_TO::from_ptr(self, TD_Opaque)
-    }
-
-    pub fn node(&self, name: &str) -> &Node {
-        self.nodes.iter().find(|l| l.name == name).unwrap()
-    }
-
-    pub fn index(&self, name: &str) -> u32 {
-        self.nodes.iter().position(|l| l.name == name).unwrap() as u32
-    }
-}
-
-extern "C" fn level() -> RStr<'static> {
-    RStr::from_str("test-scalar")
-}
-
-/// The scalar kernel copies one weight row at a time into its scratch, so a kind that
-/// passes a short or wrong scratch tail is caught.
-extern "C" fn scratch_floats(w: WeightView<'_>, _rows: usize) -> usize {
-    w.cols()
-}
-
-extern "C" fn linear(
-    x: MatView<'_>,
-    w: WeightView<'_>,
-    alpha: f32,
-    accumulate: bool,
-    mut y: MatViewMut<'_>,
-    mut scratch: RSliceMut<'_, f32>,
-) -> KernelStatus {
-    let Some(wf) = w.as_f32() else { return KernelStatus::SHAPE_MISMATCH };
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
-        return KernelStatus::SHAPE_MISMATCH;
-    }
-    let scratch = scratch.as_mut_slice();
-    if scratch.len() < w.cols() {
-        return KernelStatus::SCRATCH_TOO_SMALL;
-    }
-    let cols = w.cols();
-    let wrow = &mut scratch[..cols];
-    for j in 0..w.rows() {
-        wrow.copy_from_slice(&wf[j * cols..(j + 1) * cols]);
-        for i in 0..x.rows() {
-            let dot: f32 = x.row(i).iter().zip(wrow.iter()).map(|(a, b)| a * b).sum();
-            let yr = y.row_mut(i);
-            yr[j] = if accumulate { yr[j] + alpha * dot } else { alpha * dot };
-        }
-    }
-    KernelStatus::OK
-}
-
-/// The test kernel table.
-pub fn kernels() -> HostKernelsRef {
-    static K: OnceLock<HostKernelsRef> = OnceLock::new();
-    *K.get_or_init(|| HostKernels { level, scratch_floats, linear }.leak_into_prefix())
-}
 
 /// Scratch for a call at `target` over `rows`, poisoned with NaN so reads of unwritten
 /// scratch show up.
@@ -296,35 +141,6 @@ pub fn delta_with<A: Adapter>(
     adapter.linear_delta(call).into_result()
 }
 
-/// A directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("graft-ssf-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn file(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A tensor to write: name, dtype, shape, raw little-endian bytes.
 pub type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
@@ -350,24 +166,6 @@ pub fn load(model: &FakeModel, bytes: &[u8], options: &str) -> Result<SsfPoolAda
 pub fn load_path(model: &FakeModel, path: &str, options: &str) -> Result<SsfPoolAdapter, PluginError> {
     let req = LoadRequest { id: RStr::from_str("t"), source: RStr::from_str(path), options: RStr::from_str(options) };
     graft_plugin_ssf_pool::load_file(&req, &model.view())
-}
-
-pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "index {i}: got {g}, want {w} (tol {tol})");
-    }
-}
-
-/// Asserts an error's code and field.
-pub fn assert_err<T: std::fmt::Debug>(r: Result<T, PluginError>, code: ErrorCode, field: &str) -> PluginError {
-    match r {
-        Ok(v) => panic!("expected {} error on `{field}`, got Ok({v:?})", code.name()),
-        Err(e) => {
-            assert_eq!((e.code, e.field.as_str()), (code, field), "wrong error: {e}");
-            e
-        }
-    }
 }
 
 /// Little-endian f32 values of a raw fixture file.
