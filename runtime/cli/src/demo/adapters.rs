@@ -33,6 +33,29 @@ pub struct AdapterStage<'a> {
     pub base_rate: f64,
 }
 
+/// Median batch-1 latencies of the base model and of `rows`' adapters over `pairs`
+/// requests, timed alternately on the same inputs. Each request runs once untimed first,
+/// so both timed runs find its table rows in cache.
+pub fn batch1_medians(
+    s: &AdapterStage<'_>,
+    session: &mut Session,
+    rows: &RowAdapters,
+    pairs: usize,
+) -> Result<(Duration, Duration)> {
+    let (mut base, mut with) = (Latencies::default(), Latencies::default());
+    for i in 0..pairs {
+        let inputs = s.singles[i % s.singles.len()].inputs(s.spec, s.names);
+        session.run(&inputs)?;
+        let t = Instant::now();
+        session.run(&inputs)?;
+        base.push(t.elapsed());
+        let t = Instant::now();
+        session.run_with(&inputs, rows)?;
+        with.push(t.elapsed());
+    }
+    Ok((base.quantile(0.5), with.quantile(0.5)))
+}
+
 /// Every 8th row of a request scores with the base model (a user without an adapter).
 const BASE_EVERY: usize = 8;
 /// Pause between two publications of the swapper.
@@ -69,19 +92,7 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     // LoRA overhead at batch 1: the same requests, alternating base and one user's adapter.
     let mut session = Session::new(s.model, s.options)?;
     let one = RowAdapters::all(&registry, "user1")?;
-    let (mut base, mut lora) = (Latencies::default(), Latencies::default());
-    for i in 0..2000 {
-        let inputs = s.singles[i % s.singles.len()].inputs(s.spec, s.names);
-        // Untimed first: both timed runs then find this request's table rows in cache.
-        session.run(&inputs)?;
-        let t = Instant::now();
-        session.run(&inputs)?;
-        base.push(t.elapsed());
-        let t = Instant::now();
-        session.run_with(&inputs, &one)?;
-        lora.push(t.elapsed());
-    }
-    let (b50, l50) = (base.quantile(0.5), lora.quantile(0.5));
+    let (b50, l50) = batch1_medians(s, &mut session, &one, 2000)?;
     println!(
         "batch 1 base p50 {}, with LoRA r={rank} p50 {}: overhead {:+.1}%",
         micros(b50),

@@ -22,7 +22,7 @@ use graft::synthetic::kinds::{SsfPoolSpec, write_error_memory, write_routing, wr
 use graft::synthetic::{Batch, Rng};
 use graft::{Error, Result, Session};
 
-use super::adapters::AdapterStage;
+use super::adapters::{AdapterStage, batch1_medians};
 use crate::report::{Latencies, micros};
 
 /// Windows the drifting stream is reported in.
@@ -52,18 +52,7 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     let mut session = Session::new(s.model, s.options)?;
     for id in ["pool", "routing"] {
         let rows = RowAdapters::all(&registry, id)?;
-        let (mut base, mut with) = (Latencies::default(), Latencies::default());
-        for i in 0..PAIRS.min(s.args.requests.max(10) * 10) {
-            let inputs = s.singles[i % s.singles.len()].inputs(s.spec, s.names);
-            session.run(&inputs)?;
-            let t = Instant::now();
-            session.run(&inputs)?;
-            base.push(t.elapsed());
-            let t = Instant::now();
-            session.run_with(&inputs, &rows)?;
-            with.push(t.elapsed());
-        }
-        let (b, w) = (base.quantile(0.5), with.quantile(0.5));
+        let (b, w) = batch1_medians(s, &mut session, &rows, PAIRS.min(s.args.requests.max(10) * 10))?;
         println!(
             "        {id:<8} batch 1 p50 {} vs base {}: overhead {:+.1}%",
             micros(w),
