@@ -311,7 +311,9 @@ pub trait Adapter: Send + Sync + Debug {
     fn scratch_floats(&self, target: u32, rows: usize, kernels: HostKernelsRef) -> usize;
 
     /// Applies the adapter at a [`HookKind::LinearDelta`] target.
-    fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError>;
+    fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
+        RResult::RErr(unsupported_hook("linear_delta", call.target))
+    }
 
     /// Folds the adapter into the node's dequantized base weight `[out, in]` and bias
     /// (`out` values, zeros when the base has none), for an explicit merge.

@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use abi_stable::std_types::{RResult, RSliceMut, RStr, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatViewMut, PluginError, Post, Tap, Target,
-    TargetInfo, WeightView, guard,
+    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, MatViewMut, PluginError, Post, Tap, Target, TargetInfo,
+    WeightView, guard,
 };
 
 use crate::KIND;
@@ -447,14 +447,6 @@ impl Adapter for ErrorMemory {
         // The post needs none; an unknown target gets 0 here and BAD_CALL from the call; a
         // size that overflows gets usize::MAX, which no host can allocate.
         if target == KEY_TARGET { self.tap_scratch(rows, kernels).unwrap_or(usize::MAX) } else { 0 }
-    }
-
-    fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::new(
-            ErrorCode::UNSUPPORTED,
-            "",
-            format!("target {}: the error-memory kind has no linear_delta hook", call.target),
-        ))
     }
 
     fn merge(&self, target: u32, _weight: MatViewMut<'_>, _bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {

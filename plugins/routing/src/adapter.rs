@@ -18,8 +18,8 @@ use core::fmt;
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, NodeOp, PluginError,
-    Post, Tap, Target, TargetInfo, WeightView, guard,
+    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, MatView, MatViewMut, NodeOp, PluginError, Post, Tap,
+    Target, TargetInfo, WeightView, guard,
 };
 
 use crate::KIND;
@@ -304,6 +304,15 @@ impl RoutingAdapter {
         Ok(last.is_multiple_of(2))
     }
 
+    /// Refuses run state that is not `rows × state_width`.
+    fn check_state(&self, field: &str, rows: usize, state_rows: usize, state_cols: usize) -> Result<(), PluginError> {
+        let sw = self.state_width();
+        if state_rows != rows || state_cols != sw {
+            return Err(bad_call(field, format!("state is {state_rows}×{state_cols}, expected {rows}×{sw}")));
+        }
+        Ok(())
+    }
+
     /// Validates a `Tap` call and hands its scratch to the mode's routine.
     fn tap_rows(&self, mut call: Tap<'_>) -> Result<(), PluginError> {
         let field = self.config.input_node.as_str();
@@ -317,13 +326,7 @@ impl RoutingAdapter {
         if call.x.cols() != d {
             return Err(bad_call(field, format!("x has {} columns, the routing input is {d} wide", call.x.cols())));
         }
-        let sw = self.state_width();
-        if call.state.rows() != rows || call.state.cols() != sw {
-            return Err(bad_call(
-                field,
-                format!("state is {}×{}, expected {rows}×{sw}", call.state.rows(), call.state.cols()),
-            ));
-        }
+        self.check_state(field, rows, call.state.rows(), call.state.cols())?;
         if rows == 0 {
             return Ok(());
         }
@@ -461,13 +464,7 @@ impl RoutingAdapter {
         if call.y.cols() != out {
             return Err(bad_call(field, format!("y has {} columns, the routed output is {out} wide", call.y.cols())));
         }
-        let sw = self.state_width();
-        if call.state.rows() != rows || call.state.cols() != sw {
-            return Err(bad_call(
-                field,
-                format!("state is {}×{}, expected {rows}×{sw}", call.state.rows(), call.state.cols()),
-            ));
-        }
+        self.check_state(field, rows, call.state.rows(), call.state.cols())?;
         let m = call.scale;
         if !m.is_finite() {
             return Err(bad_call(field, format!("multiplier {m} is not finite")));
@@ -548,14 +545,6 @@ impl Adapter for RoutingAdapter {
             return 0;
         }
         self.layout(rows, &kernels).and_then(|l| l.total()).unwrap_or(usize::MAX)
-    }
-
-    fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        RResult::RErr(PluginError::new(
-            ErrorCode::UNSUPPORTED,
-            "",
-            format!("target {}: the routing kind has no linear_delta hook", call.target),
-        ))
     }
 
     fn merge(&self, target: u32, _weight: MatViewMut<'_>, _bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
