@@ -105,6 +105,9 @@ fn check_magic(path: &Path) -> Result<()> {
     Err(not_library("no ELF, Mach-O or PE header"))
 }
 
+/// Every library [`open`] loaded, for the life of the process.
+static OPENED: std::sync::Mutex<Vec<&'static libloading::Library>> = std::sync::Mutex::new(Vec::new());
+
 /// Opens a library, resolving every symbol now so a missing dependency fails here rather
 /// than at the first call (where it would abort the process).
 fn open_library(path: &Path) -> core::result::Result<libloading::Library, libloading::Error> {
@@ -137,8 +140,10 @@ pub(crate) fn open(path: &Path) -> Result<Arc<dyn AdapterKind>> {
             "build it for this platform and make its dependencies resolvable (check with `ldd`)",
         )
     })?;
-    // Never unloaded (module docs): adapters and error values point into it.
+    // Never unloaded (module docs): adapters and error values point into it. Kept in a
+    // process-wide list so leak checkers (LeakSanitizer, valgrind) see it as reachable.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
+    OPENED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(library);
     // SAFETY: only the symbols' presence is tested; neither is called or read here.
     let rust = unsafe { library.get::<unsafe extern "C" fn()>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) }.is_ok();
     // SAFETY: as above.

@@ -270,6 +270,21 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The ids an id input accepts: the rows of the smallest embedding table it feeds
+    /// (ids must be valid for every consumer). `None` for dense inputs, offsets, and id
+    /// inputs no table reads.
+    pub fn id_bound(&self, input: usize) -> Option<usize> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::EmbeddingBag { table, .. } if n.inputs.contains(&ValueId::Input(input)) => {
+                    Some(self.weights[table].rows)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
     /// The name of a value.
     pub fn value_name(&self, v: ValueId) -> &str {
         match v {

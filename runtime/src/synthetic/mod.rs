@@ -354,22 +354,9 @@ impl GraphInputs {
 
     /// `rows` rows of random inputs for `graph` from `seed`.
     pub fn new(graph: &crate::graph::Graph, rows: usize, seed: u64) -> GraphInputs {
-        use crate::graph::{InputKind, Op, ValueId};
+        use crate::graph::InputKind;
         let mut rng = Rng::new(seed);
-        // The smallest table each input feeds (ids must be valid for every consumer).
-        let vocab = |k: usize| -> u64 {
-            graph
-                .nodes
-                .iter()
-                .filter_map(|n| match n.op {
-                    Op::EmbeddingBag { table, .. } if n.inputs.contains(&ValueId::Input(k)) => {
-                        Some(graph.weights[table].rows as u64)
-                    }
-                    _ => None,
-                })
-                .min()
-                .unwrap_or(1)
-        };
+        let vocab = |k: usize| graph.id_bound(k).map_or(1, |v| v as u64);
         const BAG: usize = 2;
         let mut names = Vec::with_capacity(graph.inputs.len());
         let mut data = Vec::with_capacity(graph.inputs.len());
