@@ -189,3 +189,62 @@ pub(crate) unsafe fn arg_slice<'a, T>(ptr: *const T, len: usize, what: &str) -> 
     // of the `len` elements are the caller's contract.
     Ok(unsafe { core::slice::from_raw_parts(ptr, len) })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: the library returns a NUL-terminated string it owns.
+        unsafe { CStr::from_ptr(crate::status::graft_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_with_its_message() {
+        let status = call("graft_test_call", || panic!("boom at {}", 42));
+        assert_eq!(status, graft_status::Panic);
+        let message = last_error();
+        assert!(message.contains("graft_test_call") && message.contains("boom at 42"), "{message}");
+    }
+
+    #[test]
+    fn failures_name_the_function_and_success_keeps_the_last_message() {
+        assert_eq!(call("graft_a", || Err(Failure::null("out"))), graft_status::NullArgument);
+        assert_eq!(last_error(), "graft_a: `out` is NULL");
+        assert_eq!(call("graft_b", || Ok(())), graft_status::Ok);
+        assert_eq!(last_error(), "graft_a: `out` is NULL");
+    }
+
+    #[test]
+    fn pointers_are_checked_before_use() {
+        let floats = [1.0f32, 2.0];
+        // SAFETY: every pointer below is NULL, misaligned (rejected before any read), or
+        // points to `floats`.
+        unsafe {
+            assert!(arg_slice::<f32>(core::ptr::null(), 0, "x").is_ok_and(|s| s.is_empty()));
+            assert_eq!(arg_slice::<f32>(core::ptr::null(), 1, "x").unwrap_err().status, graft_status::NullArgument);
+            let misaligned = floats.as_ptr().cast::<u8>().add(1).cast::<f32>();
+            assert_eq!(arg_slice(misaligned, 1, "x").unwrap_err().status, graft_status::InvalidArgument);
+            assert_eq!(arg_slice(floats.as_ptr(), usize::MAX / 2, "x").unwrap_err().status, graft_status::InvalidArgument);
+            assert_eq!(arg_str(c"\xff".as_ptr(), "s").unwrap_err().status, graft_status::InvalidArgument);
+            assert_eq!(arg_ref::<u64>(core::ptr::null(), "h").unwrap_err().status, graft_status::NullArgument);
+        }
+        let mut slot = 7u32;
+        assert!(Out::new(core::ptr::null_mut::<u32>(), "out").is_err());
+        Out::new(&mut slot, "out").map(|o| o.write(9)).unwrap_or_default();
+        assert_eq!(slot, 9);
+    }
+
+    #[test]
+    fn status_names_cover_every_code() {
+        for s in super::super::status::tests_all() {
+            // SAFETY: static NUL-terminated strings.
+            let name = unsafe { CStr::from_ptr(crate::status::graft_status_name(s as u32)) };
+            assert!(name.to_str().is_ok_and(|n| n.starts_with("GRAFT_STATUS_") && n != "GRAFT_STATUS_UNKNOWN"));
+        }
+        // SAFETY: as above.
+        let unknown = unsafe { CStr::from_ptr(crate::status::graft_status_name(4242)) };
+        assert_eq!(unknown.to_str(), Ok("GRAFT_STATUS_UNKNOWN"));
+    }
+}

@@ -232,3 +232,8 @@ const ALL: [graft_status; 24] = [
     graft_status::Panic,
     graft_status::Other,
 ];
+
+#[cfg(test)]
+pub(crate) fn tests_all() -> [graft_status; 24] {
+    ALL
+}
