@@ -66,6 +66,27 @@ pub(crate) fn call(name: &str, body: impl FnOnce() -> Outcome) -> graft_status {
     }
 }
 
+/// The shape of every getter: checks `out`, borrows `handle`, computes the value from it
+/// and writes it on success.
+///
+/// # Safety
+/// `handle` follows [`arg_ref`]'s contract; `out` points to writable storage for a `T`.
+pub(crate) unsafe fn get<H, T>(
+    name: &str,
+    handle: *const H,
+    what: &str,
+    out: *mut T,
+    value: impl FnOnce(&H) -> Outcome<T>,
+) -> graft_status {
+    call(name, || {
+        let out = Out::new(out, "out")?;
+        // SAFETY: the caller's contract.
+        let h = unsafe { arg_ref(handle, what) }?;
+        out.write(value(h)?);
+        Ok(())
+    })
+}
+
 /// Runs a body that cannot fail (getters of static data, frees); a panic returns
 /// `fallback`.
 pub(crate) fn infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
@@ -226,7 +247,10 @@ mod tests {
             assert_eq!(arg_slice::<f32>(core::ptr::null(), 1, "x").unwrap_err().status, graft_status::NullArgument);
             let misaligned = floats.as_ptr().cast::<u8>().add(1).cast::<f32>();
             assert_eq!(arg_slice(misaligned, 1, "x").unwrap_err().status, graft_status::InvalidArgument);
-            assert_eq!(arg_slice(floats.as_ptr(), usize::MAX / 2, "x").unwrap_err().status, graft_status::InvalidArgument);
+            assert_eq!(
+                arg_slice(floats.as_ptr(), usize::MAX / 2, "x").unwrap_err().status,
+                graft_status::InvalidArgument
+            );
             assert_eq!(arg_str(c"\xff".as_ptr(), "s").unwrap_err().status, graft_status::InvalidArgument);
             assert_eq!(arg_ref::<u64>(core::ptr::null(), "h").unwrap_err().status, graft_status::NullArgument);
         }

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use graft_rt::Model;
 use graft_rt::graph::InputKind;
 
-use crate::boundary::{Failure, Out, Outcome, arg_ref, arg_slice, arg_str, call, free_handle, into_handle};
+use crate::boundary::{Failure, Out, Outcome, arg_slice, arg_str, call, free_handle, get, into_handle};
 use crate::status::graft_status;
 
 /// A model opened from a `.graft` container.
@@ -128,12 +128,8 @@ pub unsafe extern "C" fn graft_model_free(model: *mut graft_model) {
 /// `model` is a live model; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_model_input_count(model: *const graft_model, out: *mut usize) -> graft_status {
-    call("graft_model_input_count", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(model, "model") }?.inputs.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_model_input_count", model, "model", out, |m| Ok(m.inputs.len())) }
 }
 
 /// Describes graph input `index` (0-based, graph order) into `*out`. The name is owned
@@ -147,29 +143,28 @@ pub unsafe extern "C" fn graft_model_input(
     index: usize,
     out: *mut graft_input_info,
 ) -> graft_status {
-    call("graft_model_input", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        let m = unsafe { arg_ref(model, "model") }?;
-        let g = m.model.graph();
-        let def = g.inputs.get(index).ok_or_else(|| {
-            Failure::invalid("index", format!("{index} is past the model's {} inputs", g.inputs.len()))
-        })?;
-        let (kind, dtype, width) = match def.kind {
-            InputKind::Dense { width } => (graft_input_kind::Dense, graft_dtype::F32, width),
-            InputKind::Ids { slots } => (graft_input_kind::Ids, graft_dtype::I64, slots),
-            InputKind::BagIndices => (graft_input_kind::BagIndices, graft_dtype::I64, 0),
-            InputKind::BagOffsets => (graft_input_kind::BagOffsets, graft_dtype::I64, 0),
-        };
-        out.write(graft_input_info {
-            name: m.inputs[index].as_ptr(),
-            kind: kind as u32,
-            dtype: dtype as u32,
-            width,
-            id_bound: g.id_bound(index).unwrap_or(0),
-        });
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        get("graft_model_input", model, "model", out, |m| {
+            let g = m.model.graph();
+            let def = g.inputs.get(index).ok_or_else(|| {
+                Failure::invalid("index", format!("{index} is past the model's {} inputs", g.inputs.len()))
+            })?;
+            let (kind, dtype, width) = match def.kind {
+                InputKind::Dense { width } => (graft_input_kind::Dense, graft_dtype::F32, width),
+                InputKind::Ids { slots } => (graft_input_kind::Ids, graft_dtype::I64, slots),
+                InputKind::BagIndices => (graft_input_kind::BagIndices, graft_dtype::I64, 0),
+                InputKind::BagOffsets => (graft_input_kind::BagOffsets, graft_dtype::I64, 0),
+            };
+            Ok(graft_input_info {
+                name: m.inputs[index].as_ptr(),
+                kind: kind as u32,
+                dtype: dtype as u32,
+                width,
+                id_bound: g.id_bound(index).unwrap_or(0),
+            })
+        })
+    }
 }
 
 /// Writes the number of graph outputs to `*out`.
@@ -178,12 +173,8 @@ pub unsafe extern "C" fn graft_model_input(
 /// `model` is a live model; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_model_output_count(model: *const graft_model, out: *mut usize) -> graft_status {
-    call("graft_model_output_count", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(model, "model") }?.outputs.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_model_output_count", model, "model", out, |m| Ok(m.outputs.len())) }
 }
 
 /// Writes the name of graph output `index` to `*out` (owned by the model, valid until
@@ -197,14 +188,13 @@ pub unsafe extern "C" fn graft_model_output_name(
     index: usize,
     out: *mut *const c_char,
 ) -> graft_status {
-    call("graft_model_output_name", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        let m = unsafe { arg_ref(model, "model") }?;
-        let name = m.outputs.get(index).ok_or_else(|| {
-            Failure::invalid("index", format!("{index} is past the model's {} outputs", m.outputs.len()))
-        })?;
-        out.write(name.as_ptr());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        get("graft_model_output_name", model, "model", out, |m| {
+            let name = m.outputs.get(index).ok_or_else(|| {
+                Failure::invalid("index", format!("{index} is past the model's {} outputs", m.outputs.len()))
+            })?;
+            Ok(name.as_ptr())
+        })
+    }
 }

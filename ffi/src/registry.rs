@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use graft_rt::adapters::{LoadedAdapter, Registry};
 
-use crate::boundary::{Out, Outcome, arg_ref, arg_str, call, free_handle, into_handle, opt_ref, opt_str};
+use crate::boundary::{Out, Outcome, arg_ref, arg_str, call, free_handle, get, into_handle, opt_ref, opt_str};
 use crate::model::graft_model;
 use crate::status::graft_status;
 
@@ -181,12 +181,8 @@ pub unsafe extern "C" fn graft_registry_remove(registry: *const graft_registry, 
 /// `registry` is a live registry; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_registry_count(registry: *const graft_registry, out: *mut usize) -> graft_status {
-    call("graft_registry_count", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(registry, "registry") }?.registry.snapshot().len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_registry_count", registry, "registry", out, |r| Ok(r.registry.snapshot().len())) }
 }
 
 /// Writes the generation of the current snapshot to `*out`: it grows by one with every
@@ -196,12 +192,8 @@ pub unsafe extern "C" fn graft_registry_count(registry: *const graft_registry, o
 /// `registry` is a live registry; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_registry_generation(registry: *const graft_registry, out: *mut u64) -> graft_status {
-    call("graft_registry_generation", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(registry, "registry") }?.registry.snapshot().generation());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_registry_generation", registry, "registry", out, |r| Ok(r.registry.snapshot().generation())) }
 }
 
 /// Saves the learned state of adapter `id` (an error memory's buckets) to `path`:

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use graft_rt::adapters::{Registry, RowAdapters};
 
-use crate::boundary::{Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, into_handle};
+use crate::boundary::{
+    Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle,
+};
 use crate::registry::graft_registry;
 use crate::status::graft_status;
 
@@ -198,10 +200,6 @@ pub unsafe extern "C" fn graft_row_adapters_push_stack(
 /// `rows` is a live assignment; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_row_adapters_len(rows: *const graft_row_adapters, out: *mut usize) -> graft_status {
-    call("graft_row_adapters_len", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(rows, "rows") }?.rows.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_row_adapters_len", rows, "rows", out, |r| Ok(r.rows.len())) }
 }

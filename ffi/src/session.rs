@@ -13,7 +13,7 @@ use graft_rt::kernels::Level;
 use graft_rt::{Input, NanPolicy, Session, SessionOptions};
 
 use crate::boundary::{
-    Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, into_handle, opt_ref, opt_str,
+    Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle, opt_ref, opt_str,
 };
 use crate::model::{graft_dtype, graft_model};
 use crate::rows::graft_row_adapters;
@@ -278,12 +278,8 @@ pub unsafe extern "C" fn graft_session_run(
 /// `session` is a live session; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_session_output_count(session: *const graft_session, out: *mut usize) -> graft_status {
-    call("graft_session_output_count", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(session, "session") }?.names.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_session_output_count", session, "session", out, |s| Ok(s.names.len())) }
 }
 
 fn output(s: &graft_session, k: usize) -> graft_output {
@@ -301,16 +297,15 @@ pub unsafe extern "C" fn graft_session_output(
     index: usize,
     out: *mut graft_output,
 ) -> graft_status {
-    call("graft_session_output", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        let s = unsafe { arg_ref(session, "session") }?;
-        if index >= s.names.len() {
-            return Err(Failure::invalid("index", format!("{index} is past the {} outputs", s.names.len())));
-        }
-        out.write(output(s, index));
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        get("graft_session_output", session, "session", out, |s| {
+            if index >= s.names.len() {
+                return Err(Failure::invalid("index", format!("{index} is past the {} outputs", s.names.len())));
+            }
+            Ok(output(s, index))
+        })
+    }
 }
 
 /// Describes the output named `name` of the last run into `*out`;
@@ -345,12 +340,8 @@ pub unsafe extern "C" fn graft_session_output_by_name(
 /// `session` is a live session; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_session_ticket_count(session: *const graft_session, out: *mut usize) -> graft_status {
-    call("graft_session_ticket_count", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(session, "session") }?.tickets.len());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_session_ticket_count", session, "session", out, |s| Ok(s.tickets.len())) }
 }
 
 /// Takes ticket `index` of the last run as a new handle in `*out`; pass the row's label
@@ -364,16 +355,15 @@ pub unsafe extern "C" fn graft_session_ticket(
     index: usize,
     out: *mut *mut graft_ticket,
 ) -> graft_status {
-    call("graft_session_ticket", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        let s = unsafe { arg_ref(session, "session") }?;
-        let (row, adapter, value) = s.tickets.get(index).ok_or_else(|| {
-            Failure::invalid("index", format!("{index} is past the last run's {} tickets", s.tickets.len()))
-        })?;
-        out.write(into_handle(graft_ticket::new(*row, adapter.clone(), *value)));
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe {
+        get("graft_session_ticket", session, "session", out, |s| {
+            let (row, adapter, value) = s.tickets.get(index).ok_or_else(|| {
+                Failure::invalid("index", format!("{index} is past the last run's {} tickets", s.tickets.len()))
+            })?;
+            Ok(into_handle(graft_ticket::new(*row, adapter.clone(), *value)))
+        })
+    }
 }
 
 /// Writes the name of the kernel level the session runs (`"scalar"`, `"avx2"`, …) to
@@ -383,10 +373,6 @@ pub unsafe extern "C" fn graft_session_ticket(
 /// `session` is a live session; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_session_kernels(session: *const graft_session, out: *mut *const c_char) -> graft_status {
-    call("graft_session_kernels", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(session, "session") }?.kernels.as_ptr());
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_session_kernels", session, "session", out, |s| Ok(s.kernels.as_ptr())) }
 }

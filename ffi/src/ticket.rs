@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use graft_rt::adapters::LoadedAdapter;
 
-use crate::boundary::{Failure, Out, arg_ref, call, free_handle};
+use crate::boundary::{Failure, arg_ref, call, free_handle, get};
 use crate::status::graft_status;
 
 /// One row's feedback ticket from `graft_session_ticket`. The label reaches the adapter
@@ -53,12 +53,8 @@ pub unsafe extern "C" fn graft_ticket_feedback(ticket: *const graft_ticket, labe
 /// `ticket` is a live ticket; `out` points to writable storage.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_ticket_row(ticket: *const graft_ticket, out: *mut usize) -> graft_status {
-    call("graft_ticket_row", || {
-        let out = Out::new(out, "out")?;
-        // SAFETY: the caller's contract.
-        out.write(unsafe { arg_ref(ticket, "ticket") }?.row);
-        Ok(())
-    })
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_ticket_row", ticket, "ticket", out, |t| Ok(t.row)) }
 }
 
 /// Frees a ticket (answered or not). NULL is a no-op.
