@@ -15,9 +15,9 @@
 #include "graft.h"
 
 typedef struct example_inputs {
-  size_t count;
-  graft_input items[16];
-  void *buffers[16];
+  size_t count;      /* inputs filled so far */
+  graft_input *items; /* one per graph input */
+  void **buffers;     /* the data of each item, owned */
 } example_inputs;
 
 static inline float example_dense(size_t row, size_t width, size_t col, size_t salt) {
@@ -30,22 +30,28 @@ static inline int64_t example_id(size_t row, size_t col, size_t input, size_t bo
 
 static inline void example_inputs_free(example_inputs *in) {
   size_t k;
-  for (k = 0; k < in->count; k++) {
-    free(in->buffers[k]);
-    in->buffers[k] = NULL;
-  }
+  for (k = 0; k < in->count; k++) free(in->buffers[k]);
+  free(in->items);
+  free((void *)in->buffers);
+  in->items = NULL;
+  in->buffers = NULL;
   in->count = 0;
 }
 
 /* Fills `in` with `rows` rows for every input of `model`; `salt` varies the values.
- * Returns GRAFT_STATUS_OK or the failing status. */
+ * Returns GRAFT_STATUS_OK or the failing status; free `in` with example_inputs_free
+ * either way. */
 static inline graft_status example_inputs_make(const graft_model *model, size_t rows, size_t salt,
                                         example_inputs *in) {
   size_t n = 0, k, r, c;
   graft_status st = graft_model_input_count(model, &n);
   in->count = 0;
+  in->items = NULL;
+  in->buffers = NULL;
   if (st != GRAFT_STATUS_OK) return st;
-  if (n > 16) return GRAFT_STATUS_INVALID_ARGUMENT;
+  in->items = (graft_input *)calloc(n + 1, sizeof(graft_input));
+  in->buffers = (void **)calloc(n + 1, sizeof(void *));
+  if (!in->items || !in->buffers) return GRAFT_STATUS_OTHER;
   for (k = 0; k < n; k++) {
     graft_input_info info;
     graft_input *item = &in->items[k];
