@@ -226,7 +226,10 @@ mod tests {
             assert_eq!(arg_slice::<f32>(core::ptr::null(), 1, "x").unwrap_err().status, graft_status::NullArgument);
             let misaligned = floats.as_ptr().cast::<u8>().add(1).cast::<f32>();
             assert_eq!(arg_slice(misaligned, 1, "x").unwrap_err().status, graft_status::InvalidArgument);
-            assert_eq!(arg_slice(floats.as_ptr(), usize::MAX / 2, "x").unwrap_err().status, graft_status::InvalidArgument);
+            assert_eq!(
+                arg_slice(floats.as_ptr(), usize::MAX / 2, "x").unwrap_err().status,
+                graft_status::InvalidArgument
+            );
             assert_eq!(arg_str(c"\xff".as_ptr(), "s").unwrap_err().status, graft_status::InvalidArgument);
             assert_eq!(arg_ref::<u64>(core::ptr::null(), "h").unwrap_err().status, graft_status::NullArgument);
         }

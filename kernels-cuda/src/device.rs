@@ -509,8 +509,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// SSF: `y[m] = y[m] · scale[a] + shift[a]` with `a = idx[m]` (−1: untouched);
-    /// `scale_ptrs` / `shift_ptrs` are device arrays of addresses (shift entries may be 0).
+    /// SSF: `y[m] = γ'·y[m] + β'` with `a = idx[m]` (−1: untouched), `γ' = 1 + s(γ_a − 1)`,
+    /// `β' = s·β_a`, `s = row_scale[m]` (1 when `row_scale` is 0); `scale_ptrs` /
+    /// `shift_ptrs` are device arrays of addresses (shift entries may be 0).
     ///
     /// # Safety
     /// As [`Gpu::linear`].
@@ -523,6 +524,7 @@ impl Gpu {
         idx: u64,
         scale_ptrs: u64,
         shift_ptrs: u64,
+        row_scale: u64,
         n: usize,
         m: usize,
     ) -> Result<()> {
@@ -531,7 +533,7 @@ impl Gpu {
         }
         let (ldy, ni, mi) = (int(ldy)?, int(n)?, int(m)?);
         let mut b = stream.launch_builder(self.function("ssf_f32")?);
-        b.arg(&y).arg(&ldy).arg(&idx).arg(&scale_ptrs).arg(&shift_ptrs).arg(&ni).arg(&mi);
+        b.arg(&y).arg(&ldy).arg(&idx).arg(&scale_ptrs).arg(&shift_ptrs).arg(&row_scale).arg(&ni).arg(&mi);
         // SAFETY: matches lora.cu; addresses valid by contract.
         unsafe { b.launch(grid2d(m, n)?) }?;
         Ok(())

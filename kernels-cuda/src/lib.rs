@@ -27,6 +27,8 @@ pub mod cache;
 pub mod device;
 pub mod nvrtc;
 
+/// The `cudarc` this crate launches through (streams, contexts), for callers.
+pub use cudarc;
 pub use device::{DeviceBuffer, Gpu, HostRegistration, LoraLaunch, PinnedBuffer};
 
 use std::fmt;

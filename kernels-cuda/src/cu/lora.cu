@@ -133,16 +133,26 @@ extern "C" __global__ void __launch_bounds__(128) sgmv_expand(const float* __res
     }
 }
 
-// SSF: y[m, o] = y[m, o] * scale_a[o] + shift_a[o] for a = idx[m] (-1: untouched).
+// SSF: y[m, o] = g'[o] * y[m, o] + b'[o] for a = idx[m] (-1: untouched), with the per-row
+// multiplier m = row_scale[m] (1 when row_scale is NULL): g' = 1 + m (g - 1), b' = m b
+// (m = 1: exactly g * y + b; m = 0: untouched), as the ssf-pool kind computes on the CPU.
 // `scale_ptrs[a]` / `shift_ptrs[a]` point at N floats (shift may be 0 = none).
 extern "C" __global__ void ssf_f32(float* y, int ldy, const int* __restrict__ idx, const u64* __restrict__ scale_ptrs,
-                                   const u64* __restrict__ shift_ptrs, int N, int M) {
+                                   const u64* __restrict__ shift_ptrs, const float* __restrict__ row_scale, int N,
+                                   int M) {
     int o = blockIdx.x * blockDim.x + threadIdx.x, m = blockIdx.y;
     if (o >= N || m >= M) return;
     int a = idx[m];
     if (a < 0) return;
+    float mult = row_scale ? row_scale[m] : 1.0f;
+    if (mult == 0.0f) return;
     float* p = y + (size_t)m * ldy + o;
-    float v = __fmul_rn(*p, ((const float*)scale_ptrs[a])[o]);
-    if (shift_ptrs[a]) v = __fadd_rn(v, ((const float*)shift_ptrs[a])[o]);
-    *p = v;
+    float g = ((const float*)scale_ptrs[a])[o];
+    float b = shift_ptrs[a] ? ((const float*)shift_ptrs[a])[o] : 0.0f;
+    if (mult == 1.0f) {
+        *p = __fadd_rn(__fmul_rn(g, *p), b);
+    } else {
+        float gp = __fadd_rn(1.0f, __fmul_rn(mult, __fsub_rn(g, 1.0f)));
+        *p = __fadd_rn(__fmul_rn(gp, *p), __fmul_rn(mult, b));
+    }
 }
