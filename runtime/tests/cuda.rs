@@ -72,8 +72,10 @@ fn device_zero_is_refused_here_or_runs_on_a_gpu() {
         }
         Err(e) => panic!("expected CudaUnavailable or a session, got {e}"),
         Ok(mut s) => {
-            assert!(cfg!(feature = "cuda"), "a CUDA session without the cuda feature");
-            assert_eq!(s.options().device, Device::Cuda(0));
+            assert!(
+                cfg!(feature = "cuda") && s.options().device == Device::Cuda(0),
+                "a CUDA session without the feature"
+            );
             let out = s.run(&x.inputs()).unwrap();
             assert_eq!(out.get("prob").unwrap().len(), 5);
         }

@@ -90,10 +90,11 @@ extern "C" __global__ void __launch_bounds__(256) dot_interaction_f32(const u64*
     int pairs = self_interaction ? F * (F + 1) / 2 : F * (F - 1) / 2;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (int p = warp; p < pairs; p += warps) {
-        // Invert p = i * (i - 1 + extra) / 2 + j.
+        // Row i of the pair triangle starts at i (i - 1) / 2 without self interaction and
+        // at i (i + 1) / 2 with it: start(i) = i (i - 1 + 2 extra) / 2. Find i, then j.
         int i = 0;
-        while ((i + 1) * (i + extra) / 2 <= p) i++;
-        int j = p - i * (i - 1 + extra) / 2;
+        while ((i + 1) * (i + 2 * extra) / 2 <= p) i++;
+        int j = p - i * (i - 1 + 2 * extra) / 2;
         const float* a = (const float*)ins[i] + (size_t)m * lds[i];
         const float* b = (const float*)ins[j] + (size_t)m * lds[j];
         float s = 0.0f;

@@ -49,7 +49,11 @@ use crate::model::Model;
 const SGMV_MIN_ROWS: usize = 32;
 
 fn unavailable(e: CudaError) -> Error {
-    Error::CudaUnavailable { detail: e.to_string() }
+    let detail = match e {
+        CudaError::Unavailable(why) => why,
+        other => other.to_string(),
+    };
+    Error::CudaUnavailable { detail }
 }
 
 fn cuda(e: CudaError) -> Error {
