@@ -20,6 +20,7 @@ use common::{Inputs, model};
 use graft::builder::WeightFormats;
 use graft::{Device, Error, Session, SessionOptions};
 
+#[cfg(feature = "cuda")]
 fn gpu_enabled(test: &str) -> bool {
     let on = std::env::var("GRAFT_GPU").is_ok_and(|v| v == "1");
     if !on {
