@@ -52,7 +52,8 @@ fi
 cargo --version
 
 # NVRTC: a CUDA toolkit's, else the PyPI wheel (the same one CI uses); ptxas likewise.
-if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.12'; then
+if [[ -z "${PTXAS:-}" ]] && command -v ptxas >/dev/null 2>&1; then export PTXAS=$(command -v ptxas); fi
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.12' || [[ -z "${PTXAS:-}" ]]; then
     VENV=${GRAFT_GPU_VENV:-$PWD/target/gpu-check-venv}
     python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
         nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-nvcc-cu12==12.9.86 || { echo "ERROR: pip install of NVRTC failed"; exit 2; }
@@ -60,7 +61,6 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc.so.12'; then
     export LD_LIBRARY_PATH="$SITE/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export PTXAS="$SITE/nvidia/cuda_nvcc/bin/ptxas"
 fi
-if [[ -z "${PTXAS:-}" ]] && command -v ptxas >/dev/null 2>&1; then export PTXAS=$(command -v ptxas); fi
 export GRAFT_GPU=1 GRAFT_CI=1 CARGO_TERM_COLOR=never
 export GRAFT_CUDA_CACHE=${GRAFT_CUDA_CACHE:-$PWD/target/gpu-check-ptx-cache}
 # One release build serves tests and benchmark (tract, a dev-dependency, stays at opt 0).

@@ -206,7 +206,13 @@ pub fn main(args: Args) -> Result<()> {
         adapters::stage(&stage)?;
     }
     if !args.skip_kinds {
-        kinds::stage(&stage)?;
+        if args.device == graft::Device::Cpu {
+            kinds::stage(&stage)?;
+        } else {
+            // FedIns pools, routing and the error memory keep per-row state on the host;
+            // GPU sessions refuse them (Error::AdapterNotOnDevice) rather than fall back.
+            println!("kinds   skipped on {}: ssf-pool pools, routing and error-memory run on the CPU only", args.device);
+        }
     }
     drop(session);
     drop(model);
