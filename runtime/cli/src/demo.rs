@@ -211,7 +211,10 @@ pub fn main(args: Args) -> Result<()> {
         } else {
             // FedIns pools, routing and the error memory keep per-row state on the host;
             // GPU sessions refuse them (Error::AdapterNotOnDevice) rather than fall back.
-            println!("kinds   skipped on {}: ssf-pool pools, routing and error-memory run on the CPU only", args.device);
+            println!(
+                "kinds   skipped on {}: ssf-pool pools, routing and error-memory run on the CPU only",
+                args.device
+            );
         }
     }
     drop(session);
