@@ -17,8 +17,13 @@
 mod common;
 
 use common::{Inputs, model};
+use graft::Model;
+use graft::adapters::{Registry, RowAdapters};
 use graft::builder::WeightFormats;
+use graft::synthetic::kinds::write_adapter_file;
+use graft::synthetic::lora::{LoraSpec, write_peft_lora};
 use graft::{Device, Error, Session, SessionOptions};
+use serde_json::json;
 
 #[cfg(feature = "cuda")]
 fn gpu_enabled(test: &str) -> bool {
@@ -98,22 +103,108 @@ fn cpu_sessions_are_unchanged_in_a_cuda_build() {
     assert_eq!(pa, pb);
 }
 
+/// Four LoRA adapters (ranks 4, 8, 16 and an rsLoRA) and a static SSF adapter at a
+/// non-linear node (`cross`) and at a linear one (`head`).
+fn lora_registry(m: &Model, dir: &std::path::Path) -> Registry {
+    let reg = Registry::new(m);
+    for (id, rank, seed) in [("r4", 4usize, 1u64), ("r8", 8, 2), ("r16", 16, 3)] {
+        let d = dir.join(id);
+        write_peft_lora(m, &d, &LoraSpec::every_linear(rank, seed)).unwrap();
+        reg.insert(reg.load_peft(id, &d).unwrap()).unwrap();
+    }
+    let mut rs = LoraSpec::every_linear(8, 4);
+    rs.rslora = true;
+    write_peft_lora(m, &dir.join("rs"), &rs).unwrap();
+    reg.insert(reg.load_peft("rs", dir.join("rs")).unwrap()).unwrap();
+    // Static SSF at a non-linear node (the cross layer) and at the head.
+    let c = m.graph().nodes.iter().find(|n| n.name == "cross").unwrap().width;
+    let gamma: Vec<f32> = (0..c).map(|i| 1.0 + 0.01 * (i as f32 - 7.0)).collect();
+    let beta: Vec<f32> = (0..c).map(|i| 0.02 * (i % 5) as f32 - 0.04).collect();
+    let config = json!({"kind": "ssf-pool", "format_version": 1, "sites": [
+        {"node": "cross", "gamma": "g0", "beta": "b0"}, {"node": "head", "gamma": "g1", "beta": "b1"}]});
+    let path = dir.join("ssf.safetensors");
+    write_adapter_file(
+        &path,
+        &config,
+        &[
+            ("g0".into(), vec![c], gamma),
+            ("b0".into(), vec![c], beta),
+            ("g1".into(), vec![1], vec![1.3]),
+            ("b1".into(), vec![1], vec![-0.1]),
+        ],
+    )
+    .unwrap();
+    reg.insert(reg.load_path("ssf", &path, "").unwrap()).unwrap();
+    reg
+}
+
+fn mixed_rows(reg: &Registry, rows: usize) -> RowAdapters {
+    let mut ra = RowAdapters::new(reg);
+    for r in 0..rows {
+        match r % 7 {
+            0 => ra.push_base().unwrap(),
+            1 => ra.push("r4").unwrap(),
+            2 => ra.push("r8").unwrap(),
+            3 => ra.push("r16").unwrap(),
+            4 => ra.push("rs").unwrap(),
+            5 => ra.push("ssf").unwrap(),
+            _ => ra.push_stack(&[("r4", 0.5), ("ssf", 0.7), ("r16", 1.5)]).unwrap(),
+        }
+    }
+    ra
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("graft-cuda-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The adapter set-up of the GPU tests, run on the CPU: every adapter loads and changes
+/// the rows it is assigned to (so the GPU comparisons cannot pass vacuously), and the
+/// kinds the GPU must refuse load and run on the CPU.
+#[test]
+fn gpu_test_adapters_load_and_change_their_rows_on_the_cpu() {
+    let dir = tmp("cpu-setup");
+    let m = model(7, WeightFormats::default());
+    let reg = lora_registry(&m, &dir);
+    let x = Inputs::new(14, 3);
+    let mut s = Session::new(&m, SessionOptions { max_batch: 16, ..Default::default() }).unwrap();
+    let with = s.run_with(&x.inputs(), &mixed_rows(&reg, 14)).unwrap().get("logit").unwrap().to_vec();
+    let base = s.run(&x.inputs()).unwrap().get("logit").unwrap().to_vec();
+    for r in 0..14 {
+        let changed = (with[r] - base[r]).abs() > 1e-4;
+        assert_eq!(changed, r % 7 != 0, "row {r}: {} vs base {}", with[r], base[r]);
+    }
+    let path = dir.join("mem.safetensors");
+    graft::synthetic::kinds::write_error_memory(&path, "all", "prob", 4, 6, 0.5).unwrap();
+    reg.insert(reg.load_path("mem", &path, "").unwrap()).unwrap();
+    let mut dora = graft::synthetic::lora::LoraSpec::every_linear(4, 9);
+    dora.dora = true;
+    graft::synthetic::lora::write_peft_lora(&m, &dir.join("dora"), &dora).unwrap();
+    reg.insert(reg.load_peft("dora", dir.join("dora")).unwrap()).unwrap();
+    for id in ["mem", "dora"] {
+        s.run_with(&x.inputs(), &RowAdapters::all(&reg, id).unwrap()).unwrap();
+    }
+    // Replacing a published id (what the hot-swap test does under load).
+    reg.replace(reg.load_peft("r4", dir.join("r8")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
-    use std::path::PathBuf;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use graft::adapters::{Registry, RowAdapters};
     use graft::builder::WeightFormats;
     use graft::kernels::Level;
-    use graft::synthetic::kinds::write_adapter_file;
     use graft::synthetic::lora::{LoraSpec, write_peft_lora};
-    use graft::{Device, Error, Model, Session, SessionOptions, WeightFormat};
-    use serde_json::json;
+    use graft::{Device, Error, Session, SessionOptions, WeightFormat};
 
     use super::common::{Inputs, model};
-    use super::gpu_enabled;
+    use super::{gpu_enabled, lora_registry, mixed_rows, tmp};
 
     fn cpu(max_batch: usize) -> SessionOptions {
         SessionOptions { max_batch, threads: 1, kernels: Some(Level::Scalar), ..Default::default() }
@@ -121,13 +212,6 @@ mod gpu {
 
     fn gpu(max_batch: usize) -> SessionOptions {
         SessionOptions { max_batch, device: Device::Cuda(0), ..Default::default() }
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("graft-cuda-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     /// Every output of `a` within `rel` of `b` (relative to 1 + |b|).
@@ -190,55 +274,6 @@ mod gpu {
         assert_eq!(outputs(&mut b, &x), first);
     }
 
-    fn lora_registry(m: &Model, dir: &std::path::Path) -> Registry {
-        let reg = Registry::new(m);
-        for (id, rank, seed) in [("r4", 4usize, 1u64), ("r8", 8, 2), ("r16", 16, 3)] {
-            let d = dir.join(id);
-            write_peft_lora(m, &d, &LoraSpec::every_linear(rank, seed)).unwrap();
-            reg.insert(reg.load_peft(id, &d).unwrap()).unwrap();
-        }
-        let mut rs = LoraSpec::every_linear(8, 4);
-        rs.rslora = true;
-        write_peft_lora(m, &dir.join("rs"), &rs).unwrap();
-        reg.insert(reg.load_peft("rs", dir.join("rs")).unwrap()).unwrap();
-        // Static SSF at a non-linear node (the cross layer) and at the head.
-        let c = m.graph().nodes.iter().find(|n| n.name == "cross").unwrap().width;
-        let gamma: Vec<f32> = (0..c).map(|i| 1.0 + 0.01 * (i as f32 - 7.0)).collect();
-        let beta: Vec<f32> = (0..c).map(|i| 0.02 * (i % 5) as f32 - 0.04).collect();
-        let config = json!({"kind": "ssf-pool", "format_version": 1, "sites": [
-            {"node": "cross", "gamma": "g0", "beta": "b0"}, {"node": "head", "gamma": "g1", "beta": "b1"}]});
-        let path = dir.join("ssf.safetensors");
-        write_adapter_file(
-            &path,
-            &config,
-            &[
-                ("g0".into(), vec![c], gamma),
-                ("b0".into(), vec![c], beta),
-                ("g1".into(), vec![1], vec![1.3]),
-                ("b1".into(), vec![1], vec![-0.1]),
-            ],
-        )
-        .unwrap();
-        reg.insert(reg.load_path("ssf", &path, "").unwrap()).unwrap();
-        reg
-    }
-
-    fn mixed_rows(reg: &Registry, rows: usize) -> RowAdapters {
-        let mut ra = RowAdapters::new(reg);
-        for r in 0..rows {
-            match r % 7 {
-                0 => ra.push_base().unwrap(),
-                1 => ra.push("r4").unwrap(),
-                2 => ra.push("r8").unwrap(),
-                3 => ra.push("r16").unwrap(),
-                4 => ra.push("rs").unwrap(),
-                5 => ra.push("ssf").unwrap(),
-                _ => ra.push_stack(&[("r4", 0.5), ("ssf", 0.7), ("r16", 1.5)]).unwrap(),
-            }
-        }
-        ra
-    }
-
     #[test]
     fn mixed_adapter_batches_match_the_cpu() {
         if !gpu_enabled("mixed_adapter_batches_match_the_cpu") {
@@ -274,7 +309,7 @@ mod gpu {
         let m = model(8, WeightFormats::default());
         let reg = Registry::new(&m);
         let path = dir.join("mem.safetensors");
-        graft::synthetic::kinds::write_error_memory(&path, "all", "prob", 2, 8, 0.5).unwrap();
+        graft::synthetic::kinds::write_error_memory(&path, "all", "prob", 4, 6, 0.5).unwrap();
         reg.insert(reg.load_path("mem", &path, "").unwrap()).unwrap();
         let mut dora = LoraSpec::every_linear(4, 9);
         dora.dora = true;
@@ -354,7 +389,7 @@ mod gpu {
         for i in 0..20 {
             std::thread::sleep(std::time::Duration::from_millis(25));
             let v = if i % 2 == 0 { &vb } else { &va };
-            reg.insert(reg.load_peft("u", v).unwrap()).unwrap();
+            reg.replace(reg.load_peft("u", v).unwrap()).unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         for s in servers {
