@@ -18,7 +18,8 @@
 #   5. benchmark: q8 GEMV GB/s vs a device-to-device copy, BGMV, DLRM batch 1/256 GPU vs
 #      CPU, and vs PyTorch on the same model when torch with CUDA is importable
 set -uo pipefail
-cd "$(dirname "$0")/.."
+SCRIPT=$(readlink -f "$0")
+cd "$(dirname "$SCRIPT")/.."
 START=$(date +%s)
 LOG=$(mktemp -d)/gpu-check
 mkdir -p "$LOG"
@@ -36,7 +37,7 @@ stage() { # name, timeout seconds, command...
 
 # The whole check must not outlive 5 minutes (plus a little for the report).
 if [[ -z "${GPU_CHECK_INNER:-}" ]]; then
-    GPU_CHECK_INNER=1 exec timeout 330 "$0" "$@"
+    GPU_CHECK_INNER=1 exec timeout 330 "$SCRIPT" "$@"
 fi
 
 echo "graft GPU check — $(date -u +%FT%TZ)"

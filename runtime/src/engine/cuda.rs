@@ -24,8 +24,10 @@
 //!   SGMV for larger batches) with a per-row adapter index and mixed ranks, static SSF
 //!   as a per-row scale-shift. Device copies are cached per [`LoadedAdapter`] instance
 //!   (its address, validated through a weak reference): a published new version is a
-//!   new instance and gets its own upload, while runs holding an older snapshot keep the
-//!   older copies alive through their `Arc`s — the CPU registry's snapshot semantics.
+//!   new instance and gets its own upload — made by the registry before it publishes
+//!   ([`preload`], on every device the process has opened; a run that finds no copy makes
+//!   it) — while runs holding an older snapshot keep the older copies alive through their
+//!   `Arc`s: the CPU registry's snapshot semantics.
 //!   An adapter whose kind exports no device parameters makes the run fail with
 //!   [`Error::AdapterNotOnDevice`] before anything is launched.
 
@@ -266,6 +268,20 @@ fn device_adapter(gpu: &Gpu, ordinal: u32, adapter: &Arc<LoadedAdapter>) -> Resu
     let d = Arc::new(DeviceAdapter { ordinal, source: Arc::downgrade(adapter), targets });
     table.push(d.clone());
     Ok(d)
+}
+
+/// Uploads `adapter` to every device this process has opened, before the registry
+/// publishes it, so the first GPU run after a publish or swap finds its device copy ready
+/// instead of paying for the upload. A kind that cannot run on the device is left for
+/// the run to report ([`Error::AdapterNotOnDevice`]); an upload failure is logged and
+/// retried by the first run that needs the adapter.
+pub(crate) fn preload(adapter: &Arc<LoadedAdapter>) {
+    let gpus: Vec<(u32, Arc<Gpu>)> = GPUS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (ordinal, gpu) in gpus {
+        if let Err(e) = device_adapter(&gpu, ordinal, adapter) {
+            log::warn!("cuda:{ordinal}: uploading adapter `{}` on publish failed: {e}", adapter.id());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

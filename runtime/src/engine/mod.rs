@@ -3,7 +3,7 @@
 #[cfg(feature = "std")]
 mod adapt;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 mod exec;
 mod input;
 mod plan;
