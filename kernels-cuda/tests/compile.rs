@@ -153,3 +153,33 @@ fn nvrtc_and_ptxas() {
     }
     assert!(failures.is_empty(), "{} problem(s):\n{}", failures.len(), failures.join("\n"));
 }
+
+/// The on-disk cache with the real NVRTC: a miss compiles and stores, a hit returns the
+/// stored PTX, and a corrupted entry is recompiled and rewritten, never returned.
+#[test]
+fn ptx_cache_round_trip_with_nvrtc() {
+    use graft_kernels_cuda::cache::{PtxCache, read_entry};
+    if !graft_kernels_cuda::nvrtc_available() {
+        return skip_or_fail("libnvrtc was not found (put the nvidia-cuda-nvrtc-cu12 wheel's lib dir on LD_LIBRARY_PATH)");
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ptx-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = PtxCache::new(&dir);
+    let version = nvrtc::version().expect("NVRTC version");
+    let entry = dir.join(PtxCache::key(Module::Elementwise, "compute_87", version));
+    let first = cache.get_or_compile(Module::Elementwise, "compute_87").expect("compile");
+    assert!(first.contains(".target sm_87"), "not sm_87 PTX");
+    assert_eq!(read_entry(&entry).as_deref(), Some(first.as_str()), "the miss was not stored");
+    // A hit returns the stored text: make it recognisable (and still valid) to tell.
+    let marked = format!("{first}\n// cached\n");
+    graft_kernels_cuda::cache::write_entry(&dir, &entry, &marked).expect("write");
+    assert_eq!(cache.get_or_compile(Module::Elementwise, "compute_87").expect("hit"), marked);
+    // Corrupt the entry: it is recompiled (the fresh PTX, not the marked one) and rewritten.
+    let mut bytes = std::fs::read(&entry).expect("read");
+    let n = bytes.len();
+    bytes[n - 20] ^= 0x20;
+    std::fs::write(&entry, &bytes).expect("write");
+    assert_eq!(cache.get_or_compile(Module::Elementwise, "compute_87").expect("recompile"), first);
+    assert_eq!(read_entry(&entry).as_deref(), Some(first.as_str()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
