@@ -160,7 +160,9 @@ fn nvrtc_and_ptxas() {
 fn ptx_cache_round_trip_with_nvrtc() {
     use graft_kernels_cuda::cache::{PtxCache, read_entry};
     if !graft_kernels_cuda::nvrtc_available() {
-        return skip_or_fail("libnvrtc was not found (put the nvidia-cuda-nvrtc-cu12 wheel's lib dir on LD_LIBRARY_PATH)");
+        return skip_or_fail(
+            "libnvrtc was not found (put the nvidia-cuda-nvrtc-cu12 wheel's lib dir on LD_LIBRARY_PATH)",
+        );
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ptx-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

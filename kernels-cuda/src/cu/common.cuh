@@ -33,9 +33,13 @@ typedef unsigned long long u64;
 #define ACT_TANH 6
 
 __device__ __forceinline__ float f16_bits_to_f32(u16 h) {
+#ifdef GRAFT_CUDA_HOST_EMU
+    return emu_f16_to_f32(h);  // tests/emu: the kernels compiled as host C++
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 __device__ __forceinline__ float bf16_bits_to_f32(u16 h) { return __int_as_float(((u32)h) << 16); }
