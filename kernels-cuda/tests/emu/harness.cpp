@@ -167,7 +167,12 @@ static void test_bag(int fmt, bool offsets, bool mean) {
     const float* sp = fmt == FMT_Q8 ? t.scales.data() : nullptr;
     unsigned threads = (unsigned)((std::clamp(cols, 32, 256) + 31) / 32 * 32);
     emu_launch({(unsigned)m, 1, 1}, {threads, 1, 1}, [&] {
-        auto f = fmt == FMT_Q8_ROWWISE ? bag_q8_rowwise : fmt == FMT_Q8 ? bag_q8 : fmt == FMT_Q4 ? bag_q4 : bag_f32;
+        auto f = fmt == FMT_Q8_ROWWISE ? bag_q8_rowwise
+                 : fmt == FMT_Q8       ? bag_q8
+                 : fmt == FMT_Q4       ? bag_q4
+                 : fmt == FMT_F16      ? bag_f16
+                 : fmt == FMT_BF16     ? bag_bf16
+                                       : bag_f32;
         f(t.bytes.data(), sp, cols, ids.data(), offsets ? offs.data() : nullptr, slots, (int)ids.size(), mean, out.data(), ldo, m);
     });
     // Same summation order as the CPU: exact.
@@ -330,7 +335,7 @@ int main() {
         test_linear(fmt, 70, 67, 45, ACT_GELU, false, 1, 5);      // GEMM, partial tiles, K tail
     }
     test_linear(FMT_Q8, 3, 20, 96, ACT_NONE, true, 0, 0);         // q8 vector path (K % 16 == 0)
-    for (int fmt : {FMT_F32, FMT_Q8, FMT_Q8_ROWWISE, FMT_Q4})
+    for (int fmt : {FMT_F32, FMT_F16, FMT_BF16, FMT_Q8, FMT_Q8_ROWWISE, FMT_Q4})
         for (int off = 0; off < 2; off++)
             for (int mean = 0; mean < 2; mean++) test_bag(fmt, off, mean);
     test_lora(false);
