@@ -17,6 +17,8 @@
 #   4. CLI: graft run --device cuda:0 vs --device cpu
 #   5. benchmark: q8 GEMV GB/s vs a device-to-device copy, BGMV, DLRM batch 1/256 GPU vs
 #      CPU, and vs PyTorch on the same model when torch with CUDA is importable
+# The 5-minute budget assumes a cold release build takes about 2-3 minutes on 16 cores; if
+# the build stage reports TIME on a first run, rerun: cargo's cache makes it seconds.
 set -uo pipefail
 SCRIPT=$(readlink -f "$0")
 cd "$(dirname "$SCRIPT")/.."
