@@ -122,7 +122,13 @@ fn options(p: &graft_session_params) -> Outcome<SessionOptions> {
         x if x == graft_nan_policy::Propagate as u32 => NanPolicy::Propagate,
         x => return Err(Failure::invalid("params.nan_policy", format!("{x} is not a graft_nan_policy"))),
     };
-    Ok(SessionOptions { max_batch: p.max_batch, threads: p.threads, kernels, nan_policy })
+    Ok(SessionOptions {
+        max_batch: p.max_batch,
+        threads: p.threads,
+        kernels,
+        nan_policy,
+        device: graft_rt::Device::Cpu,
+    })
 }
 
 /// Plans `model` for `params` (NULL: defaults) and allocates everything a run uses.

@@ -124,6 +124,16 @@ pub enum Error {
     /// A kernel level was requested that this build or CPU cannot run.
     #[error("kernel level `{level}` is not available: {detail}")]
     KernelUnavailable { level: String, detail: String },
+    /// A session asked for a CUDA device that cannot be used: graft was built without
+    /// the `cuda` feature, the CUDA driver or NVRTC library is missing, there is no
+    /// device with that ordinal, or the kernels could not be compiled for it. `detail`
+    /// says which.
+    #[error("CUDA unavailable: {detail}")]
+    CudaUnavailable { detail: String },
+    /// A CUDA driver call failed while a GPU session was running (out of memory, a
+    /// kernel fault); the session should be dropped.
+    #[error("CUDA: {detail}")]
+    Cuda { detail: String },
 
     // === Files (std) ===
     /// An I/O error on a named file.
@@ -178,6 +188,12 @@ pub enum Error {
     /// again (or replace it) to use its id.
     #[error("adapter `{id}` ({kind}) is disabled: {reason}")]
     AdapterDisabled { id: String, kind: String, reason: String },
+    /// A GPU session was given rows whose adapter cannot run on the device: its kind
+    /// exports no device parameters (error memory, routing, FedIns pools, third-party
+    /// plugins) or refuses this configuration (DoRA). Nothing ran; graft never falls
+    /// back to the CPU in the middle of a graph.
+    #[error("adapter `{id}` ({kind}) cannot run on a CUDA session: {detail}")]
+    AdapterNotOnDevice { id: String, kind: String, detail: String },
 
     // === ONNX import ===
     /// An ONNX node uses an op (or an op form) graft cannot import.

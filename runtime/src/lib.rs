@@ -55,7 +55,7 @@ pub mod view;
 #[cfg(feature = "std")]
 pub mod writer;
 
-pub use engine::{Input, NanPolicy, Outputs, Session, SessionOptions, Shape, TensorView};
+pub use engine::{Device, Input, NanPolicy, Outputs, Session, SessionOptions, Shape, TensorView};
 pub use error::{Error, Result};
 pub use format::{DType, WeightFormat};
 pub use model::Model;

@@ -49,7 +49,9 @@ pub use view::{ElemFormat, KernelStatus, MatView, MatViewMut, WeightView};
 /// the major sense (semantics changed); layout compatibility is checked by abi_stable.
 ///
 /// Version 2 added the `Tap` and `Post` hooks, per-row run state, feedback tickets and
-/// state persistence (Adapters II).
+/// state persistence (Adapters II). [`Adapter::device_params`] (GPU sessions) was appended
+/// to the vtable later without a version change: it is optional, and its absence in an
+/// older kind reads as its default (`UNSUPPORTED`).
 pub const ABI_VERSION: u32 = 2;
 
 /// Where an adapter attaches. Every hook sees a node's *output* as the graph names it:
@@ -350,6 +352,42 @@ pub trait Adapter: Send + Sync + Debug {
     fn save_state(&self, path: RStr<'_>) -> RResult<(), PluginError> {
         RResult::RErr(PluginError::new(ErrorCode::UNSUPPORTED, path.as_str(), "this kind has no state to save"))
     }
+
+    /// The parameters of `target` in a form a GPU host runs with its own kernels
+    /// ([`DeviceParams`]), so the adapter never needs host hooks in the middle of a
+    /// device graph. Appended after the first prefix (see the crate docs): a kind built
+    /// before it has no entry, and the host gets this default, `UNSUPPORTED`, which makes
+    /// a GPU session refuse rows using that kind with a typed error.
+    fn device_params(&self, target: u32) -> RResult<DeviceParams, PluginError> {
+        RResult::RErr(unsupported_hook("device_params", target))
+    }
+}
+
+/// An adapter's parameters at one target, ready to upload to a device
+/// ([`Adapter::device_params`]). Values are f32, row-major.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub enum DeviceParams {
+    /// At a [`HookKind::LinearDelta`] target: `y += scale · m · (x·Aᵀ)·Bᵀ`, where `m` is
+    /// the per-request multiplier (LoRA, rsLoRA, ALLoRA-style scales).
+    LowRank {
+        /// `A`, `rank × in_features`.
+        a: RVec<f32>,
+        /// `B`, `out_features × rank`.
+        b: RVec<f32>,
+        /// The rank.
+        rank: u32,
+        /// The adapter's own scale (before the per-request multiplier).
+        scale: f32,
+    },
+    /// At a [`HookKind::Post`] target: `y ← γ' ⊙ y + β'` with `γ' = 1 + m(γ − 1)`,
+    /// `β' = mβ` (`m = 1`: `γ ⊙ y + β`; `m = 0`: untouched) — static SSF.
+    ScaleShift {
+        /// `γ`, `out_features` values.
+        gamma: RVec<f32>,
+        /// `β`, `out_features` values.
+        beta: RVec<f32>,
+    },
 }
 
 fn unsupported_hook(hook: &str, target: u32) -> PluginError {

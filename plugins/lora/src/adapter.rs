@@ -9,8 +9,8 @@ use core::fmt;
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, PluginError, Target,
-    TargetInfo, WeightView, guard,
+    Adapter, AdapterInfo, DeviceParams, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut,
+    PluginError, Target, TargetInfo, WeightView, guard,
 };
 
 use crate::KIND;
@@ -279,5 +279,34 @@ impl Adapter for LoraAdapter {
 
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
         guard(KIND, "merge", || self.merge_into(target, weight, bias))
+    }
+
+    fn device_params(&self, target: u32) -> RResult<DeviceParams, PluginError> {
+        guard(KIND, "device_params", || self.device_params_of(target))
+    }
+}
+
+impl LoraAdapter {
+    /// LoRA, rsLoRA and explicit-scale (ALLoRA-style) modules export `A`, `B` and their
+    /// scale as f32. DoRA (its output depends on column norms of the merged weight) and
+    /// `lora_bias` have no device form yet and are refused with `UNSUPPORTED` naming the
+    /// module, so a GPU session rejects the adapter instead of running it wrong.
+    fn device_params_of(&self, target: u32) -> Result<DeviceParams, PluginError> {
+        let m = self.module(target)?;
+        if m.dora.is_some() {
+            return Err(PluginError::new(ErrorCode::UNSUPPORTED, &m.path, "DoRA adapters do not run on GPU sessions"));
+        }
+        if m.bias.is_some() {
+            return Err(PluginError::new(ErrorCode::UNSUPPORTED, &m.path, "lora_bias does not run on GPU sessions"));
+        }
+        let backing = self.backing.bytes();
+        let (a, b) =
+            m.a.to_f32_vec(backing)
+                .zip(m.b.to_f32_vec(backing))
+                .ok_or_else(|| internal(&m.path, "adapter tensors no longer match their validated shapes"))?;
+        if a.len() != m.rank * m.in_features || b.len() != m.out_features * m.rank {
+            return Err(internal(&m.path, "adapter tensors no longer match their validated shapes"));
+        }
+        Ok(DeviceParams::LowRank { a: a.into(), b: b.into(), rank: m.rank as u32, scale: m.scale as f32 })
     }
 }

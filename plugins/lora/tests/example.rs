@@ -249,3 +249,32 @@ fn bad_calls_are_errors() {
     let r = a.merge(0, MatViewMut::new(&mut w, 2, 2, 2).unwrap(), RSliceMut::from_mut_slice(&mut b)).into_result();
     assert_err(r, ErrorCode::BAD_CALL, "fc");
 }
+
+/// `device_params` (what GPU sessions run): base + scale·B(A·x) must equal the host
+/// forward for LoRA, rsLoRA and an explicit scale; DoRA and lora_bias are refused.
+#[test]
+fn device_params_reproduce_the_forward() {
+    use graft_plugin_abi::DeviceParams;
+    for patch in [json!({}), json!({"use_rslora": true}), json!({"scaling": 1.0})] {
+        let (m, a) = example(patch.clone(), &example_tensors(), "");
+        let DeviceParams::LowRank { a: fa, b: fb, rank, scale } = a.device_params(0).into_result().unwrap() else {
+            panic!("{patch}: not low-rank")
+        };
+        let (r, node) = (rank as usize, m.node("fc"));
+        let base = node.forward(&EX_X);
+        let t: Vec<f32> = (0..r).map(|i| (0..3).map(|k| fa[i * 3 + k] * EX_X[k]).sum()).collect();
+        let y: Vec<f32> =
+            (0..base.len()).map(|o| base[o] + scale * (0..r).map(|i| fb[o * r + i] * t[i]).sum::<f32>()).collect();
+        assert_close(&y, &forward(&a, 0, node, &EX_X, 1.0), 1e-5);
+    }
+    let mut dora = example_tensors();
+    dora.push(f32_tensor("base_model.model.fc.lora_magnitude_vector", &[2], &[5.0, 10.0]));
+    let (_, a) = example(json!({"use_dora": true}), &dora, "");
+    let e = a.device_params(0).into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::UNSUPPORTED);
+    let mut biased = example_tensors();
+    biased.push(f32_tensor("base_model.model.fc.lora_B.bias", &[2], &[1.0, -3.0]));
+    let (_, a) = example(json!({"lora_bias": true}), &biased, "");
+    assert_eq!(a.device_params(0).into_result().unwrap_err().code, ErrorCode::UNSUPPORTED);
+    assert!(a.device_params(7).into_result().is_err());
+}

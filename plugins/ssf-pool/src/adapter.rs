@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi_stable::std_types::{RResult, RSliceMut, RString, RVec};
 use graft_plugin_abi::{
-    Adapter, AdapterInfo, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, NodeOp, PluginError,
-    Post, Tap, Target, TargetInfo, WeightView, guard,
+    Adapter, AdapterInfo, DeviceParams, ErrorCode, HookKind, HostKernelsRef, LinearDelta, MatView, MatViewMut, NodeOp,
+    PluginError, Post, Tap, Target, TargetInfo, WeightView, guard,
 };
 
 use crate::KIND;
@@ -617,5 +617,30 @@ impl Adapter for SsfPoolAdapter {
 
     fn post(&self, call: Post<'_>) -> RResult<(), PluginError> {
         guard(KIND, "post", || self.post_rows(call))
+    }
+
+    fn device_params(&self, target: u32) -> RResult<DeviceParams, PluginError> {
+        guard(KIND, "device_params", || self.device_params_of(target))
+    }
+}
+
+impl SsfPoolAdapter {
+    /// Static SSF sites export γ and β. A pool (FedIns) selects parameters per row on the
+    /// host and is refused with `UNSUPPORTED`, as is its pooled head.
+    fn device_params_of(&self, target: u32) -> Result<DeviceParams, PluginError> {
+        let role = self.targets.get(target as usize).map(|&(_, r)| r).ok_or_else(|| {
+            bad_call("target", format!("target {target} out of range: the adapter has {} targets", self.targets.len()))
+        })?;
+        match role {
+            Role::Site(s) if self.pool.is_none() => {
+                let site = &self.sites[s];
+                Ok(DeviceParams::ScaleShift { gamma: site.gamma.clone().into(), beta: site.beta.clone().into() })
+            }
+            _ => Err(PluginError::new(
+                ErrorCode::UNSUPPORTED,
+                "pool",
+                "FedIns pools select parameters per row on the host and do not run on GPU sessions",
+            )),
+        }
     }
 }

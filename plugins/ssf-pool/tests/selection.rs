@@ -197,3 +197,15 @@ fn near_ties_fall_back_and_clear_rows_do_not() {
         }
     }
 }
+
+/// A pool selects per row on the host: no target of it has device parameters.
+#[test]
+fn pools_have_no_device_params() {
+    use graft_plugin_abi::{Adapter, ErrorCode};
+    let dir = TempDir::new("device");
+    let keys: Vec<f32> = (0..P * D).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
+    let a = load_pool(&dir, &keys);
+    for t in 0..a.targets().len() as u32 {
+        assert_eq!(a.device_params(t).into_result().unwrap_err().code, ErrorCode::UNSUPPORTED);
+    }
+}

@@ -168,3 +168,25 @@ fn save_inspect_and_load_round_trip() {
     let nowhere = dir.file("no/such/dir/x.safetensors");
     assert_err(save(&nowhere, &config, &[("g", vec![2], &GAMMA), ("b", vec![2], &BETA)]), ErrorCode::IO, &nowhere);
 }
+
+/// `device_params` (what GPU sessions run) exports each site's γ and β as loaded.
+#[test]
+fn device_params_export_gamma_and_beta() {
+    use graft_plugin_abi::DeviceParams;
+    let a = load_static(&[2]);
+    match a.device_params(0).into_result().unwrap() {
+        DeviceParams::ScaleShift { gamma, beta } => {
+            assert_eq!(gamma.as_slice(), &GAMMA);
+            assert_eq!(beta.as_slice(), &BETA);
+        }
+        other => panic!("expected scale-shift, got {other:?}"),
+    }
+    match a.device_params(1).into_result().unwrap() {
+        DeviceParams::ScaleShift { gamma, beta } => {
+            assert_eq!(gamma.as_slice(), &[-1.0, 3.0]);
+            assert_eq!(beta.as_slice(), &[0.0, 1.0]);
+        }
+        other => panic!("expected scale-shift, got {other:?}"),
+    }
+    assert!(a.device_params(9).into_result().is_err());
+}

@@ -64,6 +64,10 @@ pub struct Args {
     /// Keep the model file afterwards.
     #[arg(long)]
     keep: bool,
+    /// Where sessions run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda`
+    /// feature and a machine with the CUDA driver).
+    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
+    device: graft::Device,
     /// Kernel level: auto, scalar, avx2.
     #[arg(long, default_value = "auto")]
     kernels: String,
@@ -87,6 +91,8 @@ pub fn main(args: Args) -> Result<()> {
     if args.fields == 0 || args.vocab == 0 || args.dim == 0 || args.batch == 0 {
         return Err(Error::InvalidOption { detail: "fields, vocab, dim and batch must be positive".into() });
     }
+    // Fail before building a model when the device cannot be used.
+    args.device.check()?;
     let spec = Dlrm { fields: args.fields, vocab: args.vocab, dim: args.dim, ..Dlrm::demo() };
     let dir = args.model_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("graft-demo"));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
@@ -133,6 +139,7 @@ pub fn main(args: Args) -> Result<()> {
         max_batch: args.batch.max(1),
         threads: 1,
         kernels: crate::parse_level(&args.kernels)?,
+        device: args.device,
         ..Default::default()
     };
     let t = Instant::now();
@@ -199,7 +206,16 @@ pub fn main(args: Args) -> Result<()> {
         adapters::stage(&stage)?;
     }
     if !args.skip_kinds {
-        kinds::stage(&stage)?;
+        if args.device == graft::Device::Cpu {
+            kinds::stage(&stage)?;
+        } else {
+            // FedIns pools, routing and the error memory keep per-row state on the host;
+            // GPU sessions refuse them (Error::AdapterNotOnDevice) rather than fall back.
+            println!(
+                "kinds   skipped on {}: ssf-pool pools, routing and error-memory run on the CPU only",
+                args.device
+            );
+        }
     }
     drop(session);
     drop(model);

@@ -77,6 +77,15 @@ fn restore_sigpipe() {
     }
 }
 
+/// Parses a `--device` value: `cpu`, `cuda` or `cuda:N` (clap reports a bad one with
+/// the usage line).
+fn parse_device(s: &str) -> Result<graft::Device, String> {
+    graft::Device::parse(s).map_err(|e| match e {
+        graft::Error::InvalidOption { detail } => detail,
+        other => other.to_string(),
+    })
+}
+
 /// Parses a `--kernels` value: `auto` (honour `GRAFT_KERNELS`, else detect) or a level.
 fn parse_level(s: &str) -> graft::Result<Option<graft::kernels::Level>> {
     match s {

@@ -33,6 +33,10 @@ pub struct Args {
     /// Rows per batch (default: all rows in one batch).
     #[arg(long)]
     batch: Option<usize>,
+    /// Where the graph runs: cpu, cuda or cuda:N (CUDA needs a build with the `cuda`
+    /// feature and a machine with the CUDA driver).
+    #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
+    device: graft::Device,
     /// Kernel level: auto, scalar, avx2.
     #[arg(long, default_value = "auto")]
     kernels: String,
@@ -70,6 +74,7 @@ pub fn main(args: Args) -> Result<()> {
         threads: args.threads,
         kernels: crate::parse_level(&args.kernels)?,
         nan_policy: if args.allow_non_finite { NanPolicy::Propagate } else { NanPolicy::Reject },
+        device: args.device,
     };
     let plan = args.adapters.plan(&model, rows)?;
     let mut session = Session::new(&model, options)?;

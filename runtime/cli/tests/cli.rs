@@ -427,3 +427,60 @@ fn plugins_load_list_and_serve() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--device`: a bad name is a usage error; `cuda:N` on a machine (or build) without CUDA
+/// fails with the typed `CUDA unavailable` message and a nonzero exit, never a panic; on
+/// a GPU machine (`GRAFT_GPU=1`, a `cuda` build) it runs and matches the CPU.
+#[test]
+fn device_flag() {
+    let dir = scratch("device");
+    let model = dir.join("tiny.graft");
+    graft::synthetic::tiny().write(&model, graft::builder::WeightFormats::default()).unwrap();
+    let (dense, ids) = (dir.join("dense.npy"), dir.join("ids.npy"));
+    npy::write_f32(&dense, &[3, 4], &[0.5, -1.0, 2.0, 0.25, 1.0, 1.0, -0.5, 0.0, 0.1, 0.2, 0.3, 0.4]).unwrap();
+    npy::write_i64(&ids, &[3, 2], &[1, 2, 9, 0, 4, 4]).unwrap();
+    let run = |device: &str, out: &str| {
+        let out = dir.join(out);
+        let o = graft(&[
+            "run",
+            model.to_str().unwrap(),
+            "--device",
+            device,
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--input",
+            &format!("dense={}", dense.display()),
+            "--input",
+            &format!("ids={}", ids.display()),
+        ]);
+        (o, out)
+    };
+    let (o, cpu_out) = run("cpu", "cpu");
+    ok(o);
+
+    let (o, _) = run("gpu0", "bad");
+    assert_eq!(o.status.code(), Some(2), "a bad --device is a usage error");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+
+    let (o, gpu_out) = run("cuda:0", "gpu");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if std::env::var("GRAFT_GPU").is_ok_and(|v| v == "1") && o.status.success() {
+        let (c, g) = (f32s(&cpu_out.join("score.npy")), f32s(&gpu_out.join("score.npy")));
+        assert_eq!(c.len(), g.len());
+        for (a, b) in g.iter().zip(&c) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "gpu {a} vs cpu {b}");
+        }
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("error: CUDA unavailable: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        // The demo checks the device before it builds anything.
+        let o = graft(&["demo", "--device", "cuda:0", "--model-dir", dir.join("demo").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("error: CUDA unavailable: ") && !err.contains("panicked"), "{err}");
+        assert!(!dir.join("demo").exists(), "the demo built a model before checking the device");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

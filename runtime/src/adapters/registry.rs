@@ -564,6 +564,8 @@ impl Registry {
     /// Publishes a new id. Fails if the id is taken.
     pub fn insert(&self, adapter: Arc<LoadedAdapter>) -> Result<()> {
         self.check_model(&adapter)?;
+        #[cfg(feature = "cuda")]
+        crate::engine::cuda::preload(&adapter);
         self.publish(|map| {
             if map.contains_key(adapter.id()) {
                 return Err(Error::AdapterId {
@@ -580,6 +582,8 @@ impl Registry {
     /// holding the old version finish with it.
     pub fn replace(&self, adapter: Arc<LoadedAdapter>) -> Result<Arc<LoadedAdapter>> {
         self.check_model(&adapter)?;
+        #[cfg(feature = "cuda")]
+        crate::engine::cuda::preload(&adapter);
         self.publish(|map| match map.get_mut(adapter.id()) {
             Some(slot) => Ok(core::mem::replace(slot, adapter)),
             None => Err(Error::UnknownAdapter { id: adapter.id.clone(), known: "(use insert for a new id)".into() }),
@@ -589,6 +593,8 @@ impl Registry {
     /// Inserts or replaces; returns the previous adapter under the id, if any.
     pub fn upsert(&self, adapter: Arc<LoadedAdapter>) -> Result<Option<Arc<LoadedAdapter>>> {
         self.check_model(&adapter)?;
+        #[cfg(feature = "cuda")]
+        crate::engine::cuda::preload(&adapter);
         self.publish(|map| Ok(map.insert(Arc::from(adapter.id()), adapter)))
     }
 

@@ -2,6 +2,8 @@
 
 #[cfg(feature = "std")]
 mod adapt;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod exec;
 mod input;
 mod plan;
@@ -10,4 +12,4 @@ mod pool;
 mod session;
 
 pub use input::{Input, NanPolicy, Shape, TensorView};
-pub use session::{Outputs, Session, SessionOptions};
+pub use session::{Device, Outputs, Session, SessionOptions};

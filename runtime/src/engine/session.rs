@@ -19,6 +19,72 @@ use crate::kernels::{self, Kernels, Level};
 use crate::model::Model;
 use crate::view::MatRef;
 
+/// Where a session runs its graph.
+///
+/// `Cuda(ordinal)` needs a build with the `cuda` feature and a machine with the CUDA
+/// driver; otherwise [`Session::new`] returns [`Error::CudaUnavailable`] saying why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The CPU kernels (the default).
+    #[default]
+    Cpu,
+    /// CUDA device `ordinal`: every step of the graph runs there.
+    Cuda(u32),
+}
+
+impl Device {
+    /// Parses `cpu`, `cuda` (device 0) or `cuda:N`.
+    pub fn parse(s: &str) -> Result<Device> {
+        let bad = || Error::InvalidOption {
+            detail: alloc::format!("device `{s}`: expected cpu, cuda or cuda:N (N = 0, 1, …)"),
+        };
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => {
+                let n = other.strip_prefix("cuda:").ok_or_else(bad)?;
+                n.parse::<u32>().map(Device::Cuda).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl Device {
+    /// Checks that sessions can run on this device: always true for the CPU; for CUDA,
+    /// opens the device (loading the driver, compiling or loading the kernels) and
+    /// returns [`Error::CudaUnavailable`] with the reason when that fails.
+    pub fn check(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => super::cuda::open_gpu(ordinal).map(|_| ()),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(cuda_not_built()),
+        }
+    }
+}
+
+/// The error for `Device::Cuda` in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+fn cuda_not_built() -> Error {
+    Error::CudaUnavailable {
+        detail:
+            "this build of graft has no CUDA support (rebuild with the `cuda` feature, e.g. `cargo build --features \
+                 cuda`)"
+                .into(),
+    }
+}
+
+impl core::fmt::Display for Device {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// How a session is planned and run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -31,11 +97,13 @@ pub struct SessionOptions {
     pub kernels: Option<Level>,
     /// Treatment of non-finite dense inputs.
     pub nan_policy: NanPolicy,
+    /// Where the graph runs (default: the CPU).
+    pub device: Device,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_batch: 256, threads: 1, kernels: None, nan_policy: NanPolicy::Reject }
+        SessionOptions { max_batch: 256, threads: 1, kernels: None, nan_policy: NanPolicy::Reject, device: Device::Cpu }
     }
 }
 
@@ -59,6 +127,9 @@ pub struct Session {
     /// adapters need more.
     #[cfg(feature = "std")]
     hooks: super::adapt::HookBuffers,
+    /// The device side of a `Device::Cuda` session.
+    #[cfg(feature = "cuda")]
+    gpu: Option<alloc::boxed::Box<super::cuda::GpuSession>>,
 }
 
 impl Session {
@@ -68,6 +139,10 @@ impl Session {
             return Err(Error::InvalidOption { detail: "max_batch must be at least 1".into() });
         }
         check_activation_size(model.graph(), options.max_batch)?;
+        #[cfg(not(feature = "cuda"))]
+        if let Device::Cuda(_) = options.device {
+            return Err(cuda_not_built());
+        }
         let threads = resolve_threads(options.threads);
         let kernels = match options.kernels {
             Some(level) => kernels::select(level)?,
@@ -96,6 +171,17 @@ impl Session {
             } else {
                 None
             };
+        #[cfg(feature = "cuda")]
+        let gpu = match options.device {
+            Device::Cpu => None,
+            Device::Cuda(ordinal) => Some(alloc::boxed::Box::new(super::cuda::GpuSession::new(
+                model,
+                &plan,
+                ordinal,
+                options.max_batch,
+                floats,
+            )?)),
+        };
         log::debug!(
             "session: {} steps, arena {} KiB, scratch {} KiB, kernels {}, {threads} thread(s)",
             plan.steps.len(),
@@ -116,6 +202,8 @@ impl Session {
             pool,
             #[cfg(feature = "std")]
             hooks: Default::default(),
+            #[cfg(feature = "cuda")]
+            gpu,
         })
     }
 
@@ -162,6 +250,11 @@ impl Session {
     /// session until dropped.
     pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs<'_>> {
         let rows = self.bind(inputs)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            gpu.run(&self.model, &self.plan, inputs, &self.binding, rows, None, &mut self.arena[self.arena_start..])?;
+            return Ok(self.outputs(rows, None));
+        }
         // SAFETY: `bind` validated the inputs for this batch.
         unsafe { self.walk(inputs, rows, None, self.plan.steps.len())? };
         Ok(self.outputs(rows, None))
@@ -181,6 +274,13 @@ impl Session {
         use super::adapt::PassKind;
         let rows = self.bind(inputs)?;
         adapters.check(&self.model, rows)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            // Kinds that issue tickets never run on the device, so there are none to expose.
+            let host = &mut self.arena[self.arena_start..];
+            gpu.run(&self.model, &self.plan, inputs, &self.binding, rows, Some(adapters), host)?;
+            return Ok(self.outputs(rows, None));
+        }
         let kernels = crate::adapters::host_kernels(self.kernels.level);
         self.hooks.prepare(self.model.graph(), &self.plan, adapters, kernels, rows, self.options.threads)?;
         if let Some(end) = self.hooks.prefix_steps() {
