@@ -82,6 +82,11 @@ enum graft_status
    */
   GRAFT_STATUS_KERNEL_UNAVAILABLE = 23,
   /**
+   * A CUDA device was requested but cannot be used: the library was built without
+   * CUDA, the driver is missing, or there is no device with that ordinal.
+   */
+  GRAFT_STATUS_CUDA_UNAVAILABLE = 24,
+  /**
    * An input is missing, unknown, duplicated, or of the wrong dtype or shape, or the
    * inputs disagree on the batch size.
    */
@@ -132,6 +137,11 @@ enum graft_status
    * assignment does not match the batch.
    */
   GRAFT_STATUS_ADAPTER_MISMATCH = 67,
+  /**
+   * A GPU session was asked to run an adapter whose kind cannot run on the device
+   * (the CPU is never used mid-graph instead).
+   */
+  GRAFT_STATUS_ADAPTER_NOT_ON_DEVICE = 68,
   /**
    * A plugin file was refused (not a library, no entry symbol, another ABI version,
    * a kind name already taken).
@@ -353,6 +363,12 @@ typedef struct graft_session_params {
    * A `graft_nan_policy`. Default `GRAFT_NAN_POLICY_REJECT`.
    */
   uint32_t nan_policy;
+  /**
+   * Where the graph runs: `"cpu"`, `"cuda"` or `"cuda:N"`; NULL is the CPU. A CUDA
+   * device needs a library built with the `cuda` feature and a machine with the CUDA
+   * driver, else `graft_session_new` fails with `GRAFT_STATUS_CUDA_UNAVAILABLE`.
+   */
+  const char *device;
 } graft_session_params;
 
 /**
@@ -665,7 +681,7 @@ graft_status graft_row_adapters_push_stack(struct graft_row_adapters *rows,
 graft_status graft_row_adapters_len(const struct graft_row_adapters *rows, size_t *out);
 
 /**
- * The defaults: max_batch 256, one thread, kernels auto, NaN rejected.
+ * The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU.
  */
 struct graft_session_params graft_session_default_params(void);
 

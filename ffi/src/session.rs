@@ -63,6 +63,10 @@ pub struct graft_session_params {
     pub kernels: *const c_char,
     /// A `graft_nan_policy`. Default `GRAFT_NAN_POLICY_REJECT`.
     pub nan_policy: u32,
+    /// Where the graph runs: `"cpu"`, `"cuda"` or `"cuda:N"`; NULL is the CPU. A CUDA
+    /// device needs a library built with the `cuda` feature and a machine with the CUDA
+    /// driver, else `graft_session_new` fails with `GRAFT_STATUS_CUDA_UNAVAILABLE`.
+    pub device: *const c_char,
 }
 
 /// One run input. `data` holds `dims[0]` (rank 1) or `dims[0] × dims[1]` (rank 2)
@@ -97,7 +101,7 @@ pub struct graft_output {
     pub cols: usize,
 }
 
-/// The defaults: max_batch 256, one thread, kernels auto, NaN rejected.
+/// The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU.
 #[unsafe(no_mangle)]
 pub extern "C" fn graft_session_default_params() -> graft_session_params {
     let d = SessionOptions::default();
@@ -106,6 +110,7 @@ pub extern "C" fn graft_session_default_params() -> graft_session_params {
         threads: d.threads,
         kernels: core::ptr::null(),
         nan_policy: graft_nan_policy::Reject as u32,
+        device: core::ptr::null(),
     }
 }
 
@@ -122,13 +127,12 @@ fn options(p: &graft_session_params) -> Outcome<SessionOptions> {
         x if x == graft_nan_policy::Propagate as u32 => NanPolicy::Propagate,
         x => return Err(Failure::invalid("params.nan_policy", format!("{x} is not a graft_nan_policy"))),
     };
-    Ok(SessionOptions {
-        max_batch: p.max_batch,
-        threads: p.threads,
-        kernels,
-        nan_policy,
-        device: graft_rt::Device::Cpu,
-    })
+    // SAFETY: the params contract: `device` is NULL or a NUL-terminated string.
+    let device = match unsafe { opt_str(p.device, "params.device") }? {
+        None => graft_rt::Device::Cpu,
+        Some(name) => graft_rt::Device::parse(name).map_err(|e| Failure::invalid("params.device", e))?,
+    };
+    Ok(SessionOptions { max_batch: p.max_batch, threads: p.threads, kernels, nan_policy, device })
 }
 
 /// Plans `model` for `params` (NULL: defaults) and allocates everything a run uses.

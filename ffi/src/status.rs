@@ -39,6 +39,9 @@ pub enum graft_status {
     InvalidOption = 22,
     /// The requested kernel level is not available on this CPU or build.
     KernelUnavailable = 23,
+    /// A CUDA device was requested but cannot be used: the library was built without
+    /// CUDA, the driver is missing, or there is no device with that ordinal.
+    CudaUnavailable = 24,
 
     // 40–59: requests.
     /// An input is missing, unknown, duplicated, or of the wrong dtype or shape, or the
@@ -70,6 +73,9 @@ pub enum graft_status {
     /// The adapters were loaded for another model than the session's, or the per-row
     /// assignment does not match the batch.
     AdapterMismatch = 67,
+    /// A GPU session was asked to run an adapter whose kind cannot run on the device
+    /// (the CPU is never used mid-graph instead).
+    AdapterNotOnDevice = 68,
 
     // 80–89: plugins.
     /// A plugin file was refused (not a library, no entry symbol, another ABI version,
@@ -96,6 +102,7 @@ impl graft_status {
             graft_status::ModelInvalid => c"GRAFT_STATUS_MODEL_INVALID",
             graft_status::InvalidOption => c"GRAFT_STATUS_INVALID_OPTION",
             graft_status::KernelUnavailable => c"GRAFT_STATUS_KERNEL_UNAVAILABLE",
+            graft_status::CudaUnavailable => c"GRAFT_STATUS_CUDA_UNAVAILABLE",
             graft_status::InputInvalid => c"GRAFT_STATUS_INPUT_INVALID",
             graft_status::BatchTooLarge => c"GRAFT_STATUS_BATCH_TOO_LARGE",
             graft_status::IdOutOfRange => c"GRAFT_STATUS_ID_OUT_OF_RANGE",
@@ -108,6 +115,7 @@ impl graft_status {
             graft_status::FeedbackRejected => c"GRAFT_STATUS_FEEDBACK_REJECTED",
             graft_status::AdapterState => c"GRAFT_STATUS_ADAPTER_STATE",
             graft_status::AdapterMismatch => c"GRAFT_STATUS_ADAPTER_MISMATCH",
+            graft_status::AdapterNotOnDevice => c"GRAFT_STATUS_ADAPTER_NOT_ON_DEVICE",
             graft_status::PluginLoad => c"GRAFT_STATUS_PLUGIN_LOAD",
             graft_status::PluginFault => c"GRAFT_STATUS_PLUGIN_FAULT",
             graft_status::Panic => c"GRAFT_STATUS_PANIC",
@@ -158,6 +166,8 @@ pub(crate) fn status_of(e: &Error) -> graft_status {
         Error::NonFinite { .. } => S::NonFiniteInput,
         Error::InvalidOption { .. } => S::InvalidOption,
         Error::KernelUnavailable { .. } => S::KernelUnavailable,
+        Error::CudaUnavailable { .. } => S::CudaUnavailable,
+        Error::AdapterNotOnDevice { .. } => S::AdapterNotOnDevice,
         Error::Adapter { code, .. } => match *code {
             "io" => S::Io,
             "ticket" => S::FeedbackRejected,
@@ -206,7 +216,7 @@ pub extern "C" fn graft_status_name(status: u32) -> *const c_char {
 }
 
 /// Every status, for lookups by number.
-const ALL: [graft_status; 24] = [
+const ALL: [graft_status; 26] = [
     graft_status::Ok,
     graft_status::NullArgument,
     graft_status::InvalidArgument,
@@ -215,6 +225,7 @@ const ALL: [graft_status; 24] = [
     graft_status::ModelInvalid,
     graft_status::InvalidOption,
     graft_status::KernelUnavailable,
+    graft_status::CudaUnavailable,
     graft_status::InputInvalid,
     graft_status::BatchTooLarge,
     graft_status::IdOutOfRange,
@@ -227,6 +238,7 @@ const ALL: [graft_status; 24] = [
     graft_status::FeedbackRejected,
     graft_status::AdapterState,
     graft_status::AdapterMismatch,
+    graft_status::AdapterNotOnDevice,
     graft_status::PluginLoad,
     graft_status::PluginFault,
     graft_status::Panic,
@@ -234,6 +246,6 @@ const ALL: [graft_status; 24] = [
 ];
 
 #[cfg(test)]
-pub(crate) fn tests_all() -> [graft_status; 24] {
+pub(crate) fn tests_all() -> [graft_status; 26] {
     ALL
 }

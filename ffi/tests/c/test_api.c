@@ -136,7 +136,8 @@ static void test_session_params(const graft_model *model) {
   graft_session *session = NULL;
   graft_session_params p = graft_session_default_params();
   const char *kernels = NULL;
-  REQUIRE(p.max_batch == 256 && p.threads == 1 && p.kernels == NULL && p.nan_policy == GRAFT_NAN_POLICY_REJECT);
+  REQUIRE(p.max_batch == 256 && p.threads == 1 && p.kernels == NULL && p.nan_policy == GRAFT_NAN_POLICY_REJECT &&
+          p.device == NULL);
 
   EXPECT(graft_session_new(NULL, &p, &session), NUL);
   EXPECT(graft_session_new(model, &p, NULL), NUL);
@@ -145,6 +146,11 @@ static void test_session_params(const graft_model *model) {
   p = graft_session_default_params();
   p.nan_policy = 77;
   EXPECT(graft_session_new(model, &p, &session), BAD);
+  p = graft_session_default_params();
+  p.device = "gpu";
+  EXPECT(graft_session_new(model, &p, &session), BAD);
+  p.device = "cuda:0"; /* the tests build libgraft without the `cuda` feature */
+  EXPECT(graft_session_new(model, &p, &session), GRAFT_STATUS_CUDA_UNAVAILABLE);
   p = graft_session_default_params();
   p.kernels = "warp-drive";
   EXPECT(graft_session_new(model, &p, &session), BAD);
