@@ -64,7 +64,7 @@ pub struct Args {
     /// Keep the model file afterwards.
     #[arg(long)]
     keep: bool,
-    /// Kernel level: auto, scalar, avx2.
+    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
     /// Per-user LoRA adapters served in mixed batches (0 skips the adapter stage).

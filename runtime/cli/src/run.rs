@@ -33,7 +33,7 @@ pub struct Args {
     /// Rows per batch (default: all rows in one batch).
     #[arg(long)]
     batch: Option<usize>,
-    /// Kernel level: auto, scalar, avx2.
+    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
     /// Run even if dense inputs hold NaN or ±Inf (they propagate to the outputs).
