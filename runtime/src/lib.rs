@@ -33,6 +33,9 @@ compile_error!("graft reads little-endian containers in place and supports littl
 
 extern crate alloc;
 
+#[macro_use]
+mod logging;
+
 #[cfg(feature = "std")]
 pub mod adapters;
 #[cfg(feature = "std")]

@@ -100,6 +100,7 @@ pub trait NormKernel: Send + Sync {
 
 /// An instruction-set level with its own kernel table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Level {
     /// Portable reference kernels.
     Scalar,
