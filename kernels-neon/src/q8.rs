@@ -1,8 +1,8 @@
 //! q8 weights × f32 activations through int8 dot-product instructions, exactly.
 //!
 //! Algorithm: each input row is split into three int8 digit vectors ([`crate::split`]:
-//! `x ≈ s·(2¹⁶·hi + 2⁸·mid + lo)`, 23 bits of the row's range) in scratch, zero-padded to
-//! 16 columns. Per output `(m, o)` three integer sums `Σ c·hi`, `Σ c·mid`, `Σ c·lo` over
+//! `x ≈ s·(2¹⁶·hi + 2⁸·mid + lo)`, 23 bits of the row's range) in scratch, once per row
+//! and reused for every output. Per output `(m, o)` three integer sums `Σ c·hi`, `Σ c·mid`, `Σ c·lo` over
 //! the q8 codes `c` of weight row `o` are accumulated in i32 lanes by one of three
 //! instruction paths, the lanes are added (`addv`), the `cols mod 8|16` tail is added in
 //! scalar integers, and `D = 2¹⁶·H + 2⁸·M + L` (i64) is the exact `Σ c_k·q_k`. The epilogue
@@ -30,7 +30,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use crate::linear::gemm_q8;
-use crate::split::{MAX_COLS, combine, finish, split_row};
+use crate::split::{MAX_COLS, combine, finish, split_into};
 use crate::{Epilogue, Mat, MatMut};
 
 /// The int8 instruction path.
@@ -50,9 +50,10 @@ fn padded(cols: usize) -> usize {
     cols.div_ceil(16) * 16
 }
 
-/// Bytes of scratch [`gemm_split`] needs for rows of `cols` columns.
+/// Bytes of scratch [`gemm_split`] needs for rows of `cols` columns: the digits of two
+/// rows, and their pair-interleaved copy for SMMLA.
 pub fn scratch_bytes(cols: usize) -> usize {
-    6 * padded(cols)
+    12 * padded(cols)
 }
 
 /// `y[m, o] = ep(x[m] · codes[o])` through the split-activation integer path.
@@ -82,39 +83,35 @@ pub unsafe fn gemm_split(
     assert!(y.rows >= x.rows && y.cols >= n, "y too small");
     assert!(codes.len() >= n * k, "q8 codes too short");
     let kp = padded(k);
-    assert!(scratch.len() >= 6 * kp, "scratch too short");
-    let scratch = &mut scratch[..6 * kp];
+    assert!(scratch.len() >= 12 * kp, "scratch too short");
+    let (digits, pairs) = scratch[..12 * kp].split_at_mut(6 * kp);
     let w = Codes { codes, cols: k };
     let step = if level == IntLevel::I8mm { 2 } else { 1 };
     let mut m = 0;
     while m < x.rows {
-        let pair = step == 2 && m + 1 < x.rows;
-        scratch.fill(0);
+        let rows = (x.rows - m).min(step);
+        // Digits of row r, digit d at (3r + d)·kp; a non-finite row's stay zero so a
+        // partner's sums are unaffected, and it is computed by the f32 path below.
         let mut scales = [None; 2];
-        for (r, s) in scales.iter_mut().enumerate().take(if pair { 2 } else { 1 }) {
-            *s = if step == 2 {
-                // Pair layout: digit d at d·2kp, groups of 8 columns [row a | row b].
-                split_row(x.row(m + r), |c, dg| {
-                    for (d, &v) in dg.iter().enumerate() {
-                        scratch[d * 2 * kp + (c / 8) * 16 + r * 8 + c % 8] = v;
-                    }
-                })
-            } else {
-                split_row(x.row(m), |c, dg| {
-                    for (d, &v) in dg.iter().enumerate() {
-                        scratch[d * kp + c] = v;
-                    }
-                })
-            };
+        for (r, s) in scales.iter_mut().enumerate().take(rows) {
+            let (h, rest) = digits[3 * r * kp..].split_at_mut(kp);
+            let (md, rest) = rest.split_at_mut(kp);
+            *s = split_into(x.row(m + r), h, md, &mut rest[..kp]);
+            if s.is_none() {
+                digits[3 * r * kp..3 * (r + 1) * kp].fill(0);
+            }
         }
-        if scales.iter().take(if pair { 2 } else { 1 }).any(Option::is_none) && pair {
-            // Zero the digits of a non-finite row so its partner's sums stay exact.
-            for (r, s) in scales.iter().enumerate() {
-                if s.is_none() {
-                    for d in 0..3 {
-                        for c in 0..k {
-                            scratch[d * 2 * kp + (c / 8) * 16 + r * 8 + c % 8] = 0;
-                        }
+        if step == 2 {
+            // SMMLA layout: digit d at d·2kp, groups of 8 columns [row a | row b]; a
+            // missing second row is zeros.
+            if rows == 1 {
+                digits[3 * kp..].fill(0);
+            }
+            for d in 0..3 {
+                for g in 0..kp / 8 {
+                    for r in 0..2 {
+                        let src = (3 * r + d) * kp + 8 * g;
+                        pairs[d * 2 * kp + 16 * g + 8 * r..][..8].copy_from_slice(&digits[src..src + 8]);
                     }
                 }
             }
@@ -124,15 +121,30 @@ pub unsafe fn gemm_split(
         while o < n {
             let nr = (n - o).min(4);
             // SAFETY: the level's instructions per this function's contract; weight rows
-            // o..o+nr exist (codes checked), scratch holds the digit layout of `level`.
+            // o..o+nr exist (codes checked); the digit buffers hold kp ≥ k bytes each.
             unsafe {
                 match level {
-                    IntLevel::Neon => neon_tile(&w, o, nr, scratch, kp, &mut sums[0]),
-                    IntLevel::Dotprod => sdot_tile(&w, o, nr, scratch, kp, &mut sums[0]),
-                    IntLevel::I8mm => smmla_tile(&w, o, nr, scratch, kp, &mut sums),
+                    IntLevel::Neon => match nr {
+                        1 => neon_tile::<1>(&w, o, digits, kp, &mut sums[0]),
+                        2 => neon_tile::<2>(&w, o, digits, kp, &mut sums[0]),
+                        3 => neon_tile::<3>(&w, o, digits, kp, &mut sums[0]),
+                        _ => neon_tile::<4>(&w, o, digits, kp, &mut sums[0]),
+                    },
+                    IntLevel::Dotprod => match nr {
+                        1 => sdot_tile::<1>(&w, o, digits, kp, &mut sums[0]),
+                        2 => sdot_tile::<2>(&w, o, digits, kp, &mut sums[0]),
+                        3 => sdot_tile::<3>(&w, o, digits, kp, &mut sums[0]),
+                        _ => sdot_tile::<4>(&w, o, digits, kp, &mut sums[0]),
+                    },
+                    IntLevel::I8mm => match nr {
+                        1 => smmla_tile::<1>(&w, o, pairs, kp, &mut sums),
+                        2 => smmla_tile::<2>(&w, o, pairs, kp, &mut sums),
+                        3 => smmla_tile::<3>(&w, o, pairs, kp, &mut sums),
+                        _ => smmla_tile::<4>(&w, o, pairs, kp, &mut sums),
+                    },
                 }
             }
-            for (r, s) in scales.iter().enumerate().take(if pair { 2 } else { 1 }) {
+            for (r, s) in scales.iter().enumerate().take(rows) {
                 if let Some(s) = *s {
                     let yrow = y.row_mut(m + r);
                     for j in 0..nr {
@@ -142,14 +154,14 @@ pub unsafe fn gemm_split(
             }
             o += nr;
         }
-        for (r, s) in scales.iter().enumerate().take(if pair { 2 } else { 1 }) {
+        for (r, s) in scales.iter().enumerate().take(rows) {
             if s.is_none() {
                 let row = Mat { data: x.row(m + r), rows: 1, cols: k, stride: k };
                 let yrow = y.row_mut(m + r);
                 gemm_q8(row, codes, n, ep, MatMut { data: yrow, rows: 1, cols: n, stride: n });
             }
         }
-        m += if pair { 2 } else { 1 };
+        m += rows;
     }
 }
 
@@ -158,59 +170,72 @@ struct Codes<'a> {
     cols: usize,
 }
 
-impl Codes<'_> {
-    #[inline(always)]
-    fn row(&self, o: usize) -> &[i8] {
-        &self.codes[o * self.cols..(o + 1) * self.cols]
-    }
-}
-
-/// Adds the scalar tail `from..cols` of weight row `o` with digit vectors read by `dig`.
+/// `Σ codes[c] · dig[c]` over the tail `from..cols` of weight row `o` (scalar, exact).
 #[inline(always)]
-fn tail(w: &Codes<'_>, o: usize, from: usize, dig: impl Fn(usize, usize) -> i8) -> [i64; 3] {
-    let row = w.row(o);
-    let mut t = [0i64; 3];
-    for (c, &code) in row.iter().enumerate().skip(from) {
-        for (d, s) in t.iter_mut().enumerate() {
-            *s += code as i64 * dig(d, c) as i64;
-        }
-    }
-    t
+fn tail(w: &Codes<'_>, o: usize, from: usize, dig: impl Fn(usize) -> i8) -> i64 {
+    let row = &w.codes[o * w.cols..(o + 1) * w.cols];
+    (from..w.cols).map(|c| row[c] as i64 * dig(c) as i64).sum()
 }
 
-/// Baseline tile: 1 row × `nr ≤ 4` weight rows, 16 columns per step.
+/// Baseline tile: 1 row × `NR` weight rows, 16 columns per step (`smull`, `smull2`,
+/// `sadalp`).
 ///
 /// # Safety
-/// Weight rows `o0..o0+nr` exist; `dig` holds 3 digit rows of `kp` bytes.
-#[inline(never)]
-unsafe fn neon_tile(w: &Codes<'_>, o0: usize, nr: usize, dig: &[i8], kp: usize, sums: &mut [i64; 4]) {
+/// Weight rows `o0..o0+NR` exist; `dig` holds the row's 3 digit vectors of `kp ≥ cols`
+/// bytes at 0, kp, 2kp.
+#[inline(always)]
+unsafe fn neon_tile<const NR: usize>(w: &Codes<'_>, o0: usize, dig: &[i8], kp: usize, sums: &mut [i64; 4]) {
     let k = w.cols;
     let k16 = k - k % 16;
-    // SAFETY: loads at c + 16 ≤ k16 ≤ cols inside weight rows o0..o0+nr and inside the
-    // three digit rows (kp ≥ k).
+    debug_assert!(dig.len() >= 3 * kp && (o0 + NR) * k <= w.codes.len());
+    // SAFETY: loads at c + 16 ≤ k16 ≤ cols inside weight rows o0..o0+NR and inside the
+    // three digit vectors (kp ≥ k).
     unsafe {
-        let mut acc = [[vdupq_n_s32(0); 3]; 4];
+        let d = dig.as_ptr();
+        let mut acc = [[vdupq_n_s32(0); 3]; NR];
         let mut c = 0;
         while c < k16 {
-            let a = [
-                vld1q_s8(dig.as_ptr().add(c)),
-                vld1q_s8(dig.as_ptr().add(kp + c)),
-                vld1q_s8(dig.as_ptr().add(2 * kp + c)),
-            ];
-            for (j, accj) in acc.iter_mut().enumerate().take(nr) {
+            let a = [vld1q_s8(d.add(c)), vld1q_s8(d.add(kp + c)), vld1q_s8(d.add(2 * kp + c))];
+            for (j, accj) in acc.iter_mut().enumerate() {
                 let wv = vld1q_s8(w.codes.as_ptr().add((o0 + j) * k + c));
-                for d in 0..3 {
-                    accj[d] = vpadalq_s16(accj[d], vmull_s8(vget_low_s8(wv), vget_low_s8(a[d])));
-                    accj[d] = vpadalq_s16(accj[d], vmull_high_s8(wv, a[d]));
+                for (dd, ad) in a.iter().enumerate() {
+                    accj[dd] = vpadalq_s16(accj[dd], vmull_s8(vget_low_s8(wv), vget_low_s8(*ad)));
+                    accj[dd] = vpadalq_s16(accj[dd], vmull_high_s8(wv, *ad));
                 }
             }
             c += 16;
         }
-        for (j, accj) in acc.iter().enumerate().take(nr) {
-            let t = tail(w, o0 + j, k16, |d, c| dig[d * kp + c]);
-            let s = |d: usize| vaddvq_s32(accj[d]) as i64 + t[d];
-            sums[j] = combine(s(0), s(1), s(2));
+        finish_lanes(&acc, w, o0, k16, |dd, c| dig[dd * kp + c], sums);
+    }
+}
+
+/// Adds each accumulator's lanes (and the scalar tail `from..cols`, read through
+/// `dig(digit, column)`) into the exact sums of weight rows `o0..o0+NR`.
+#[inline(always)]
+fn finish_lanes<const NR: usize>(
+    acc: &[[int32x4_t; 3]; NR],
+    w: &Codes<'_>,
+    o0: usize,
+    from: usize,
+    dig: impl Fn(usize, usize) -> i8,
+    sums: &mut [i64; 4],
+) {
+    let mut red = [[0i64; 3]; NR];
+    for (r, a) in red.iter_mut().zip(acc) {
+        for (v, lanes) in r.iter_mut().zip(a) {
+            // SAFETY: register-only NEON (baseline on this target).
+            *v = unsafe { vaddvq_s32(*lanes) } as i64;
         }
+    }
+    if from < w.cols {
+        for (j, r) in red.iter_mut().enumerate() {
+            for (d, v) in r.iter_mut().enumerate() {
+                *v += tail(w, o0 + j, from, |c| dig(d, c));
+            }
+        }
+    }
+    for (s, r) in sums.iter_mut().zip(&red) {
+        *s = combine(r[0], r[1], r[2]);
     }
 }
 
@@ -230,25 +255,23 @@ macro_rules! smmla {
     };
 }
 
-/// SDOT tile: 1 row × `nr ≤ 4` weight rows, 16 columns per step, 12 accumulators.
+/// SDOT tile: 1 row × `NR` weight rows, 16 columns per step, `3·NR` accumulators.
 ///
 /// # Safety
 /// FEAT_DotProd; bounds as for [`neon_tile`].
 #[target_feature(enable = "dotprod")]
-unsafe fn sdot_tile(w: &Codes<'_>, o0: usize, nr: usize, dig: &[i8], kp: usize, sums: &mut [i64; 4]) {
+unsafe fn sdot_tile<const NR: usize>(w: &Codes<'_>, o0: usize, dig: &[i8], kp: usize, sums: &mut [i64; 4]) {
     let k = w.cols;
     let k16 = k - k % 16;
+    debug_assert!(dig.len() >= 3 * kp && (o0 + NR) * k <= w.codes.len());
     // SAFETY: as in `neon_tile`; `sdot` per this function's feature.
     unsafe {
-        let mut acc = [[vdupq_n_s32(0); 3]; 4];
+        let d = dig.as_ptr();
+        let mut acc = [[vdupq_n_s32(0); 3]; NR];
         let mut c = 0;
         while c < k16 {
-            let a = [
-                vld1q_s8(dig.as_ptr().add(c)),
-                vld1q_s8(dig.as_ptr().add(kp + c)),
-                vld1q_s8(dig.as_ptr().add(2 * kp + c)),
-            ];
-            for (j, accj) in acc.iter_mut().enumerate().take(nr) {
+            let a = [vld1q_s8(d.add(c)), vld1q_s8(d.add(kp + c)), vld1q_s8(d.add(2 * kp + c))];
+            for (j, accj) in acc.iter_mut().enumerate() {
                 let wv = vld1q_s8(w.codes.as_ptr().add((o0 + j) * k + c));
                 sdot!(accj[0], wv, a[0]);
                 sdot!(accj[1], wv, a[1]);
@@ -256,62 +279,66 @@ unsafe fn sdot_tile(w: &Codes<'_>, o0: usize, nr: usize, dig: &[i8], kp: usize, 
             }
             c += 16;
         }
-        for (j, accj) in acc.iter().enumerate().take(nr) {
-            let t = tail(w, o0 + j, k16, |d, c| dig[d * kp + c]);
-            let s = |d: usize| vaddvq_s32(accj[d]) as i64 + t[d];
-            sums[j] = combine(s(0), s(1), s(2));
-        }
+        finish_lanes(&acc, w, o0, k16, |dd, c| dig[dd * kp + c], sums);
     }
 }
 
-/// SMMLA tile: 2 interleaved rows × `nr ≤ 4` weight rows (two pairs), 8 columns per step.
+/// SMMLA tile: 2 interleaved rows × `NR` weight rows (in pairs), 8 columns per step.
 ///
 /// # Safety
-/// FEAT_I8MM; weight rows `o0..o0+nr` exist; `dig` holds 3 pair-interleaved digit
+/// FEAT_I8MM; weight rows `o0..o0+NR` exist; `pairs` holds 3 pair-interleaved digit
 /// blocks of `2·kp` bytes.
 #[target_feature(enable = "i8mm")]
-unsafe fn smmla_tile(w: &Codes<'_>, o0: usize, nr: usize, dig: &[i8], kp: usize, sums: &mut [[i64; 4]; 2]) {
+unsafe fn smmla_tile<const NR: usize>(w: &Codes<'_>, o0: usize, pairs: &[i8], kp: usize, sums: &mut [[i64; 4]; 2]) {
     let k = w.cols;
     let k8 = k - k % 8;
-    let pairs = nr.div_ceil(2);
-    // SAFETY: weight loads at c + 8 ≤ k8 ≤ cols inside rows o0..o0+nr (a missing odd row
+    debug_assert!(pairs.len() >= 6 * kp && (o0 + NR) * k <= w.codes.len());
+    // SAFETY: weight loads at c + 8 ≤ k8 ≤ cols inside rows o0..o0+NR (a missing odd row
     // is a zero vector, not a load); digit loads at 2c + 16 ≤ 2kp; `smmla` per feature.
     unsafe {
+        let p = pairs.as_ptr();
         let zero = vdup_n_s8(0);
         let mut acc = [[vdupq_n_s32(0); 3]; 2];
         let mut c = 0;
         while c < k8 {
-            let a = [
-                vld1q_s8(dig.as_ptr().add(2 * c)),
-                vld1q_s8(dig.as_ptr().add(2 * kp + 2 * c)),
-                vld1q_s8(dig.as_ptr().add(4 * kp + 2 * c)),
-            ];
-            for (p, accp) in acc.iter_mut().enumerate().take(pairs) {
-                let w0 = vld1_s8(w.codes.as_ptr().add((o0 + 2 * p) * k + c));
-                let w1 = if 2 * p + 1 < nr { vld1_s8(w.codes.as_ptr().add((o0 + 2 * p + 1) * k + c)) } else { zero };
+            let a = [vld1q_s8(p.add(2 * c)), vld1q_s8(p.add(2 * kp + 2 * c)), vld1q_s8(p.add(4 * kp + 2 * c))];
+            for (q, accq) in acc.iter_mut().enumerate().take(NR.div_ceil(2)) {
+                let w0 = vld1_s8(w.codes.as_ptr().add((o0 + 2 * q) * k + c));
+                let w1 = if 2 * q + 1 < NR { vld1_s8(w.codes.as_ptr().add((o0 + 2 * q + 1) * k + c)) } else { zero };
                 let wv = vcombine_s8(w0, w1);
-                smmla!(accp[0], a[0], wv);
-                smmla!(accp[1], a[1], wv);
-                smmla!(accp[2], a[2], wv);
+                smmla!(accq[0], a[0], wv);
+                smmla!(accq[1], a[1], wv);
+                smmla!(accq[2], a[2], wv);
             }
             c += 8;
         }
-        for (p, accp) in acc.iter().enumerate().take(pairs) {
+        // Lane 2i + jj of pair q's accumulators holds row i × weight row 2q + jj.
+        let mut red = [[[0i64; 3]; 4]; 2];
+        for (q, accq) in acc.iter().enumerate().take(NR.div_ceil(2)) {
             let mut lanes = [[0i32; 4]; 3];
-            for d in 0..3 {
-                vst1q_s32(lanes[d].as_mut_ptr(), accp[d]);
+            for (l, v) in lanes.iter_mut().zip(accq) {
+                vst1q_s32(l.as_mut_ptr(), *v);
             }
-            // Lane 2i + j holds row i (of the pair) × weight row j (of the weight pair).
-            for i in 0..2 {
+            for (i, red_i) in red.iter_mut().enumerate() {
                 for jj in 0..2 {
-                    let j = 2 * p + jj;
-                    if j >= nr {
-                        continue;
+                    if 2 * q + jj < NR {
+                        for d in 0..3 {
+                            red_i[2 * q + jj][d] = lanes[d][2 * i + jj] as i64;
+                        }
                     }
-                    let t = tail(w, o0 + j, k8, |d, c| dig[d * 2 * kp + (c / 8) * 16 + i * 8 + c % 8]);
-                    let s = |d: usize| lanes[d][2 * i + jj] as i64 + t[d];
-                    sums[i][j] = combine(s(0), s(1), s(2));
                 }
+            }
+        }
+        for (i, red_i) in red.iter_mut().enumerate() {
+            if k8 < k {
+                for (j, r) in red_i.iter_mut().enumerate().take(NR) {
+                    for (d, v) in r.iter_mut().enumerate() {
+                        *v += tail(w, o0 + j, k8, |c| pairs[d * 2 * kp + (c / 8) * 16 + i * 8 + c % 8]);
+                    }
+                }
+            }
+            for (j, r) in red_i.iter().enumerate().take(NR) {
+                sums[i][j] = combine(r[0], r[1], r[2]);
             }
         }
     }

@@ -57,6 +57,40 @@ pub fn split_row(x: &[f32], mut put: impl FnMut(usize, [i8; 3])) -> Option<f64> 
     Some(amax as f64 / SPLIT_RANGE)
 }
 
+/// As [`split_row`], writing the digits into three slices (each at least `x.len()`
+/// long): the form the kernels use, a plain loop without per-element calls.
+pub fn split_into(x: &[f32], hi: &mut [i8], mid: &mut [i8], lo: &mut [i8]) -> Option<f64> {
+    let n = x.len();
+    let (hi, mid, lo) = (&mut hi[..n], &mut mid[..n], &mut lo[..n]);
+    let mut amax = 0.0f32;
+    for &v in x {
+        let a = if v < 0.0 { -v } else { v };
+        if a.is_nan() || a > f32::MAX {
+            return None;
+        }
+        amax = if a > amax { a } else { amax };
+    }
+    if amax == 0.0 {
+        hi.fill(0);
+        mid.fill(0);
+        lo.fill(0);
+        return Some(0.0);
+    }
+    let inv = SPLIT_RANGE / amax as f64;
+    for k in 0..n {
+        let t = x[k] as f64 * inv;
+        // Round half away from zero; |t| ≤ SPLIT_RANGE < 2²³, so the i32 is exact.
+        let q = (t + if t < 0.0 { -0.5 } else { 0.5 }) as i32;
+        let l = ((q + 128) & 255) - 128;
+        let q1 = (q - l) >> 8;
+        let m = ((q1 + 128) & 255) - 128;
+        hi[k] = ((q1 - m) >> 8) as i8;
+        mid[k] = m as i8;
+        lo[k] = l as i8;
+    }
+    Some(amax as f64 / SPLIT_RANGE)
+}
+
 /// Balanced base-256 digits of `|q| ≤ 127 · 2¹⁶`.
 #[inline(always)]
 pub fn digits(q: i64) -> [i8; 3] {
@@ -113,6 +147,18 @@ mod tests {
             assert!((v as f64 - s * q[k] as f64).abs() <= s * 0.5 * (1.0 + 1e-9), "{k}");
         }
         assert_eq!(q[3], -(SPLIT_RANGE as i64));
+    }
+
+    #[test]
+    fn both_splitters_agree() {
+        let x: std::vec::Vec<f32> = (0..300).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1.37f32.powi(i % 9)).collect();
+        let mut d = [std::vec![0i8; 300], std::vec![0i8; 300], std::vec![0i8; 300]];
+        let mut e = d.clone();
+        let s1 = split_row(&x, |k, dg| (0..3).for_each(|i| d[i][k] = dg[i])).unwrap();
+        let [h, m, l] = &mut e;
+        let s2 = split_into(&x, h, m, l).unwrap();
+        assert_eq!(s1, s2);
+        assert_eq!(d, e);
     }
 
     #[test]

@@ -83,8 +83,17 @@ pub(super) unsafe fn linear(
             ep.scales = Some(scales);
             match splits(int, w) {
                 Some(level) => {
+                    // A lone row wastes half of every 2 × 2 SMMLA block; SDOT gives the
+                    // same bits (the sums are exact) in fewer instructions.
+                    let level =
+                        if level == IntLevel::I8mm && m == 1 && std::arch::is_aarch64_feature_detected!("dotprod") {
+                            IntLevel::Dotprod
+                        } else {
+                            level
+                        };
                     let bytes: &mut [i8] = bytemuck::cast_slice_mut(scratch);
-                    // SAFETY: the caller guarantees the CPU runs `level`.
+                    // SAFETY: the caller guarantees the CPU runs `int`; the SDOT switch
+                    // above checked dotprod itself.
                     unsafe { gemm_split(level, xm, codes, n, &ep, ym, bytes) }
                 }
                 None => neon::gemm_q8(xm, codes, n, &ep, ym),
