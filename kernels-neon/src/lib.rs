@@ -25,9 +25,10 @@
 //! in f32. FP16 arithmetic (`fmla .8h`, the `fp16` extension) would round every partial
 //! sum to 11 bits, far outside the runtime's f32-reference tolerance, so it is not used.
 //!
-//! Levels and safety: everything in [`linear`], [`bag`], [`lora`], [`act`] and the
-//! baseline q8 path needs only NEON, which every aarch64 Linux target enables, so those
-//! functions are safe. The SDOT and SMMLA paths are `unsafe fn`s with
+//! Levels and safety: everything in [`linear`], [`bag`], [`lora`] and [`act`] needs only
+//! NEON, which every aarch64 Linux target enables, so those functions are safe (bounds are
+//! checked once per call; the loads inside are unchecked). [`q8::gemm_split`] is an
+//! `unsafe fn` because its `level` argument selects code compiled with
 //! `#[target_feature(enable = "dotprod")]` / `"i8mm"`: the caller must have checked the CPU
 //! (graft uses `is_aarch64_feature_detected!`). SDOT/SMMLA are emitted with inline `asm!`
 //! because their intrinsics are unstable on Rust 1.95.
