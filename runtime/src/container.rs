@@ -34,6 +34,7 @@ pub const PAD_PREFIX: &str = "__pad.";
 
 /// One tensor of the container: where its bytes are and what they hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct TensorInfo {
     /// Name in the header.
     pub name: String,

@@ -230,6 +230,15 @@ pub struct PluginFault {
     pub value: f32,
 }
 
+/// Firmware logs show the error's message. It is formatted on the device (an
+/// allocation), which only happens on error paths.
+#[cfg(feature = "defmt")]
+impl defmt::Format for Error {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}", alloc::string::ToString::to_string(self).as_str());
+    }
+}
+
 impl Error {
     /// Attaches a file path to a container/graph validation error.
     #[cfg(feature = "std")]

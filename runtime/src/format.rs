@@ -11,6 +11,7 @@ use core::fmt;
 /// The safetensors element types, as spelled in the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum DType {
     Bool,
     U8,
@@ -101,6 +102,7 @@ impl fmt::Display for DType {
 /// | `q8_rowwise` | `W: U8 [rows, cols + 8]` | `cols` codes, then f32 scale, f32 bias (FBGEMM 8-bit rowwise) |
 /// | `q4` | `W: U8 [rows, ceil(cols/32)·18]` | ggml Q4_0 blocks; the last block is zero-padded |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum WeightFormat {
     /// IEEE binary32.
     F32,

@@ -19,11 +19,13 @@
 //!
 //! Crate map: [`container`] (envelope parsing, no_std), [`graph`] (validated graph),
 //! [`model`] (mapping and tensor views), [`kernels`] (kernel traits, scalar reference,
-//! AVX2), [`engine`] (planner, sessions), [`quant`] (q8/q4 rules), `writer` and
+//! AVX2, aarch64 NEON/SDOT/SMMLA over `graft-kernels-neon`), [`engine`] (planner, sessions), [`quant`] (q8/q4 rules), `writer` and
 //! `builder` (std: producing containers), `onnx` (feature `onnx`: import and export).
 //!
 //! Without the default `std` feature the crate is `no_std` + `alloc`: it parses and
-//! validates containers from a `&'static [u8]` and runs single-threaded scalar kernels.
+//! validates containers from a `&'static [u8]` and runs single-threaded scalar kernels
+//! (feature `defmt`: `defmt::Format` on the public types and defmt logging instead of
+//! `log`, for firmware; `examples/mcu` runs a model on a Cortex-M4F).
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
@@ -32,6 +34,9 @@
 compile_error!("graft reads little-endian containers in place and supports little-endian targets only");
 
 extern crate alloc;
+
+#[macro_use]
+mod logging;
 
 #[cfg(feature = "std")]
 pub mod adapters;

@@ -114,6 +114,44 @@ fn forced_scalar_level_is_honoured() {
     assert_eq!(s.kernels().level, Level::Scalar);
 }
 
+/// A session without a forced level runs `GRAFT_KERNELS` when set, else the best level
+/// the CPU has; `GRAFT_EXPECT_LEVEL` (set by CI, e.g. `i8mm` under `qemu-aarch64 -cpu max`)
+/// pins the answer, so the suite proves which kernels the engine really dispatched to.
+/// Every level the CPU lacks is refused with an error that names what is missing.
+#[test]
+fn session_level_follows_the_environment_or_detection() {
+    let model = model(1, WeightFormats::default());
+    let forced = std::env::var(kernels::KERNELS_ENV).ok().filter(|v| !v.trim().is_empty() && v.trim() != "auto");
+    let want = match forced {
+        Some(v) => Level::parse(v.trim()).unwrap(),
+        None => Level::detect(),
+    };
+    match Session::new(&model, options(1, None)) {
+        Ok(s) => {
+            assert_eq!(s.kernels().level, want);
+            println!("session kernel level: {}", s.kernels().level);
+        }
+        // GRAFT_KERNELS named a level this CPU lacks: refused, naming what is missing.
+        Err(e) => {
+            assert!(!want.is_available(), "{e}");
+            assert!(e.to_string().contains(want.requires()), "{e}");
+            println!("session refused {want}: {e}");
+        }
+    }
+    if let Ok(expect) = std::env::var("GRAFT_EXPECT_LEVEL") {
+        assert_eq!(want.as_str(), expect, "GRAFT_EXPECT_LEVEL");
+    }
+    for level in Level::ALL {
+        match Session::new(&model, options(1, Some(level))) {
+            Ok(s) => assert!(level.is_available() && s.kernels().level == level),
+            Err(e) => {
+                assert!(!level.is_available(), "{level}: {e}");
+                assert!(e.to_string().contains(level.requires()), "{e}");
+            }
+        }
+    }
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }

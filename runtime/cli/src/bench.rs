@@ -22,7 +22,7 @@ pub struct Args {
     /// Seconds to measure (after a short warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Kernel level: auto, scalar, avx2.
+    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
 }

@@ -68,7 +68,7 @@ pub struct Args {
     /// feature and a machine with the CUDA driver).
     #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
     device: graft::Device,
-    /// Kernel level: auto, scalar, avx2.
+    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
     /// Per-user LoRA adapters served in mixed batches (0 skips the adapter stage).

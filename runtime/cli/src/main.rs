@@ -92,7 +92,7 @@ fn parse_level(s: &str) -> graft::Result<Option<graft::kernels::Level>> {
         "auto" => Ok(None),
         other => graft::kernels::Level::parse(other).map(Some).ok_or_else(|| graft::Error::KernelUnavailable {
             level: other.into(),
-            detail: "expected auto, scalar or avx2".into(),
+            detail: "expected auto, scalar, avx2, neon, dotprod or i8mm".into(),
         }),
     }
 }

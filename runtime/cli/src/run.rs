@@ -37,7 +37,7 @@ pub struct Args {
     /// feature and a machine with the CUDA driver).
     #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
     device: graft::Device,
-    /// Kernel level: auto, scalar, avx2.
+    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
     /// Run even if dense inputs hold NaN or ±Inf (they propagate to the outputs).

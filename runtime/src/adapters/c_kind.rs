@@ -182,6 +182,7 @@ impl RawError {
 }
 
 /// The NUL-terminated text in `buf`, never reading past it (no NUL: the whole array).
+#[allow(clippy::unnecessary_cast)] // `c_char` is i8 on x86-64 but u8 on aarch64
 fn text_in(buf: &[c_char]) -> String {
     let bytes: Vec<u8> = buf.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
     String::from_utf8_lossy(&bytes).into_owned()
@@ -205,6 +206,7 @@ fn write_text(buf: &mut [c_char], text: &str) {
 /// # Safety
 /// `ptr` must be non-null and readable up to its NUL or `max + 1` bytes, whichever
 /// comes first.
+#[allow(clippy::unnecessary_cast)] // `c_char` is i8 on x86-64 but u8 on aarch64
 unsafe fn bounded_c_str(ptr: *const c_char, max: usize) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     for i in 0..=max {

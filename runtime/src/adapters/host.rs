@@ -195,9 +195,15 @@ impl ModelView for HostModelView<'_> {
 pub fn host_kernels(level: Level) -> HostKernelsRef {
     static SCALAR: OnceLock<HostKernelsRef> = OnceLock::new();
     static AVX2: OnceLock<HostKernelsRef> = OnceLock::new();
+    static NEON: OnceLock<HostKernelsRef> = OnceLock::new();
+    static DOTPROD: OnceLock<HostKernelsRef> = OnceLock::new();
+    static I8MM: OnceLock<HostKernelsRef> = OnceLock::new();
     match level {
         Level::Scalar => *SCALAR.get_or_init(table::<0>),
         Level::Avx2 => *AVX2.get_or_init(table::<1>),
+        Level::Neon => *NEON.get_or_init(table::<2>),
+        Level::Dotprod => *DOTPROD.get_or_init(table::<3>),
+        Level::I8mm => *I8MM.get_or_init(table::<4>),
     }
 }
 
@@ -206,7 +212,13 @@ fn table<const L: u8>() -> HostKernelsRef {
 }
 
 fn kernels_of<const L: u8>() -> &'static Kernels {
-    let level = if L == 1 { Level::Avx2 } else { Level::Scalar };
+    let level = match L {
+        1 => Level::Avx2,
+        2 => Level::Neon,
+        3 => Level::Dotprod,
+        4 => Level::I8mm,
+        _ => Level::Scalar,
+    };
     // A table for a level is only built for sessions that selected it, so it exists.
     kernels::select(level).unwrap_or(&kernels::SCALAR)
 }

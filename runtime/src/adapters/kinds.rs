@@ -208,7 +208,7 @@ impl Kinds {
         ];
         for module in modules.into_iter().flatten().map(|m| m()) {
             if let Err(e) = kinds.register(module) {
-                log::error!("built-in adapter kind refused: {e}");
+                log_error!("built-in adapter kind refused: {}", e);
             }
         }
         kinds
@@ -275,7 +275,7 @@ impl Kinds {
             .map(|path| {
                 let result = self.load_plugin(&path);
                 if let Err(e) = &result {
-                    log::warn!("adapter plugin refused: {e}");
+                    log_warn!("adapter plugin refused: {}", e);
                 }
                 PluginLoad { path, result }
             })

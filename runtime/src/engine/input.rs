@@ -14,6 +14,7 @@ use crate::graph::{Graph, InputKind};
 
 /// A tensor shape of rank 1 or 2.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Shape {
     dims: [usize; 2],
     rank: u8,
@@ -155,6 +156,7 @@ fn checked_shape(name: &str, dims: &[usize], len: usize) -> Result<Shape> {
 
 /// What to do with NaN or ±Inf in dense inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum NanPolicy {
     /// Refuse the batch with [`Error::NonFinite`] naming the input, row and column
     /// (the default: a non-finite feature is almost always an upstream bug, and a NaN

@@ -87,6 +87,7 @@ impl core::fmt::Display for Device {
 
 /// How a session is planned and run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SessionOptions {
     /// Largest batch `run` accepts; the arena is sized for it.
     pub max_batch: usize,
@@ -182,12 +183,13 @@ impl Session {
                 floats,
             )?)),
         };
-        log::debug!(
-            "session: {} steps, arena {} KiB, scratch {} KiB, kernels {}, {threads} thread(s)",
+        log_debug!(
+            "session: {} steps, arena {} KiB, scratch {} KiB, kernels {}, {} thread(s)",
             plan.steps.len(),
             floats * 4 / 1024,
             scratch.len() * 4 / 1024,
-            kernels.level
+            kernels.level,
+            threads
         );
         Ok(Session {
             model: model.clone(),

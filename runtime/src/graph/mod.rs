@@ -22,6 +22,7 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// A value: a graph input or a node's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ValueId {
     /// Index into [`Graph::inputs`].
     Input(usize),
@@ -31,6 +32,7 @@ pub enum ValueId {
 
 /// What a graph input holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum InputKind {
     /// f32 `[batch, width]`.
     Dense {
@@ -63,6 +65,7 @@ impl InputKind {
 
 /// A graph input.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct InputDef {
     /// Name the caller passes it by.
     pub name: String,
@@ -72,6 +75,7 @@ pub struct InputDef {
 
 /// A weight matrix `[rows, cols]` in some format, resolved to container tensors.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct WeightDef {
     /// Name (also the name of its main tensor).
     pub name: String,
@@ -89,6 +93,7 @@ pub struct WeightDef {
 
 /// Element-wise activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Activation {
     /// max(x, 0), NaN preserved.
     Relu,
@@ -135,6 +140,7 @@ impl Activation {
 
 /// How an embedding bag reduces its rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum BagMode {
     /// Sum of the rows (repeated ids count once per occurrence).
     Sum,
@@ -245,6 +251,7 @@ pub struct Node {
 
 /// A named graph output.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct OutputDef {
     /// Name the caller reads it by.
     pub name: String,

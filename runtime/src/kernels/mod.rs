@@ -6,15 +6,22 @@
 //! [`ElementwiseKernel`] (activations, add, mul), [`DotKernel`] and [`NormKernel`]. A
 //! [`Kernels`] table bundles one implementation of each; [`select`] picks the table for a
 //! [`Level`] after checking the CPU, and [`from_env`] honours `GRAFT_KERNELS`
-//! (`scalar` forces the reference). The table is what adapter plugins will be handed, so
+//! (`scalar` forces the reference; `avx2`, `neon`, `dotprod`, `i8mm` force a fast level
+//! and are refused with [`Error::KernelUnavailable`] on a CPU that lacks it). The table is what adapter plugins will be handed, so
 //! their math runs at host speed without shipping kernels of their own.
 //!
 //! Contracts every implementation keeps (and the property tests check):
 //! - results match the scalar reference within a tolerance scaled by the reduction length;
-//!   embedding bags and element-wise ops that do not reassociate match bit for bit;
+//!   embedding bags and element-wise ops that do not reassociate match bit for bit. The
+//!   one documented widening: at the aarch64 `dotprod` and `i8mm` levels, q8 linears
+//!   split activations into three int8 digits (23 bits of the row's range) for exact
+//!   SDOT/SMMLA sums, which adds at most `Σ|w_k| · max|x| / (127 · 2¹⁷)` per output
+//!   ([`Level::splits_q8_activations`]; derived in `graft_kernels_neon::split`);
 //! - an implementation is deterministic, and a row's result never depends on the other
 //!   rows of the batch, on the batch size, or on how the work was split across threads.
 
+#[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
+mod aarch64;
 mod scalar;
 mod weights;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -93,11 +100,20 @@ pub trait NormKernel: Send + Sync {
 
 /// An instruction-set level with its own kernel table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Level {
     /// Portable reference kernels.
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// aarch64 Advanced SIMD (every aarch64 CPU): f32 FMA, q8 codes widened to f32.
+    Neon,
+    /// aarch64 NEON + FEAT_DotProd: q8 linears through exact SDOT sums of split
+    /// activations (Cortex-A76/A78, Jetson Orin, Neoverse N1).
+    Dotprod,
+    /// aarch64 NEON + FEAT_I8MM: q8 linears through exact SMMLA sums of split activations
+    /// (Neoverse V1/N2, Graviton 3, Cortex-A710).
+    I8mm,
 }
 
 impl Level {
@@ -106,6 +122,9 @@ impl Level {
         match self {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
+            Level::Neon => "neon",
+            Level::Dotprod => "dotprod",
+            Level::I8mm => "i8mm",
         }
     }
 
@@ -114,6 +133,9 @@ impl Level {
         match s {
             "scalar" => Some(Level::Scalar),
             "avx2" => Some(Level::Avx2),
+            "neon" => Some(Level::Neon),
+            "dotprod" => Some(Level::Dotprod),
+            "i8mm" => Some(Level::I8mm),
             _ => None,
         }
     }
@@ -126,12 +148,41 @@ impl Level {
             Level::Avx2 => x86_64::cpu_has_avx2(),
             #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
             Level::Avx2 => false,
+            #[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
+            Level::Neon | Level::Dotprod | Level::I8mm => aarch64::cpu_has(self),
+            #[cfg(not(all(feature = "std", target_arch = "aarch64", target_feature = "neon")))]
+            Level::Neon | Level::Dotprod | Level::I8mm => false,
         }
     }
 
-    /// The best level this CPU runs.
+    /// The best level this CPU runs (i8mm before dotprod before neon on aarch64).
     pub fn detect() -> Level {
-        if Level::Avx2.is_available() { Level::Avx2 } else { Level::Scalar }
+        [Level::Avx2, Level::I8mm, Level::Dotprod, Level::Neon]
+            .into_iter()
+            .find(|l| l.is_available())
+            .unwrap_or(Level::Scalar)
+    }
+
+    /// The instructions the level needs, for error messages.
+    pub fn requires(self) -> &'static str {
+        match self {
+            Level::Scalar => "nothing",
+            Level::Avx2 => "x86-64 AVX2, FMA and F16C",
+            Level::Neon => "aarch64 NEON",
+            Level::Dotprod => "aarch64 NEON and dotprod (SDOT)",
+            Level::I8mm => "aarch64 NEON and i8mm (SMMLA)",
+        }
+    }
+
+    /// Every level, reference first.
+    pub const ALL: [Level; 5] = [Level::Scalar, Level::Avx2, Level::Neon, Level::Dotprod, Level::I8mm];
+
+    /// Whether q8 linears at this level split activations into int8 digits for exact
+    /// integer dot products (`dotprod`, `i8mm`). Their results then differ from the scalar
+    /// reference by at most `Σ_k |w_k| · max_k |x_k| / (127 · 2¹⁷)` per output (weights
+    /// dequantized), plus the usual f32 rounding, instead of the rounding alone.
+    pub fn splits_q8_activations(self) -> bool {
+        matches!(self, Level::Dotprod | Level::I8mm)
     }
 }
 
@@ -178,13 +229,22 @@ pub fn select(level: Level) -> Result<&'static Kernels> {
     if !level.is_available() {
         return Err(Error::KernelUnavailable {
             level: level.as_str().into(),
-            detail: "this CPU or build lacks the required instructions".into(),
+            detail: alloc::format!(
+                "needs {}, which this CPU or build does not provide (auto would pick `{}`)",
+                level.requires(),
+                Level::detect()
+            ),
         });
     }
     match level {
         Level::Scalar => Ok(&SCALAR),
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         Level::Avx2 => Ok(x86_64::table()),
+        #[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
+        Level::Neon | Level::Dotprod | Level::I8mm => aarch64::table(level).ok_or_else(|| Error::KernelUnavailable {
+            level: level.as_str().into(),
+            detail: "not an aarch64 level".into(),
+        }),
         #[allow(unreachable_patterns)]
         _ => Err(Error::KernelUnavailable { level: level.as_str().into(), detail: "not built".into() }),
     }
@@ -201,7 +261,7 @@ pub fn from_env() -> Result<&'static Kernels> {
         if !value.is_empty() && value != "auto" {
             let level = Level::parse(value).ok_or_else(|| Error::KernelUnavailable {
                 level: value.into(),
-                detail: alloc::format!("{KERNELS_ENV} must be one of auto, scalar, avx2"),
+                detail: alloc::format!("{KERNELS_ENV} must be one of auto, scalar, avx2, neon, dotprod, i8mm"),
             })?;
             return select(level);
         }
@@ -211,7 +271,7 @@ pub fn from_env() -> Result<&'static Kernels> {
 
 /// Every table this CPU can run, reference first (for tests and benchmarks).
 pub fn available() -> alloc::vec::Vec<&'static Kernels> {
-    [Level::Scalar, Level::Avx2].into_iter().filter_map(|l| select(l).ok()).collect()
+    Level::ALL.into_iter().filter_map(|l| select(l).ok()).collect()
 }
 
 /// Scalar activation functions, shared by every level for the ops it does not vectorize.
