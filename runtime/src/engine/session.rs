@@ -24,6 +24,7 @@ use crate::view::MatRef;
 /// `Cuda(ordinal)` needs a build with the `cuda` feature and a machine with the CUDA
 /// driver; otherwise [`Session::new`] returns [`Error::CudaUnavailable`] saying why.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Device {
     /// The CPU kernels (the default).
     #[default]
