@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 use crate::format::{DType, WeightFormat};
-use crate::graph::{Activation, BagMode, FORMAT_VERSION};
+use crate::graph::{Activation, BagMode, FORMAT_VERSION, ValueType};
 use crate::quant;
 use crate::writer::{self, TensorOut};
 
@@ -144,6 +144,22 @@ pub struct ModelBuilder {
     outputs: Vec<Value>,
     vectors: Vec<(String, Vec<f32>)>,
     matrices: Vec<MatrixEntry>,
+    constants: Vec<ConstEntry>,
+}
+
+/// A constant tensor's values.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstValues {
+    /// f32 elements, row-major.
+    F32(Vec<f32>),
+    /// i64 elements, row-major.
+    I64(Vec<i64>),
+}
+
+struct ConstEntry {
+    name: String,
+    shape: Vec<usize>,
+    values: ConstValues,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -178,6 +194,124 @@ impl ModelBuilder {
     pub fn ids_input(&mut self, name: &str, slots: usize) -> String {
         self.inputs.push(json!({"name": name, "kind": "ids", "slots": slots}));
         name.into()
+    }
+
+    /// Adds an f32 input with row shape `shape`.
+    pub fn dense_input_shaped(&mut self, name: &str, shape: &[usize]) -> String {
+        let width: usize = shape.iter().product();
+        self.inputs.push(json!({"name": name, "kind": "dense", "width": width, "shape": shape}));
+        name.into()
+    }
+
+    /// Adds an i64 input with row shape `shape`.
+    pub fn ids_input_shaped(&mut self, name: &str, shape: &[usize]) -> String {
+        let slots: usize = shape.iter().product();
+        self.inputs.push(json!({"name": name, "kind": "ids", "slots": slots, "shape": shape}));
+        name.into()
+    }
+
+    /// Adds a constant tensor (the same for every row) that nodes may read by `name`.
+    ///
+    /// # Panics
+    /// If the element count does not match `shape`.
+    pub fn constant(&mut self, name: &str, shape: &[usize], values: ConstValues) -> String {
+        let n = match &values {
+            ConstValues::F32(v) => v.len(),
+            ConstValues::I64(v) => v.len(),
+        };
+        assert_eq!(n, shape.iter().product::<usize>(), "constant `{name}` {shape:?}");
+        self.constants.push(ConstEntry { name: name.into(), shape: shape.to_vec(), values });
+        name.into()
+    }
+
+    /// Adds a tensor op `op` (see `graph::parse` for names and attributes) with its output
+    /// row shape and type declared (checked when the model is opened).
+    pub fn tensor_op(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Value,
+        shape: &[usize],
+        dtype: ValueType,
+    ) -> String {
+        let mut attrs = match attrs {
+            Value::Object(a) => a,
+            _ => Map::new(),
+        };
+        attrs.insert("shape".into(), json!(shape));
+        attrs.insert("dtype".into(), dtype.as_str().into());
+        self.node(name, op, inputs, Value::Object(attrs))
+    }
+
+    /// One table row per id (`<name>.weight` is the table): ids of row shape `s` give
+    /// `s + [dim]`.
+    pub fn embedding(&mut self, name: &str, ids: &str, table: Matrix, out_shape: &[usize]) -> String {
+        let t = self.matrix(format!("{name}.weight"), Role::Table, table);
+        self.tensor_op(name, "embedding", &[ids], json!({"table": t}), out_shape, ValueType::F32)
+    }
+
+    /// A `linear` over the last axis of a value of any row shape, declaring its output shape.
+    pub fn linear_shaped(
+        &mut self,
+        name: &str,
+        x: &str,
+        weight: Matrix,
+        bias: Option<Vec<f32>>,
+        out_shape: &[usize],
+    ) -> String {
+        let node = self.linear(name, x, weight, bias);
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.get("name").and_then(Value::as_str) == Some(name)) {
+            n.insert("shape".into(), json!(out_shape));
+        }
+        node
+    }
+
+    /// A convolution (`conv` attributes in `attrs`; `<name>.weight` is `[out, in/group · Π kernel]`).
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: &str,
+        weight: Matrix,
+        bias: Option<Vec<f32>>,
+        attrs: Value,
+        out_shape: &[usize],
+    ) -> String {
+        let w = self.matrix(format!("{name}.weight"), Role::Linear, weight);
+        let mut attrs = match attrs {
+            Value::Object(a) => a,
+            _ => Map::new(),
+        };
+        attrs.insert("weight".into(), w.into());
+        if let Some(b) = bias {
+            attrs.insert("bias".into(), self.vector(format!("{name}.bias"), b).into());
+        }
+        self.tensor_op(name, "conv", &[x], Value::Object(attrs), out_shape, ValueType::F32)
+    }
+
+    /// Layer normalization over the last axis of a value of any row shape.
+    pub fn layer_norm_shaped(
+        &mut self,
+        name: &str,
+        x: &str,
+        gamma: Vec<f32>,
+        beta: Option<Vec<f32>>,
+        epsilon: f32,
+        shape: &[usize],
+    ) -> String {
+        let node = self.layer_norm(name, x, gamma, beta, epsilon);
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.get("name").and_then(Value::as_str) == Some(name)) {
+            n.insert("shape".into(), json!(shape));
+        }
+        node
+    }
+
+    /// Whether a node, input or constant is called `name`.
+    pub fn has_value(&self, name: &str) -> bool {
+        let is = |v: &Value| v.get("name").and_then(Value::as_str) == Some(name);
+        self.inputs.iter().any(is)
+            || self.nodes.iter().any(|n| n.get("name").and_then(Value::as_str) == Some(name))
+            || self.constants.iter().any(|c| c.name == name)
     }
 
     /// Adds a pair of flat bag inputs (`indices [total]`, `offsets [batch]`).
@@ -318,6 +452,9 @@ impl ModelBuilder {
         }
         root.insert("inputs".into(), Value::Array(self.inputs.clone()));
         root.insert("weights".into(), Value::Object(weights));
+        if !self.constants.is_empty() {
+            root.insert("constants".into(), self.constants.iter().map(|c| Value::from(c.name.as_str())).collect());
+        }
         root.insert("nodes".into(), self.nodes.iter().cloned().map(Value::Object).collect());
         root.insert("outputs".into(), Value::Array(self.outputs.clone()));
         serde_json::to_string(&Value::Object(root)).map_err(|e| Error::GraphJson { detail: e.to_string() })
@@ -337,6 +474,21 @@ impl ModelBuilder {
         for (name, values) in &self.vectors {
             check_finite(name, values)?;
             out.push(TensorOut::f32(name.clone(), vec![values.len()], values));
+        }
+        for c in &self.constants {
+            match &c.values {
+                ConstValues::F32(v) => {
+                    // ±inf are legitimate (attention masks); NaN never is.
+                    if let Some(i) = v.iter().position(|x| x.is_nan()) {
+                        return Err(Error::TensorEntry { tensor: c.name.clone(), detail: format!("NaN at index {i}") });
+                    }
+                    out.push(TensorOut::f32(c.name.clone(), c.shape.clone(), v))
+                }
+                ConstValues::I64(v) => {
+                    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    out.push(TensorOut::bytes(c.name.clone(), DType::I64, c.shape.clone(), bytes));
+                }
+            }
         }
         for m in &self.matrices {
             let f = self.format_of(m, formats)?;

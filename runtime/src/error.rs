@@ -134,6 +134,18 @@ pub enum Error {
     /// kernel fault); the session should be dropped.
     #[error("CUDA: {detail}")]
     Cuda { detail: String },
+    /// A CUDA session was asked for a model with an op that has no CUDA kernel. graft
+    /// never falls back to the CPU in the middle of a graph; run the model on a CPU
+    /// session.
+    #[error("node `{node}`: op `{op}` has no CUDA kernel (run this model on a CPU session)")]
+    OpNotOnDevice { node: String, op: String },
+    /// An index computed at run time (a `gather`) fell outside its axis.
+    #[error("node `{node}`: index {index} is outside an axis of {bound} at row {row}")]
+    IndexOutOfRange { node: String, row: usize, index: i64, bound: usize },
+    /// A plan could not be built for a valid graph (a row shape of rank above what the
+    /// engine indexes, an i64 division by zero in a constant, …).
+    #[error("node `{node}`: {detail}")]
+    Unplannable { node: String, detail: String },
 
     // === Files (std) ===
     /// An I/O error on a named file.

@@ -222,6 +222,18 @@ impl Model {
         cast(self.tensor_bytes(info), &info.name)
     }
 
+    /// An f32 constant by graph constant index.
+    pub fn constant_f32(&self, index: usize) -> Result<&[f32]> {
+        let def = &self.inner.graph.constants[index];
+        cast(self.tensor_bytes(&self.inner.envelope.tensors[def.tensor]), &def.name)
+    }
+
+    /// An i64 constant by graph constant index.
+    pub fn constant_i64(&self, index: usize) -> Result<&[i64]> {
+        let def = &self.inner.graph.constants[index];
+        cast(self.tensor_bytes(&self.inner.envelope.tensors[def.tensor]), &def.name)
+    }
+
     /// A typed view of a weight matrix by graph weight index.
     pub fn weight(&self, index: usize) -> Result<WeightMatrix<'_>> {
         let def: &WeightDef = &self.inner.graph.weights[index];

@@ -399,3 +399,27 @@ mod gpu {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A graph with an op the device has no kernel for is refused with `OpNotOnDevice`
+/// before any device is opened (no CPU fallback inside a graph); without the feature,
+/// `CudaUnavailable` as for every CUDA session.
+#[test]
+fn tensor_ops_are_refused_on_the_device() {
+    use graft::builder::ModelBuilder;
+    use graft::graph::ValueType;
+    let mut b = ModelBuilder::new("t");
+    b.dense_input_shaped("x", &[2, 3]);
+    b.tensor_op("sm", "softmax", &["x"], json!({"axis": 1}), &[2, 3], ValueType::F32);
+    b.output("out", "sm");
+    let m = Model::from_slice_copy(&b.to_bytes(WeightFormats::default()).unwrap()).unwrap();
+    let e = Session::new(&m, SessionOptions { device: Device::Cuda(0), ..Default::default() }).unwrap_err();
+    #[cfg(feature = "cuda")]
+    match e {
+        Error::OpNotOnDevice { node, op } => assert_eq!((node.as_str(), op.as_str()), ("sm", "softmax")),
+        other => panic!("expected OpNotOnDevice, got {other:?}"),
+    }
+    #[cfg(not(feature = "cuda"))]
+    assert!(matches!(e, Error::CudaUnavailable { .. }), "{e:?}");
+    // The CPU runs it.
+    assert!(Session::new(&m, SessionOptions::default()).is_ok());
+}

@@ -78,7 +78,64 @@ fn run_allocates_nothing() {
         let (big, small) = (GraphInputs::new(model.graph(), 64, 3), GraphInputs::new(model.graph(), 1, 4));
         assert_no_alloc(&model, &big.inputs(), &small.inputs(), &format!("dlrm {f}"));
         assert_no_alloc_with_adapters(&model, &big.inputs(), &small.inputs(), &format!("dlrm {f} + adapters"));
+
+        let model = tensor_model(f);
+        let big: Vec<f32> = (0..64 * 12).map(|i| (i % 4) as f32 + 0.25).collect();
+        let small: Vec<f32> = vec![1.5; 12];
+        let (big, small) = ([Input::dense("x", &big, 12)], [Input::dense("x", &small, 12)]);
+        assert_no_alloc(&model, &big, &small, &format!("tensor ops {f}"));
     }
+}
+
+/// A model using the tensor ops: computed ids, gather/embedding, transposes, slices,
+/// broadcasts, reductions, softmax, matmuls, top-k, pad, tile, conv and an i64 output.
+fn tensor_model(f: WeightFormat) -> Model {
+    use graft::builder::{ConstValues, Matrix, ModelBuilder};
+    use graft::graph::{BagMode, ValueType};
+    use serde_json::json;
+    let mut b = ModelBuilder::new("tensor");
+    b.dense_input_shaped("x", &[3, 4]);
+    b.tensor_op("ids", "cast", &["x"], json!({"to": "i64"}), &[3, 4], ValueType::I64);
+    b.embedding("emb", "ids", Matrix::new(8, 4, (0..32).map(|i| i as f32 / 32.0).collect()), &[3, 4, 4]);
+    b.tensor_op("bag_ids", "reshape", &["ids"], json!({}), &[12], ValueType::I64);
+    b.embedding_bag("bag", &["bag_ids"], Matrix::new(8, 4, (0..32).map(|i| i as f32).collect()), BagMode::Mean);
+    b.constant("sel", &[2], ConstValues::I64(vec![2, -1]));
+    b.tensor_op("g", "gather", &["emb", "sel"], json!({"axis": 1}), &[3, 2, 4], ValueType::F32);
+    b.tensor_op("t", "transpose", &["g"], json!({"perm": [0, 2, 1]}), &[3, 4, 2], ValueType::F32);
+    b.tensor_op("mm", "matmul", &["g", "t"], json!({}), &[3, 2, 2], ValueType::F32);
+    b.tensor_op("sm", "softmax", &["mm"], json!({"axis": 1}), &[3, 2, 2], ValueType::F32);
+    b.tensor_op(
+        "r",
+        "reduce",
+        &["sm"],
+        json!({"reduce": "sum", "axes": [0, 2], "keepdims": false}),
+        &[2],
+        ValueType::F32,
+    );
+    b.tensor_op("sl", "slice", &["x"], json!({"axis": 1, "start": 0, "end": 4, "step": 2}), &[3, 2], ValueType::F32);
+    b.tensor_op("tl", "tile", &["r"], json!({}), &[4], ValueType::F32);
+    b.tensor_op("pd", "pad", &["sl"], json!({"pads": [0, 1, 1, 1], "value": 0.5}), &[4, 4], ValueType::F32);
+    b.tensor_op("gt", "greater", &["pd", "tl"], json!({}), &[4, 4], ValueType::F32);
+    b.tensor_op("w", "where", &["gt", "pd", "tl"], json!({}), &[4, 4], ValueType::F32);
+    let attrs = json!({"kernel": [3], "strides": [1], "pads": [1, 1], "dilations": [1], "group": 1});
+    b.conv(
+        "conv",
+        "w",
+        Matrix::new(2, 12, (0..24).map(|i| i as f32 / 24.0).collect()),
+        Some(vec![0.1, 0.2]),
+        attrs,
+        &[2, 4],
+    );
+    b.tensor_op("e", "exp", &["conv"], json!({}), &[2, 4], ValueType::F32);
+    b.tensor_op("k", "topk", &["e"], json!({"axis": 1, "k": 2, "output": "indices"}), &[2, 2], ValueType::I64);
+    b.tensor_op("kf", "cast", &["k"], json!({"to": "f32"}), &[2, 2], ValueType::F32);
+    b.tensor_op("flat", "reshape", &["e"], json!({}), &[8], ValueType::F32);
+    b.tensor_op("cat", "concat", &["flat", "bag"], json!({"axis": 0}), &[12], ValueType::F32);
+    b.linear("logit", "cat", Matrix::new(1, 12, vec![0.1; 12]), Some(vec![0.0]));
+    b.output("logit", "logit");
+    b.output("prob", "sm");
+    b.output("top", "kf");
+    Model::from_slice_copy(&b.to_bytes(WeightFormats::uniform(f)).unwrap()).unwrap()
 }
 
 fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Input<'_>], label: &str) {

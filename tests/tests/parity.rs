@@ -354,7 +354,7 @@ fn import_keeps_pytorch_module_names() -> TestResult {
     let output_node = |name: &str| -> Option<&str> {
         g.outputs.iter().find(|o| o.name == name).and_then(|o| match o.value {
             ValueId::Node(i) => Some(g.nodes[i].name.as_str()),
-            ValueId::Input(_) => None,
+            ValueId::Input(_) | ValueId::Const(_) => None,
         })
     };
     assert_eq!(output_node("logit"), Some("top_fc3"));

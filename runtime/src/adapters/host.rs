@@ -69,8 +69,10 @@ impl ModuleMap {
 
 /// Resolves a module path to a node index. Rules, in order: the explicit map; a node of
 /// that name; a node whose recorded source is that path; the path with `.` replaced by
-/// `_` (how the ONNX importer flattens `top.fc1` into `top_fc1`). Every rule must be
-/// unambiguous.
+/// `_` (how older imports flattened `top.fc1` into `top_fc1`); a node whose name ends in
+/// `.<path>` (the model was exported inside a wrapper module, so its parameters carry a
+/// prefix such as `model.`, while PEFT names modules from the library model itself).
+/// Every rule must be unambiguous.
 pub fn resolve_module(g: &Graph, map: &ModuleMap, path: &str) -> core::result::Result<usize, String> {
     if let Some(node) = map.entries.get(path) {
         return g.node(node).ok_or_else(|| format!("the module map sends `{path}` to `{node}`, which is not a node"));
@@ -89,6 +91,31 @@ pub fn resolve_module(g: &Graph, map: &ModuleMap, path: &str) -> core::result::R
                 )),
             };
         }
+    }
+    // A wrapper's prefix: the shortest `<prefix>.<path>` wins (`model.mlp.0` over
+    // `model.senet.mlp.0` for `mlp.0`); equally short matches are ambiguous.
+    let suffix = format!(".{path}");
+    let depth = |n: &crate::graph::Node| n.name[..n.name.len() - suffix.len()].matches('.').count();
+    let mut best: Option<(usize, usize)> = None;
+    let mut tied = None;
+    for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| n.name.ends_with(&suffix)) {
+        match best {
+            Some((_, d)) if depth(n) > d => {}
+            Some((j, d)) if depth(n) == d => tied = Some((j, i)),
+            _ => {
+                best = Some((i, depth(n)));
+                tied = None;
+            }
+        }
+    }
+    if let Some((a, b)) = tied {
+        return Err(format!(
+            "`{path}` matches both `{}` and `{}`; add a module map entry",
+            g.nodes[a].name, g.nodes[b].name
+        ));
+    }
+    if let Some((i, _)) = best {
+        return Ok(i);
     }
     let linears: Vec<&str> =
         g.nodes.iter().filter(|n| matches!(n.op, Op::Linear { .. })).map(|n| n.name.as_str()).take(12).collect();

@@ -505,9 +505,21 @@ impl Registry {
         for (i, t) in targets.iter().enumerate() {
             let slot = t.node as usize;
             let (name, fits) = if let Some(node) = g.nodes.get(slot) {
+                // Hooks see `[rows, width]` f32 views: i64 values have none.
+                if node.dtype == crate::graph::ValueType::I64 {
+                    return Err(bad(format!(
+                        "target {i}: {:?} cannot attach to i64 node `{}` (hooks see f32 values only)",
+                        t.hook, node.name
+                    )));
+                }
                 let fits = match t.hook {
                     HookKind::LinearDelta => matches!(node.op, Op::Linear { .. }),
-                    HookKind::Tap | HookKind::Post => true,
+                    // A reshape of a node shares its input's memory: a Post there would
+                    // also rewrite the input as its other consumers see it.
+                    HookKind::Post => {
+                        !(matches!(node.op, Op::Reshape) && matches!(node.inputs[..], [crate::graph::ValueId::Node(_)]))
+                    }
+                    HookKind::Tap => true,
                 };
                 (format!("{} node `{}`", node.op.name(), node.name), fits)
             } else if let Some(input) = g.inputs.get(slot - g.nodes.len()) {

@@ -355,6 +355,33 @@ impl Growable {
     }
 }
 
+/// Refuses a plan with a step the device has no kernel for (every tensor op, linears
+/// and crosses over several vectors per row, computed bag ids, layer norms over an inner
+/// axis, constant operands): graft never falls back to the CPU inside a graph.
+fn check_on_device(model: &Model, plan: &Plan) -> Result<()> {
+    let g = model.graph();
+    let refuse = |node: usize| {
+        let (name, op) = match g.nodes.get(node) {
+            Some(n) => (n.name.clone(), String::from(n.op.name())),
+            None => (String::from("<graph output>"), String::from("cast")),
+        };
+        Err(Error::OpNotOnDevice { node: name, op })
+    };
+    let is_const = |s: &Src| matches!(s, Src::Const(_));
+    for step in &plan.steps {
+        match step {
+            Step::Tensor { node, .. } => return refuse(*node),
+            Step::Linear { node, tokens, x, .. } if *tokens > 1 || is_const(x) => return refuse(*node),
+            Step::Cross { node, tokens, .. } if *tokens > 1 => return refuse(*node),
+            Step::Bag { node, ids: super::plan::Ids::Value { .. }, .. } => return refuse(*node),
+            Step::LayerNorm { node, gamma, y, .. } if model.vector(*gamma)?.len() != y.width => return refuse(*node),
+            _ => {}
+        }
+    }
+    // Aliased reshapes emit no step: the device arena has the host's layout.
+    Ok(())
+}
+
 /// The device side of one session.
 pub(crate) struct GpuSession {
     gpu: Arc<Gpu>,
@@ -397,6 +424,7 @@ impl GpuSession {
         max_batch: usize,
         arena_floats: usize,
     ) -> Result<GpuSession> {
+        check_on_device(model, plan)?;
         let gpu = open_gpu(ordinal)?;
         let weights = weights_for(&gpu, ordinal, model)?;
         let stream = gpu.new_stream().map_err(unavailable)?;
@@ -459,6 +487,7 @@ impl GpuSession {
                 Ok((self.inputs.get(k).ok_or_else(|| internal("input index"))?.dev.ptr(), width))
             }
             Src::Arena(p) => self.dst(plan, p),
+            Src::Const(_) => Err(internal("constant operand on the device")),
         }
     }
 
@@ -633,7 +662,7 @@ impl GpuSession {
         // and offsets were checked on the host by `Session::check_ids`.
         unsafe {
             match step {
-                Step::Linear { node, x, weight, bias, act, y } => {
+                Step::Linear { node, x, weight, bias, act, y, .. } => {
                     let w = model.weight(*weight)?;
                     let (wp, sp, fmt) = self.weight(&w)?;
                     let bp = match bias {
@@ -682,6 +711,8 @@ impl GpuSession {
                             let (ip, op) = (self.inputs[indices].dev.ptr(), self.inputs[offsets].dev.ptr());
                             gpu.bag(st, fmt, wp, sp, w.cols, ip, op, 0, n, mean, yp, ldy, rows).map_err(cuda)?;
                         }
+                        // Refused by `check_on_device`.
+                        Ids::Value { .. } => return Err(internal("computed bag ids on the device")),
                     }
                 }
                 Step::Activation { act, x, y, .. } => {
@@ -726,6 +757,8 @@ impl GpuSession {
                     let (yp, ldy) = dst(*y)?;
                     gpu.fm(st, p.ptr(), l.ptr(), ins.len(), d, yp, ldy, rows).map_err(cuda)?;
                 }
+                // Refused by `check_on_device`.
+                Step::Tensor { .. } => return Err(internal("tensor op on the device")),
             }
         }
         Ok(())
@@ -736,6 +769,7 @@ impl GpuSession {
         match s {
             Src::Input(k) => model.graph().value_width(crate::graph::ValueId::Input(k)),
             Src::Arena(p) => p.width,
+            Src::Const(_) => 0,
         }
     }
 

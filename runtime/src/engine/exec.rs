@@ -9,6 +9,7 @@ use core::ops::Range;
 
 use super::input::{self, Input};
 use super::plan::{BinaryOp, Buffer, Ids, Operand, Place, Src, Step};
+use super::tensor::RowSrc;
 use crate::error::{Error, Result};
 use crate::graph::{Activation, BagMode};
 use crate::kernels::{Kernels, WeightMatrix};
@@ -83,6 +84,13 @@ impl Exec<'_, '_> {
                 // by writers for the view's life.
                 unsafe { MatRef::from_raw_parts(self.base.add(b.offset + p.col), self.rows, p.width, b.width) }
             }
+            // The planner copies constants into the arena before fixed-function steps;
+            // this view (stride 0: every row the same) is for completeness.
+            Src::Const(k) => match self.model.constant_f32(k) {
+                // SAFETY: stride 0 reads the constant's `len` floats for every row.
+                Ok(c) => unsafe { MatRef::from_raw_parts(c.as_ptr(), self.rows, c.len(), 0) },
+                Err(_) => MatRef::dense(&[], 1),
+            },
         }
     }
 
@@ -107,7 +115,7 @@ impl Exec<'_, '_> {
         // place is disjoint from its input places and inside the arena.
         unsafe {
             match step {
-                Step::Linear { node, x, weight, bias, act, y } => {
+                Step::Linear { node, x, weight, bias, act, tokens, y } => {
                     let w = self.model.weight(*weight)?;
                     let bias = bias.map(|b| self.model.vector(b)).transpose()?;
                     #[cfg(feature = "std")]
@@ -115,8 +123,18 @@ impl Exec<'_, '_> {
                         // Hooks see the pre-activation output, so the fused activation
                         // waits until they have run.
                         use graft_plugin_abi::HookKind;
-                        self.linear(self.src(*x), &w, bias, None, self.dst(*y));
-                        self.hooks(pass, HookKind::LinearDelta, *node, Some(self.src(*x)), Some(*y), bias)?;
+                        self.linear_tokens(*x, &w, bias, None, *y, *tokens);
+                        // Several vectors per row: the delta sees each token's `[rows, in]` /
+                        // `[rows, out]` column block in turn, which is the `[rows·t, …]` view
+                        // with row groups expanded by t (deltas are row-wise).
+                        let (i, o) = (w.cols, w.rows);
+                        for t in 0..(*tokens).max(1) {
+                            let xt =
+                                if *tokens > 1 { self.src(*x).cols_range(t * i..(t + 1) * i) } else { self.src(*x) };
+                            let yt =
+                                if *tokens > 1 { Place { buffer: y.buffer, col: y.col + t * o, width: o } } else { *y };
+                            self.hooks(pass, HookKind::LinearDelta, *node, Some(xt), Some(yt), bias)?;
+                        }
                         self.hooks(pass, HookKind::Tap, *node, Some(self.src(Src::Arena(*y))), None, None)?;
                         self.hooks(pass, HookKind::Post, *node, None, Some(*y), None)?;
                         if let Some((act, _)) = act {
@@ -127,14 +145,14 @@ impl Exec<'_, '_> {
                     }
                     #[cfg(not(feature = "std"))]
                     let _ = node;
-                    self.linear(self.src(*x), &w, bias, act.map(|a| a.0), self.dst(*y));
+                    self.linear_tokens(*x, &w, bias, act.map(|a| a.0), *y, *tokens);
                 }
-                Step::Cross { x0, xl, weight, bias, y, .. } => {
+                Step::Cross { x0, xl, weight, bias, tokens, y, .. } => {
                     let w = self.model.weight(*weight)?;
                     let bias = bias.map(|b| self.model.vector(b)).transpose()?;
+                    self.linear_tokens(*xl, &w, bias, None, *y, *tokens);
                     let (x0, xl) = (self.src(*x0), self.src(*xl));
                     let mut out = self.dst(*y);
-                    self.linear(xl, &w, bias, None, out.reborrow());
                     for r in 0..self.rows {
                         let (a, l, y) = (x0.row(r), xl.row(r), out.row_mut(r));
                         for d in 0..y.len() {
@@ -144,8 +162,30 @@ impl Exec<'_, '_> {
                 }
                 Step::Bag { table, ids, mode, y, .. } => {
                     let w = self.model.weight(*table)?;
-                    self.bags(&w, *ids, *mode, self.dst(*y));
+                    let value = match ids {
+                        Ids::Value { src, value } => {
+                            let rs = self.row_src(*src)?;
+                            // Ids computed by the graph were not seen by `check_ids`.
+                            for r in 0..self.rows {
+                                let row = rs.i64(r);
+                                if let Some(j) = row.iter().position(|&id| id < 0 || id as u64 >= w.rows as u64) {
+                                    let g = self.model.graph();
+                                    return Err(Error::IdOutOfRange {
+                                        input: g.value_name(*value).into(),
+                                        position: r * row.len() + j,
+                                        id: row[j],
+                                        table: g.weights[*table].name.clone(),
+                                        rows: w.rows,
+                                    });
+                                }
+                            }
+                            Some(rs)
+                        }
+                        _ => None,
+                    };
+                    self.bags(&w, *ids, value, *mode, self.dst(*y));
                 }
+                Step::Tensor { node, op, ins, y } => self.tensor(*node, op, ins, *y)?,
                 Step::Activation { act, x, y, .. } => {
                     let (x, mut y) = (self.src(*x), self.dst(*y));
                     for r in 0..self.rows {
@@ -187,8 +227,13 @@ impl Exec<'_, '_> {
                     let gamma = self.model.vector(*gamma)?;
                     let beta = beta.map(|b| self.model.vector(b)).transpose()?;
                     let (x, mut y) = (self.src(*x), self.dst(*y));
+                    let d = gamma.len().max(1);
                     for r in 0..self.rows {
-                        self.kernels.norm.layer_norm(x.row(r), gamma, beta, *epsilon, y.row_mut(r));
+                        let (xr, yr) = (x.row(r), y.row_mut(r));
+                        // Normalize each vector of the last axis.
+                        for (xc, yc) in xr.chunks(d).zip(yr.chunks_mut(d)) {
+                            self.kernels.norm.layer_norm(xc, gamma, beta, *epsilon, yc);
+                        }
                     }
                 }
                 Step::DotInteraction { inputs, self_interaction, y, .. } => {
@@ -255,6 +300,44 @@ impl Exec<'_, '_> {
         }
     }
 
+    /// A linear over the last axis of rows holding `tokens` vectors each: one
+    /// `[rows·tokens, in]` product when both sides are contiguous, else one per token.
+    ///
+    /// # Safety
+    /// As for [`Exec::step`]: `x` and `y` are disjoint places of the plan.
+    unsafe fn linear_tokens(
+        &self,
+        x: Src,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        y: Place,
+        tokens: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let (xv, mut yv) = (self.src(x), self.dst(y));
+            if tokens <= 1 {
+                self.linear(xv, w, bias, act, yv);
+                return;
+            }
+            let (i, o) = (w.cols, w.rows);
+            let rows = self.rows;
+            if rows <= 1 || xv.stride() == xv.cols() && yv.stride() == yv.cols() {
+                let xm = MatRef::from_raw_parts(xv.as_ptr(), rows * tokens, i, i);
+                let ym = MatMut::from_raw_parts(yv.as_mut_ptr(), rows * tokens, o, o);
+                self.linear(xm, w, bias, act, ym);
+            } else {
+                let (xs, ys) = (xv.stride(), yv.stride());
+                for t in 0..tokens {
+                    let xm = MatRef::from_raw_parts(xv.as_ptr().add(t * i), rows, i, xs);
+                    let ym = MatMut::from_raw_parts(yv.as_mut_ptr().add(t * o), rows, o, ys);
+                    self.linear(xm, w, bias, act, ym);
+                }
+            }
+        }
+    }
+
     /// A linear, split across threads when it is big enough.
     fn linear(
         &self,
@@ -297,7 +380,7 @@ impl Exec<'_, '_> {
     }
 
     /// Embedding bags for every row, split by rows across threads when worthwhile.
-    fn bags(&self, table: &WeightMatrix<'_>, ids: Ids, mode: BagMode, mut y: MatMut<'_>) {
+    fn bags(&self, table: &WeightMatrix<'_>, ids: Ids, value: Option<RowSrc>, mode: BagMode, mut y: MatMut<'_>) {
         let kernel = self.kernels.bag;
         let rows = self.rows;
         let (ptr, cols, stride) = (SendPtr(y.as_mut_ptr()), y.cols(), y.stride());
@@ -321,6 +404,9 @@ impl Exec<'_, '_> {
                         let end = if row + 1 < rows { off[row + 1] as usize } else { idx.len() };
                         &idx[start..end]
                     }
+                    // SAFETY: the source is a checked i64 value of this step's plan and
+                    // `row < rows`.
+                    Ids::Value { .. } => value.map_or(&[][..], |v| unsafe { v.i64(row) }),
                 }
             };
             for (i, row) in r.clone().enumerate() {

@@ -12,32 +12,40 @@ use core::fmt;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, InputKind};
 
-/// A tensor shape of rank 1 or 2.
+/// The highest rank of a run input (the batch axis included).
+pub const MAX_INPUT_RANK: usize = 8;
+
+/// A tensor shape of rank 1 to [`MAX_INPUT_RANK`] (stored inline: binding allocates
+/// nothing).
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Shape {
-    dims: [usize; 2],
+    dims: [usize; MAX_INPUT_RANK],
     rank: u8,
 }
 
 impl Shape {
     /// A rank-1 shape.
     pub fn vector(len: usize) -> Shape {
-        Shape { dims: [len, 1], rank: 1 }
+        Shape::from_dims(&[len]).unwrap_or(Shape { dims: [0; MAX_INPUT_RANK], rank: 1 })
     }
 
     /// A rank-2 shape.
     pub fn matrix(rows: usize, cols: usize) -> Shape {
-        Shape { dims: [rows, cols], rank: 2 }
+        let mut dims = [1; MAX_INPUT_RANK];
+        dims[0] = rows;
+        dims[1] = cols;
+        Shape { dims, rank: 2 }
     }
 
-    /// Builds a shape from a slice of dims.
+    /// Builds a shape from a slice of 1 to [`MAX_INPUT_RANK`] dims.
     pub fn from_dims(dims: &[usize]) -> Option<Shape> {
-        match *dims {
-            [n] => Some(Shape::vector(n)),
-            [r, c] => Some(Shape::matrix(r, c)),
-            _ => None,
+        if dims.is_empty() || dims.len() > MAX_INPUT_RANK {
+            return None;
         }
+        let mut out = [1; MAX_INPUT_RANK];
+        out[..dims.len()].copy_from_slice(dims);
+        Some(Shape { dims: out, rank: dims.len() as u8 })
     }
 
     /// The dims.
@@ -125,13 +133,13 @@ impl<'a> Input<'a> {
         Input { name, tensor: TensorView::I64 { data, shape: Shape::vector(data.len()) } }
     }
 
-    /// An f32 tensor of explicit shape (rank 1 or 2).
+    /// An f32 tensor of explicit shape (rank 1 to [`MAX_INPUT_RANK`], batch first).
     pub fn f32(name: &'a str, data: &'a [f32], dims: &[usize]) -> Result<Input<'a>> {
         let shape = checked_shape(name, dims, data.len())?;
         Ok(Input { name, tensor: TensorView::F32 { data, shape } })
     }
 
-    /// An i64 tensor of explicit shape (rank 1 or 2).
+    /// An i64 tensor of explicit shape (rank 1 to [`MAX_INPUT_RANK`], batch first).
     pub fn i64(name: &'a str, data: &'a [i64], dims: &[usize]) -> Result<Input<'a>> {
         let shape = checked_shape(name, dims, data.len())?;
         Ok(Input { name, tensor: TensorView::I64 { data, shape } })
@@ -141,7 +149,7 @@ impl<'a> Input<'a> {
 fn checked_shape(name: &str, dims: &[usize], len: usize) -> Result<Shape> {
     let shape = Shape::from_dims(dims).ok_or_else(|| Error::InputShape {
         input: name.to_string(),
-        expected: "rank 1 or 2".into(),
+        expected: format!("rank 1 to {MAX_INPUT_RANK}"),
         actual: format!("{dims:?}"),
     })?;
     if shape.elements() != Some(len) {
@@ -218,15 +226,17 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
         }
         let bad_shape =
             |expected: String| Error::InputShape { input: def.name.clone(), expected, actual: format!("{shape:?}") };
+        // Dense and ids inputs: the batch, then the row shape (or any shape holding as
+        // many values per row: rows are row-major either way).
+        let per_row = |rest: &[usize]| rest.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let expected_row = || {
+            let dims: alloc::vec::Vec<String> = def.shape.iter().map(|d| d.to_string()).collect();
+            format!("[batch, {}]", dims.join(", "))
+        };
         match def.kind {
-            InputKind::Dense { width } => match shape.dims() {
-                [n, w] if *w == width => agree(&def.name, *n)?,
-                _ => return Err(bad_shape(format!("[batch, {width}]"))),
-            },
-            InputKind::Ids { slots } => match shape.dims() {
-                [n, s] if *s == slots => agree(&def.name, *n)?,
-                [n] if slots == 1 => agree(&def.name, *n)?,
-                _ => return Err(bad_shape(format!("[batch, {slots}]"))),
+            InputKind::Dense { width: w } | InputKind::Ids { slots: w } => match shape.dims() {
+                [n, rest @ ..] if per_row(rest) == Some(w) => agree(&def.name, *n)?,
+                _ => return Err(bad_shape(expected_row())),
             },
             InputKind::BagOffsets => match shape.dims() {
                 [n] => agree(&def.name, *n)?,
@@ -241,7 +251,10 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
         if let (NanPolicy::Reject, TensorView::F32 { data, shape }) = (nan, t)
             && let Some(pos) = data.iter().position(|v| !v.is_finite())
         {
-            let width = shape.dims().last().copied().unwrap_or(1).max(1);
+            let width = match def.kind {
+                InputKind::Dense { width } => width.max(1),
+                _ => shape.dims().last().copied().unwrap_or(1).max(1),
+            };
             return Err(Error::NonFinite {
                 input: def.name.clone(),
                 row: pos / width,

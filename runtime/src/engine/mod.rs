@@ -10,6 +10,7 @@ mod plan;
 #[cfg(feature = "std")]
 mod pool;
 mod session;
+mod tensor;
 
 pub use input::{Input, NanPolicy, Shape, TensorView};
 pub use session::{Device, Outputs, Session, SessionOptions};

@@ -4,8 +4,11 @@
 //! 1. fuses a linear with the activation that is its only consumer (the kernel applies
 //!    it while the output tile is in registers; the linear stays a separate hook point),
 //! 2. places each value that is consumed only by a `concat` directly inside the concat's
-//!    buffer at its column offset, so the concat costs nothing,
-//! 3. gives every remaining value a buffer of `max_batch × width` floats and packs the
+//!    buffer at its column offset, so the concat costs nothing (flattened concats, and
+//!    axis concats where every input is one contiguous column block of the row), and
+//!    makes a `reshape` of a node share its input's place (no step at all),
+//! 3. gives every remaining value a buffer of `max_batch × width` slots (an i64 element
+//!    takes two f32-sized slots; places and widths below are in slots) and packs the
 //!    buffers into one arena by live range (greedy first fit, largest first),
 //! 4. records the scratch each worker needs for dequantizing weight panels.
 //!
@@ -13,12 +16,14 @@
 //! [`Plan::check_disjoint`] proves, for every step, that what it writes never overlaps what
 //! it reads, which is what makes the executor's raw views sound.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::tensor::{self, TensorOp};
 use crate::error::Result;
-use crate::graph::{Activation, BagMode, Graph, Op, ValueId};
+use crate::graph::{Activation, BagMode, Graph, Op, ValueId, ValueType};
 use crate::kernels::LinearKernel;
 use crate::model::Model;
 
@@ -49,6 +54,8 @@ pub(crate) enum Src {
     Input(usize),
     /// A value in the arena.
     Arena(Place),
+    /// A graph constant: the same row for every example.
+    Const(usize),
 }
 
 /// Where an embedding bag gets its ids.
@@ -58,6 +65,8 @@ pub(crate) enum Ids {
     Padded { input: usize },
     /// Flat indices plus per-row offsets.
     Bags { indices: usize, offsets: usize },
+    /// An i64 value computed by the graph, one bag per row (checked in the step).
+    Value { src: Src, value: ValueId },
 }
 
 /// Binary element-wise op.
@@ -86,6 +95,8 @@ pub(crate) enum Step {
         bias: Option<usize>,
         /// A fused activation and the node it came from.
         act: Option<(Activation, usize)>,
+        /// Vectors per row (the linear applies over the last axis of the row shape).
+        tokens: usize,
         y: Place,
     },
     Cross {
@@ -94,6 +105,7 @@ pub(crate) enum Step {
         xl: Src,
         weight: usize,
         bias: Option<usize>,
+        tokens: usize,
         y: Place,
     },
     Bag {
@@ -140,6 +152,13 @@ pub(crate) enum Step {
         inputs: Vec<Src>,
         y: Place,
     },
+    /// A per-row tensor op (see [`tensor`]).
+    Tensor {
+        node: usize,
+        op: Box<TensorOp>,
+        ins: Vec<Src>,
+        y: Place,
+    },
 }
 
 impl Step {
@@ -150,6 +169,7 @@ impl Step {
         let src = |s: Src| match s {
             Src::Input(k) => alloc::format!("input `{}`", g.inputs[k].name),
             Src::Arena(p) => at(p),
+            Src::Const(k) => alloc::format!("const `{}`", g.constants[k].name),
         };
         match self {
             Step::Linear { node, x, weight, act, y, .. } => {
@@ -190,6 +210,10 @@ impl Step {
             Step::Fm { node, inputs, y } => {
                 alloc::format!("fm `{}`: {} inputs -> {}", name(*node), inputs.len(), at(*y))
             }
+            Step::Tensor { node, op, ins, y } => {
+                let ins: Vec<String> = ins.iter().map(|&s| src(s)).collect();
+                alloc::format!("{} `{}`: {} -> {}", op.name(), name(*node), ins.join(", "), at(*y))
+            }
         }
     }
 
@@ -203,7 +227,8 @@ impl Step {
             | Step::Copy { y, .. }
             | Step::LayerNorm { y, .. }
             | Step::DotInteraction { y, .. }
-            | Step::Fm { y, .. } => *y,
+            | Step::Fm { y, .. }
+            | Step::Tensor { y, .. } => *y,
         }
     }
 
@@ -212,7 +237,9 @@ impl Step {
             Step::Linear { x, .. } | Step::Activation { x, .. } | Step::LayerNorm { x, .. } => vec![*x],
             Step::Copy { src, .. } => vec![*src],
             Step::Cross { x0, xl, .. } => vec![*x0, *xl],
+            Step::Bag { ids: Ids::Value { src, .. }, .. } => vec![*src],
             Step::Bag { .. } => Vec::new(),
+            Step::Tensor { ins, .. } => ins.clone(),
             Step::Binary { a, b, .. } => match b {
                 Operand::Value(b) => vec![*a, *b],
                 Operand::Tensor(_) => vec![*a],
@@ -254,10 +281,30 @@ pub(crate) struct Plan {
 enum Home {
     /// Its own buffer.
     Own,
-    /// Inside concat node `parent` at column `col`.
+    /// Inside concat node `parent` at slot column `col`.
     InConcat { parent: usize, col: usize },
     /// Written by the linear fused into activation node `act`, which owns the place.
     FusedInto { act: usize },
+    /// A reshape sharing node `of`'s place.
+    Alias { of: usize },
+}
+
+/// Slots per row of a value.
+fn slot_width(g: &Graph, v: ValueId) -> usize {
+    g.value_width(v) * g.value_type(v).slots()
+}
+
+/// Whether a concat is a concatenation of whole rows (each input one contiguous column
+/// block of the output row).
+fn concat_is_flat(g: &Graph, node: usize) -> bool {
+    match g.nodes[node].op {
+        Op::Concat { axis: None } => true,
+        Op::Concat { axis: Some(a) } => g.nodes[node]
+            .inputs
+            .iter()
+            .all(|&v| g.value_shape(v).get(..a).is_some_and(|s| s.iter().product::<usize>() == 1)),
+        _ => false,
+    }
 }
 
 impl Plan {
@@ -266,31 +313,62 @@ impl Plan {
         let g = model.graph();
         let (home, absorbed) = decide_homes(g);
         let (mut buffers, place) = resolve_places(g, &home)?;
-        let (mut steps, ready) = emit_steps(g, &home, &absorbed, &place)?;
+        let (mut steps, ready) = emit_steps(g, &home, &absorbed, &place, &mut buffers)?;
 
-        // Graph outputs: node values are read in place; inputs are copied to a buffer.
+        // Graph outputs are f32: node values are read in place; inputs and constants are
+        // copied to a buffer; i64 values are converted into one.
         let mut outputs = Vec::with_capacity(g.outputs.len());
         for o in &g.outputs {
+            let i64_value = g.value_type(o.value) == ValueType::I64;
             let place = match o.value {
-                ValueId::Node(k) => place[k],
-                ValueId::Input(k) => {
-                    let width = g.value_width(o.value);
-                    buffers.push(Buffer { offset: 0, width });
-                    let y = Place { buffer: buffers.len() - 1, col: 0, width };
+                ValueId::Node(k) if !i64_value => place[k],
+                ValueId::Input(k) if !i64_value => {
+                    let y = new_buffer(&mut buffers, g.value_width(o.value));
                     steps.push(Step::Copy { node: usize::MAX, src: Src::Input(k), y });
+                    y
+                }
+                v => {
+                    let y = new_buffer(&mut buffers, g.value_width(v));
+                    let src = match v {
+                        ValueId::Node(k) => Src::Arena(place[k]),
+                        ValueId::Input(k) => Src::Input(k),
+                        ValueId::Const(k) => Src::Const(k),
+                    };
+                    let op = if i64_value {
+                        TensorOp::Cast { from: ValueType::I64, to: ValueType::F32 }
+                    } else {
+                        tensor::flat_copy(g.value_width(v), ValueType::F32)
+                    };
+                    steps.push(Step::Tensor { node: usize::MAX, op: Box::new(op), ins: vec![src], y });
                     y
                 }
             };
             outputs.push(OutputSlot { name: o.name.clone(), place });
         }
 
+        // Buffers beyond the nodes' (materialized constants, output copies) were not in
+        // the session's up-front size check.
+        if buffers.iter().any(|b| b.width.checked_mul(max_batch).is_none_or(|n| n > isize::MAX as usize / 4)) {
+            return Err(crate::error::Error::InvalidOption {
+                detail: alloc::format!("the model's activations for max_batch {max_batch} exceed the address space"),
+            });
+        }
         let (first, last) = live_ranges(&steps, &outputs, buffers.len());
         let arena_len = pack_arena(&mut buffers, &first, &last, max_batch)?;
         let mut scratch_len = 0;
         for step in &steps {
-            if let Step::Linear { weight, .. } | Step::Cross { weight, .. } = step {
-                scratch_len = scratch_len.max(linear.scratch_len(&model.weight(*weight)?, max_batch));
-            }
+            let need = match step {
+                Step::Linear { weight, tokens, .. } | Step::Cross { weight, tokens, .. } => {
+                    linear.scratch_len(&model.weight(*weight)?, max_batch.saturating_mul(*tokens))
+                }
+                Step::Tensor { op, .. } if let TensorOp::Conv { weight, positions, out_g, .. } = &**op => {
+                    let w = model.weight(*weight)?;
+                    op.scratch_len() + linear.scratch_len(&w.rows_range(0..*out_g), *positions)
+                }
+                Step::Tensor { op, .. } => op.scratch_len(),
+                _ => 0,
+            };
+            scratch_len = scratch_len.max(need);
         }
         let plan = Plan { steps, buffers, outputs, arena_len, scratch_len, node_place: place, ready };
         plan.check_disjoint(max_batch, &first, &last)?;
@@ -329,8 +407,13 @@ impl Plan {
     }
 }
 
-/// Decides where each node's value lives (fusion and concat elision). Also returns,
-/// per node, whether it is an activation computed by the linear fused into it.
+fn new_buffer(buffers: &mut Vec<Buffer>, width: usize) -> Place {
+    buffers.push(Buffer { offset: 0, width });
+    Place { buffer: buffers.len() - 1, col: 0, width }
+}
+
+/// Decides where each node's value lives (fusion, concat elision, reshape aliasing).
+/// Also returns, per node, whether it is an activation computed by the linear fused into it.
 fn decide_homes(g: &Graph) -> (Vec<Home>, Vec<bool>) {
     let uses = g.node_use_counts();
     let is_output = |i: usize| g.outputs.iter().any(|o| o.value == ValueId::Node(i));
@@ -346,9 +429,14 @@ fn decide_homes(g: &Graph) -> (Vec<Home>, Vec<bool>) {
             home[l] = Home::FusedInto { act: i };
             absorbed[i] = true;
         }
+        if let Op::Reshape = node.op
+            && let [ValueId::Node(p)] = node.inputs[..]
+        {
+            home[i] = Home::Alias { of: p };
+        }
     }
     for (c, node) in g.nodes.iter().enumerate() {
-        if node.op != Op::Concat {
+        if !concat_is_flat(g, c) {
             continue;
         }
         let mut col = 0;
@@ -359,51 +447,98 @@ fn decide_homes(g: &Graph) -> (Vec<Home>, Vec<bool>) {
                     home[p] = Home::InConcat { parent: c, col };
                 }
             }
-            col += g.value_width(*v);
+            col += slot_width(g, *v);
         }
     }
     (home, absorbed)
 }
 
 /// Gives every `Own` value a buffer and resolves the others to a place inside their
-/// concat's or activation's, in reverse topological order (parents before children).
+/// concat's or activation's, or their reshape input's (following chains iteratively).
 fn resolve_places(g: &Graph, home: &[Home]) -> Result<(Vec<Buffer>, Vec<Place>)> {
     let mut buffers: Vec<Buffer> = Vec::new();
     let mut place: Vec<Option<Place>> = vec![None; g.nodes.len()];
     for i in (0..g.nodes.len()).rev() {
-        let width = g.nodes[i].width;
-        place[i] = Some(match home[i] {
-            Home::Own => {
-                buffers.push(Buffer { offset: 0, width });
-                Place { buffer: buffers.len() - 1, col: 0, width }
+        if let Home::Own = home[i] {
+            place[i] = Some(new_buffer(&mut buffers, g.nodes[i].width * g.nodes[i].dtype.slots()));
+        }
+    }
+    let mut chain = Vec::new();
+    for i in 0..g.nodes.len() {
+        let mut at = i;
+        // Walk to a placed node, then place the chain back to front.
+        while place[at].is_none() {
+            if chain.len() > g.nodes.len() {
+                return Err(internal("cyclic placement"));
             }
-            Home::InConcat { parent, col } => {
-                let p = place[parent].ok_or_else(|| internal("concat placed before its parts"))?;
-                Place { buffer: p.buffer, col: p.col + col, width }
-            }
-            Home::FusedInto { act } => place[act].ok_or_else(|| internal("activation placed late"))?,
-        });
+            chain.push(at);
+            at = match home[at] {
+                Home::InConcat { parent, .. } => parent,
+                Home::FusedInto { act } => act,
+                Home::Alias { of } => of,
+                Home::Own => return Err(internal("unplaced own node")),
+            };
+        }
+        while let Some(n) = chain.pop() {
+            let width = g.nodes[n].width * g.nodes[n].dtype.slots();
+            place[n] = Some(match home[n] {
+                Home::InConcat { parent, col } => {
+                    let p = place[parent].ok_or_else(|| internal("concat placed before its parts"))?;
+                    Place { buffer: p.buffer, col: p.col + col, width }
+                }
+                Home::FusedInto { act } => place[act].ok_or_else(|| internal("activation placed late"))?,
+                Home::Alias { of } => place[of].ok_or_else(|| internal("reshape placed early"))?,
+                Home::Own => return Err(internal("own node in a chain")),
+            });
+        }
     }
     let place = place.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| internal("unplaced node"))?;
     Ok((buffers, place))
 }
 
-/// One step per node in topological order; fused activations and elided concats emit
-/// none, concats copy only their non-elided parts. Also returns, per node, the number of
-/// steps emitted once it is complete.
-fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> Result<(Vec<Step>, Vec<usize>)> {
+/// One step per node in topological order; fused activations, elided concats and
+/// aliased reshapes emit none, concats copy only their non-elided parts. Also returns,
+/// per node, the number of steps emitted once it is complete.
+fn emit_steps(
+    g: &Graph,
+    home: &[Home],
+    absorbed: &[bool],
+    place: &[Place],
+    buffers: &mut Vec<Buffer>,
+) -> Result<(Vec<Step>, Vec<usize>)> {
     let src = |v: ValueId| match v {
         ValueId::Input(k) => Src::Input(k),
         ValueId::Node(k) => Src::Arena(place[k]),
+        ValueId::Const(k) => Src::Const(k),
     };
     let mut steps = Vec::with_capacity(g.nodes.len());
     let mut ready = Vec::with_capacity(g.nodes.len());
+    // The fixed-function steps read arena or input views: constants they read are first
+    // copied into a buffer of their own.
+    let mut dense = |v: ValueId, steps: &mut Vec<Step>, node: usize| -> Src {
+        match v {
+            ValueId::Const(k) => {
+                let width = g.value_width(v);
+                let ty = g.value_type(v);
+                let y = new_buffer(buffers, width * ty.slots());
+                steps.push(Step::Tensor {
+                    node,
+                    op: Box::new(tensor::flat_copy(width, ty)),
+                    ins: vec![Src::Const(k)],
+                    y,
+                });
+                Src::Arena(y)
+            }
+            v => src(v),
+        }
+    };
     for (i, node) in g.nodes.iter().enumerate() {
         if i > 0 {
             ready.push(steps.len());
         }
+        tensor::check_rank(g, i)?;
         let y = place[i];
-        let x = || src(node.inputs[0]);
+        let tokens = |cols: usize| g.value_width(node.inputs[0]).checked_div(cols).unwrap_or(1).max(1);
         match &node.op {
             Op::Linear { weight, bias } => {
                 let act = match home[i] {
@@ -413,53 +548,108 @@ fn emit_steps(g: &Graph, home: &[Home], absorbed: &[bool], place: &[Place]) -> R
                     },
                     _ => None,
                 };
-                steps.push(Step::Linear { node: i, x: x(), weight: *weight, bias: *bias, act, y });
+                let x = dense(node.inputs[0], &mut steps, i);
+                let tokens = tokens(g.weights[*weight].cols);
+                steps.push(Step::Linear { node: i, x, weight: *weight, bias: *bias, act, tokens, y });
             }
             Op::Activation(act) => {
                 if !absorbed[i] {
-                    steps.push(Step::Activation { node: i, act: *act, x: x(), y });
+                    let x = dense(node.inputs[0], &mut steps, i);
+                    steps.push(Step::Activation { node: i, act: *act, x, y });
                 }
             }
             Op::Cross { weight, bias } => {
-                let xl = src(node.inputs[1]);
-                steps.push(Step::Cross { node: i, x0: x(), xl, weight: *weight, bias: *bias, y });
+                let x0 = dense(node.inputs[0], &mut steps, i);
+                let xl = dense(node.inputs[1], &mut steps, i);
+                let tokens = tokens(g.weights[*weight].cols);
+                steps.push(Step::Cross { node: i, x0, xl, weight: *weight, bias: *bias, tokens, y });
             }
             Op::EmbeddingBag { table, mode } => {
                 let ids = match node.inputs[..] {
                     [ValueId::Input(input)] => Ids::Padded { input },
                     [ValueId::Input(indices), ValueId::Input(offsets)] => Ids::Bags { indices, offsets },
+                    [v @ ValueId::Node(_)] | [v @ ValueId::Const(_)] if g.value_type(v) == ValueType::I64 => {
+                        Ids::Value { src: dense(v, &mut steps, i), value: v }
+                    }
                     _ => return Err(internal("embedding_bag inputs")),
                 };
                 steps.push(Step::Bag { node: i, table: *table, ids, mode: *mode, y });
             }
-            Op::Concat => {
-                let mut col = 0;
-                for v in &node.inputs {
-                    let width = g.value_width(*v);
-                    let elided = matches!(v, ValueId::Node(p) if matches!(home[*p], Home::InConcat { parent, .. } if parent == i));
-                    if !elided {
+            Op::Concat { axis } => {
+                if concat_is_flat(g, i) {
+                    let mut col = 0;
+                    for v in &node.inputs {
+                        let width = slot_width(g, *v);
+                        let elided = matches!(v, ValueId::Node(p) if matches!(home[*p], Home::InConcat { parent, .. } if parent == i));
                         let dst = Place { buffer: y.buffer, col: y.col + col, width };
-                        steps.push(Step::Copy { node: i, src: src(*v), y: dst });
+                        match *v {
+                            _ if elided => {}
+                            ValueId::Node(_) => steps.push(Step::Copy { node: i, src: src(*v), y: dst }),
+                            v => {
+                                let op = tensor::flat_copy(g.value_width(v), g.value_type(v));
+                                steps.push(Step::Tensor { node: i, op: Box::new(op), ins: vec![src(v)], y: dst });
+                            }
+                        }
+                        col += width;
                     }
-                    col += width;
+                } else {
+                    let axis = axis.ok_or_else(|| internal("flattened concat"))?;
+                    let mut offset = 0;
+                    for v in &node.inputs {
+                        let op = tensor::concat_part(g, i, axis, *v, offset)?;
+                        steps.push(Step::Tensor { node: i, op: Box::new(op), ins: vec![src(*v)], y });
+                        offset += g.value_shape(*v)[axis];
+                    }
                 }
             }
             Op::Add { bias: t } | Op::Mul { scale: t } => {
                 let op = if matches!(node.op, Op::Add { .. }) { BinaryOp::Add } else { BinaryOp::Mul };
                 let b = match t {
                     Some(t) => Operand::Tensor(*t),
-                    None => Operand::Value(src(node.inputs[1])),
+                    None => Operand::Value(dense(node.inputs[1], &mut steps, i)),
                 };
-                steps.push(Step::Binary { node: i, op, a: x(), b, y });
+                let a = dense(node.inputs[0], &mut steps, i);
+                steps.push(Step::Binary { node: i, op, a, b, y });
+            }
+            Op::Binary(op @ (crate::graph::BinaryOp::Add | crate::graph::BinaryOp::Mul))
+                if node
+                    .inputs
+                    .iter()
+                    .all(|&v| g.value_shape(v) == &node.shape[..] && g.value_type(v) == ValueType::F32)
+                    && !matches!(node.inputs[0], ValueId::Const(_)) =>
+            {
+                let op = if *op == crate::graph::BinaryOp::Add { BinaryOp::Add } else { BinaryOp::Mul };
+                let b = match node.inputs[1] {
+                    ValueId::Const(k) => Operand::Tensor(g.constants[k].tensor),
+                    v => Operand::Value(src(v)),
+                };
+                steps.push(Step::Binary { node: i, op, a: src(node.inputs[0]), b, y });
             }
             Op::LayerNorm { gamma, beta, epsilon } => {
-                steps.push(Step::LayerNorm { node: i, x: x(), gamma: *gamma, beta: *beta, epsilon: *epsilon, y })
+                let x = dense(node.inputs[0], &mut steps, i);
+                steps.push(Step::LayerNorm { node: i, x, gamma: *gamma, beta: *beta, epsilon: *epsilon, y })
             }
             Op::DotInteraction { self_interaction } => {
-                let inputs = node.inputs.iter().map(|&v| src(v)).collect();
+                let inputs = node.inputs.iter().map(|&v| dense(v, &mut steps, i)).collect();
                 steps.push(Step::DotInteraction { node: i, inputs, self_interaction: *self_interaction, y });
             }
-            Op::Fm => steps.push(Step::Fm { node: i, inputs: node.inputs.iter().map(|&v| src(v)).collect(), y }),
+            Op::Fm => {
+                let inputs = node.inputs.iter().map(|&v| dense(v, &mut steps, i)).collect();
+                steps.push(Step::Fm { node: i, inputs, y })
+            }
+            Op::Reshape => match home[i] {
+                Home::Alias { .. } => {}
+                _ => {
+                    let v = node.inputs[0];
+                    let op = tensor::flat_copy(g.value_width(v), g.value_type(v));
+                    steps.push(Step::Tensor { node: i, op: Box::new(op), ins: vec![src(v)], y });
+                }
+            },
+            _ => {
+                let op = tensor::plan(g, i)?.ok_or_else(|| internal("op without a plan"))?;
+                let ins = node.inputs.iter().map(|&v| src(v)).collect();
+                steps.push(Step::Tensor { node: i, op: Box::new(op), ins, y });
+            }
         }
     }
     if !g.nodes.is_empty() {

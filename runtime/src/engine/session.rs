@@ -411,6 +411,8 @@ impl Session {
                     )?;
                     (indices, idx)
                 }
+                // Checked inside the step.
+                Ids::Value { .. } => continue,
             };
             if let Some(position) = data.iter().position(|&id| id < 0 || id as u64 >= vocab as u64) {
                 return Err(Error::IdOutOfRange {

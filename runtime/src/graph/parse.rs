@@ -18,6 +18,18 @@
 //! `epsilon`}; `dot_interaction` {`self_interaction`?}; activations, `concat` and `fm`
 //! take none. Unknown keys are errors, so a file that relies on a feature this build
 //! lacks is refused instead of misread.
+//!
+//! Version 2 adds: an optional `shape` (row shape) on inputs; `constants`, a list of
+//! container tensor names (f32 or i64) that node inputs may name; optional `shape` and
+//! `dtype` on nodes (checked against the inferred ones; required by `reshape`/`tile`);
+//! `concat` {`axis`?} and the tensor ops `embedding` {`table`}, `reshape`, `transpose`
+//! {`perm`}, `slice` {`axis`, `start`, `end`, `step`?}, `gather` {`axis`}, the binary ops
+//! (`add` … `prelu`, see [`BinaryOp`]), `where`, the unary ops ([`UnaryOp`]; `leaky_relu`
+//! {`alpha`}, `clip` {`min`, `max`}, `hard_sigmoid` {`alpha`, `beta`}, `elu` {`alpha`},
+//! `pow_const` {`exponent`}), `cast` {`to`}, `reduce` {`reduce`, `axes`, `keepdims`},
+//! `softmax`/`log_softmax` {`axis`}, `matmul`, `tile`, `pad` {`pads`, `value`?}, `topk`
+//! {`axis`, `k`, `largest`, `output`: values|indices} and `conv` {`weight`, `bias`?,
+//! `kernel`, `strides`, `pads`, `dilations`, `group`}.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
@@ -26,7 +38,11 @@ use alloc::vec::Vec;
 
 use serde_json::{Map, Value};
 
-use super::{Activation, BagMode, FORMAT_VERSION, Graph, InputDef, InputKind, Node, Op, OutputDef, ValueId, WeightDef};
+use super::shape::{self, Operand};
+use super::{
+    Activation, BagMode, BinaryOp, ConstDef, FORMAT_VERSION, Graph, InputDef, InputKind, Node, Op, OutputDef, ReduceOp,
+    UnaryOp, ValueId, ValueType, WeightDef,
+};
 use crate::container::Envelope;
 use crate::error::{Error, Result, graph_err};
 use crate::format::{DType, WeightFormat};
@@ -36,7 +52,10 @@ pub fn parse(json: &str, env: &Envelope) -> Result<Graph> {
     let root: Map<String, Value> =
         serde_json::from_str(json).map_err(|e| graph_err(format_args!("invalid JSON: {e}")))?;
     for key in root.keys() {
-        if !matches!(key.as_str(), "version" | "name" | "producer" | "inputs" | "weights" | "nodes" | "outputs") {
+        if !matches!(
+            key.as_str(),
+            "version" | "name" | "producer" | "inputs" | "weights" | "constants" | "nodes" | "outputs"
+        ) {
             return Err(graph_err(format_args!("unknown top-level key `{key}`")));
         }
     }
@@ -49,10 +68,11 @@ pub fn parse(json: &str, env: &Envelope) -> Result<Graph> {
 
     let inputs = parse_inputs(array(&root, "inputs")?)?;
     let weights = parse_weights(&root, env)?;
-    let (nodes, outputs) = parse_nodes(&root, &inputs, &weights, env)?;
-    let mut graph = Graph { name, producer, inputs, weights, nodes, outputs };
-    topo_sort(&mut graph)?;
-    infer_widths(&mut graph, env)?;
+    let constants = parse_constants(&root, env)?;
+    let (nodes, outputs, declared) = parse_nodes(&root, &inputs, &weights, &constants, env)?;
+    let mut graph = Graph { name, producer, inputs, weights, constants, nodes, outputs };
+    let declared = topo_sort(&mut graph, declared)?;
+    infer_shapes(&mut graph, env, &declared)?;
     Ok(graph)
 }
 
@@ -85,11 +105,22 @@ fn parse_inputs(list: &[Value]) -> Result<Vec<InputDef>> {
         };
         let kind_str = obj.get("kind").and_then(Value::as_str).unwrap_or("");
         let (kind, allowed): (InputKind, &[&str]) = match kind_str {
-            "dense" => (InputKind::Dense { width: field("width")? }, &["width"]),
-            "ids" => (InputKind::Ids { slots: field("slots")? }, &["slots"]),
+            "dense" => (InputKind::Dense { width: field("width")? }, &["width", "shape"]),
+            "ids" => (InputKind::Ids { slots: field("slots")? }, &["slots", "shape"]),
             "bag_indices" => (InputKind::BagIndices, &[]),
             "bag_offsets" => (InputKind::BagOffsets, &[]),
             other => return Err(graph_err(format_args!("input `{name}` has unknown kind `{other}`"))),
+        };
+        let shape = match (kind, obj.get("shape")) {
+            (InputKind::Dense { width } | InputKind::Ids { slots: width }, None) => alloc::vec![width],
+            (InputKind::Dense { width } | InputKind::Ids { slots: width }, Some(v)) => {
+                let dims = dims_of(v).ok_or_else(|| graph_err(format_args!("input `{name}`: bad `shape`")))?;
+                if shape::elements(&dims) != Some(width) {
+                    return Err(graph_err(format_args!("input `{name}`: shape {dims:?} does not hold {width} values")));
+                }
+                dims
+            }
+            _ => Vec::new(),
         };
         if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "name" | "kind") && !allowed.contains(&k.as_str())) {
             return Err(graph_err(format_args!("input `{name}` has unknown field `{k}`")));
@@ -97,7 +128,7 @@ fn parse_inputs(list: &[Value]) -> Result<Vec<InputDef>> {
         if inputs.iter().any(|d| d.name == name) {
             return Err(Error::DuplicateName { kind: "input", name: name.to_string() });
         }
-        inputs.push(InputDef { name: name.to_string(), kind });
+        inputs.push(InputDef { name: name.to_string(), kind, shape });
     }
     Ok(inputs)
 }
@@ -145,6 +176,44 @@ fn parse_weights(root: &Map<String, Value>, env: &Envelope) -> Result<Vec<Weight
     Ok(weights)
 }
 
+/// A JSON array of non-negative integers.
+fn dims_of(v: &Value) -> Option<Vec<usize>> {
+    v.as_array()?.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect()
+}
+
+fn parse_constants(root: &Map<String, Value>, env: &Envelope) -> Result<Vec<ConstDef>> {
+    let list = match root.get("constants") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(graph_err("`constants` must be an array of tensor names")),
+    };
+    let mut out: Vec<ConstDef> = Vec::with_capacity(list.len());
+    for v in list {
+        let name = v.as_str().ok_or_else(|| graph_err("`constants` entries must be strings"))?;
+        let &tensor = env
+            .by_name
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { node: "constants".into(), tensor: name.to_string() })?;
+        let info = &env.tensors[tensor];
+        let dtype = match info.dtype {
+            DType::F32 => ValueType::F32,
+            DType::I64 => ValueType::I64,
+            other => {
+                return Err(Error::TensorMismatch {
+                    tensor: name.to_string(),
+                    expected: "F32 or I64 (a constant)".into(),
+                    actual: format!("{other}"),
+                });
+            }
+        };
+        if out.iter().any(|c| c.name == name) {
+            return Err(Error::DuplicateName { kind: "constant", name: name.to_string() });
+        }
+        out.push(ConstDef { name: name.to_string(), dtype, shape: info.shape.clone(), tensor });
+    }
+    Ok(out)
+}
+
 /// Resolves `tensor` and checks its dtype and shape; `user` names who needs it.
 fn expect_tensor(env: &Envelope, user: &str, tensor: &str, dtype: DType, shape: &[usize]) -> Result<usize> {
     let &index = env
@@ -170,16 +239,31 @@ struct RawNode {
     source: Option<String>,
 }
 
+/// What a node's JSON states about its output, checked once shapes are inferred.
+#[derive(Clone, Debug, Default)]
+struct Declared {
+    shape: Option<Vec<usize>>,
+    dtype: Option<ValueType>,
+}
+
+type ParsedNodes = (Vec<Node>, Vec<OutputDef>, Vec<Declared>);
+
 fn parse_nodes(
     root: &Map<String, Value>,
     inputs: &[InputDef],
     weights: &[WeightDef],
+    constants: &[ConstDef],
     env: &Envelope,
-) -> Result<(Vec<Node>, Vec<OutputDef>)> {
+) -> Result<ParsedNodes> {
     let list = array(root, "nodes")?;
     // Names first, so edges may point forward in the list.
     let mut names: BTreeMap<&str, ValueId> =
         inputs.iter().enumerate().map(|(i, d)| (d.name.as_str(), ValueId::Input(i))).collect();
+    for (i, c) in constants.iter().enumerate() {
+        if names.insert(c.name.as_str(), ValueId::Const(i)).is_some() {
+            return Err(Error::DuplicateName { kind: "constant", name: c.name.clone() });
+        }
+    }
     let mut objects = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let obj = v.as_object().ok_or_else(|| graph_err(format_args!("node #{i} is not an object")))?;
@@ -195,6 +279,7 @@ fn parse_nodes(
     }
 
     let mut raw = Vec::with_capacity(objects.len());
+    let mut declared = Vec::with_capacity(objects.len());
     for (name, obj) in objects {
         let attrs = Attrs { node: name, obj, weights, env };
         let op_name = obj.get("op").and_then(Value::as_str).ok_or_else(|| attrs.invalid("op", "missing string"))?;
@@ -213,8 +298,19 @@ fn parse_nodes(
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(attrs.invalid("source", "must be a string")),
         };
+        let shape = match obj.get("shape") {
+            None => None,
+            Some(v) => Some(dims_of(v).ok_or_else(|| attrs.invalid("shape", "must be a list of sizes"))?),
+        };
+        let dtype = match obj.get("dtype") {
+            None => None,
+            Some(v) => Some(
+                v.as_str().and_then(ValueType::parse).ok_or_else(|| attrs.invalid("dtype", "must be f32 or i64"))?,
+            ),
+        };
         let op = attrs.op(op_name)?;
         raw.push(RawNode { name: name.to_string(), op, inputs: node_inputs, source });
+        declared.push(Declared { shape, dtype });
     }
 
     let outs = array(root, "outputs")?;
@@ -244,9 +340,17 @@ fn parse_nodes(
 
     let nodes = raw
         .into_iter()
-        .map(|r| Node { name: r.name, op: r.op, inputs: r.inputs, width: 0, source: r.source })
+        .map(|r| Node {
+            name: r.name,
+            op: r.op,
+            inputs: r.inputs,
+            width: 0,
+            shape: Vec::new(),
+            dtype: ValueType::F32,
+            source: r.source,
+        })
         .collect();
-    Ok((nodes, outputs))
+    Ok((nodes, outputs, declared))
 }
 
 /// Typed access to one node's attributes.
@@ -264,7 +368,9 @@ impl Attrs<'_> {
 
     fn only(&self, allowed: &[&str]) -> Result<()> {
         for k in self.obj.keys() {
-            if !matches!(k.as_str(), "name" | "op" | "inputs" | "source") && !allowed.contains(&k.as_str()) {
+            if !matches!(k.as_str(), "name" | "op" | "inputs" | "source" | "shape" | "dtype")
+                && !allowed.contains(&k.as_str())
+            {
                 return Err(self.invalid(k, "unknown attribute for this op"));
             }
         }
@@ -306,10 +412,106 @@ impl Attrs<'_> {
         Ok(Some(index))
     }
 
+    fn usize_attr(&self, key: &str) -> Result<usize> {
+        self.obj
+            .get(key)
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.invalid(key, "missing or not a non-negative integer"))
+    }
+
+    fn usize_list(&self, key: &str) -> Result<Vec<usize>> {
+        self.obj.get(key).and_then(dims_of).ok_or_else(|| self.invalid(key, "missing or not a list of sizes"))
+    }
+
+    fn pairs(&self, key: &str) -> Result<Vec<(usize, usize)>> {
+        let flat = self.usize_list(key)?;
+        if flat.len() % 2 != 0 {
+            return Err(self.invalid(key, "needs (before, after) pairs"));
+        }
+        Ok(flat.chunks_exact(2).map(|p| (p[0], p[1])).collect())
+    }
+
+    fn f32_attr(&self, key: &str, default: Option<f32>) -> Result<f32> {
+        match (self.obj.get(key), default) {
+            (None, Some(d)) => Ok(d),
+            (v, _) => v
+                .and_then(Value::as_f64)
+                .map(|x| x as f32)
+                .filter(|x| !x.is_nan())
+                .ok_or_else(|| self.invalid(key, "missing or not a number")),
+        }
+    }
+
+    fn bool_attr(&self, key: &str, default: bool) -> Result<bool> {
+        match self.obj.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(self.invalid(key, "must be a boolean")),
+        }
+    }
+
+    fn unary(&self, op: &str) -> Result<Option<UnaryOp>> {
+        let plain = match op {
+            "neg" => UnaryOp::Neg,
+            "abs" => UnaryOp::Abs,
+            "exp" => UnaryOp::Exp,
+            "log" => UnaryOp::Log,
+            "sqrt" => UnaryOp::Sqrt,
+            "rsqrt" => UnaryOp::Rsqrt,
+            "reciprocal" => UnaryOp::Reciprocal,
+            "erf" => UnaryOp::Erf,
+            "floor" => UnaryOp::Floor,
+            "ceil" => UnaryOp::Ceil,
+            "round" => UnaryOp::Round,
+            "sign" => UnaryOp::Sign,
+            "not" => UnaryOp::Not,
+            "softplus" => UnaryOp::Softplus,
+            "sin" => UnaryOp::Sin,
+            "cos" => UnaryOp::Cos,
+            "leaky_relu" => {
+                self.only(&["alpha"])?;
+                return Ok(Some(UnaryOp::LeakyRelu(self.f32_attr("alpha", Some(0.01))?)));
+            }
+            "clip" => {
+                self.only(&["min", "max"])?;
+                let (lo, hi) =
+                    (self.f32_attr("min", Some(f32::NEG_INFINITY))?, self.f32_attr("max", Some(f32::INFINITY))?);
+                return Ok(Some(UnaryOp::Clip(lo, hi)));
+            }
+            "hard_sigmoid" => {
+                self.only(&["alpha", "beta"])?;
+                return Ok(Some(UnaryOp::HardSigmoid(
+                    self.f32_attr("alpha", Some(0.2))?,
+                    self.f32_attr("beta", Some(0.5))?,
+                )));
+            }
+            "elu" => {
+                self.only(&["alpha"])?;
+                return Ok(Some(UnaryOp::Elu(self.f32_attr("alpha", Some(1.0))?)));
+            }
+            "pow_const" => {
+                self.only(&["exponent"])?;
+                return Ok(Some(UnaryOp::PowConst(self.f32_attr("exponent", None)?)));
+            }
+            _ => return Ok(None),
+        };
+        self.only(&[])?;
+        Ok(Some(plain))
+    }
+
     fn op(&self, op: &str) -> Result<Op> {
         if let Some(a) = Activation::parse(op) {
             self.only(&[])?;
             return Ok(Op::Activation(a));
+        }
+        if let Some(u) = self.unary(op)? {
+            return Ok(Op::Unary(u));
+        }
+        // `add`/`mul` with one input and a tensor operand keep their version-1 meaning.
+        if let Some(b) = BinaryOp::parse(op).filter(|b| !matches!(b, BinaryOp::Add | BinaryOp::Mul)) {
+            self.only(&[])?;
+            return Ok(Op::Binary(b));
         }
         Ok(match op {
             "linear" | "cross" => {
@@ -327,20 +529,124 @@ impl Attrs<'_> {
                 Op::EmbeddingBag { table: self.weight("table")?, mode }
             }
             "concat" => {
+                self.only(&["axis"])?;
+                let axis = if self.obj.contains_key("axis") { Some(self.usize_attr("axis")?) } else { None };
+                Op::Concat { axis }
+            }
+            "embedding" => {
+                self.only(&["table"])?;
+                Op::Embedding { table: self.weight("table")? }
+            }
+            "reshape" => {
                 self.only(&[])?;
-                Op::Concat
+                Op::Reshape
+            }
+            "tile" => {
+                self.only(&[])?;
+                Op::Tile
+            }
+            "matmul" => {
+                self.only(&[])?;
+                Op::MatMul
+            }
+            "where" => {
+                self.only(&[])?;
+                Op::Where
+            }
+            "transpose" => {
+                self.only(&["perm"])?;
+                Op::Transpose { perm: self.usize_list("perm")? }
+            }
+            "slice" => {
+                self.only(&["axis", "start", "end", "step"])?;
+                let step = if self.obj.contains_key("step") { self.usize_attr("step")? } else { 1 };
+                Op::Slice {
+                    axis: self.usize_attr("axis")?,
+                    start: self.usize_attr("start")?,
+                    end: self.usize_attr("end")?,
+                    step,
+                }
+            }
+            "gather" => {
+                self.only(&["axis"])?;
+                Op::Gather { axis: self.usize_attr("axis")? }
+            }
+            "gather_elements" => {
+                self.only(&["axis"])?;
+                Op::GatherElements { axis: self.usize_attr("axis")? }
+            }
+            "cast" => {
+                self.only(&["to"])?;
+                let to = self
+                    .string("to")?
+                    .and_then(ValueType::parse)
+                    .ok_or_else(|| self.invalid("to", "must be f32 or i64"))?;
+                Op::Cast { to }
+            }
+            "reduce" => {
+                self.only(&["reduce", "axes", "keepdims"])?;
+                let how = self.string("reduce")?.unwrap_or("");
+                let op =
+                    ReduceOp::parse(how).ok_or_else(|| self.invalid("reduce", format!("unknown reduction `{how}`")))?;
+                Op::Reduce { op, axes: self.usize_list("axes")?, keepdims: self.bool_attr("keepdims", false)? }
+            }
+            "softmax" | "log_softmax" => {
+                self.only(&["axis"])?;
+                Op::Softmax { axis: self.usize_attr("axis")?, log: op == "log_softmax" }
+            }
+            "pad" => {
+                self.only(&["pads", "value"])?;
+                let value = self.f32_attr("value", Some(0.0))?;
+                if !value.is_finite() {
+                    return Err(self.invalid("value", "must be finite"));
+                }
+                Op::Pad { pads: self.pairs("pads")?, value }
+            }
+            "topk" => {
+                self.only(&["axis", "k", "largest", "output"])?;
+                let indices = match self.string("output")?.unwrap_or("values") {
+                    "values" => false,
+                    "indices" => true,
+                    other => return Err(self.invalid("output", format!("`{other}` is not values or indices"))),
+                };
+                Op::TopK {
+                    axis: self.usize_attr("axis")?,
+                    k: self.usize_attr("k")?,
+                    largest: self.bool_attr("largest", true)?,
+                    indices,
+                }
+            }
+            "conv" => {
+                self.only(&["weight", "bias", "kernel", "strides", "pads", "dilations", "group"])?;
+                Op::Conv {
+                    weight: self.weight("weight")?,
+                    bias: self.vector("bias")?,
+                    kernel: self.usize_list("kernel")?,
+                    strides: self.usize_list("strides")?,
+                    pads: self.pairs("pads")?,
+                    dilations: self.usize_list("dilations")?,
+                    group: self.usize_attr("group")?,
+                }
             }
             "fm" => {
                 self.only(&[])?;
                 Op::Fm
             }
-            "add" => {
+            "add" if self.obj.contains_key("bias") => {
                 self.only(&["bias"])?;
                 Op::Add { bias: self.vector("bias")? }
             }
-            "mul" => {
+            "mul" if self.obj.contains_key("scale") => {
                 self.only(&["scale"])?;
                 Op::Mul { scale: self.vector("scale")? }
+            }
+            "add" => {
+                self.only(&[])?;
+                Op::Binary(BinaryOp::Add)
+            }
+            "mul" => {
+                self.only(&[])?;
+                Op::Binary(BinaryOp::Mul)
             }
             "layer_norm" => {
                 self.only(&["gamma", "beta", "epsilon"])?;
@@ -369,8 +675,9 @@ impl Attrs<'_> {
     }
 }
 
-/// Kahn's algorithm, stable with respect to file order; rewrites every `ValueId::Node`.
-fn topo_sort(g: &mut Graph) -> Result<()> {
+/// Kahn's algorithm, stable with respect to file order; rewrites every `ValueId::Node`
+/// and returns the declarations in the new order.
+fn topo_sort(g: &mut Graph, declared: Vec<Declared>) -> Result<Vec<Declared>> {
     let n = g.nodes.len();
     let mut indegree = alloc::vec![0usize; n];
     let mut consumers: Vec<Vec<usize>> = alloc::vec![Vec::new(); n];
@@ -407,37 +714,66 @@ fn topo_sort(g: &mut Graph) -> Result<()> {
         }
     };
     let mut old: Vec<Option<Node>> = core::mem::take(&mut g.nodes).into_iter().map(Some).collect();
+    let mut old_declared: Vec<Option<Declared>> = declared.into_iter().map(Some).collect();
+    let mut sorted_declared = Vec::with_capacity(n);
     for &i in &order {
         if let Some(mut node) = old[i].take() {
             node.inputs.iter_mut().for_each(remap);
             g.nodes.push(node);
+            sorted_declared.push(old_declared[i].take().unwrap_or_default());
         }
     }
     g.outputs.iter_mut().for_each(|o| remap(&mut o.value));
-    Ok(())
+    Ok(sorted_declared)
 }
 
-/// Computes every node's width in topological order and checks arities, widths and
-/// parameter lengths.
-fn infer_widths(g: &mut Graph, env: &Envelope) -> Result<()> {
+/// Computes every node's row shape and type in topological order, checks arities,
+/// shapes and parameter lengths, and checks what the file declares against them.
+fn infer_shapes(g: &mut Graph, env: &Envelope, declared: &[Declared]) -> Result<()> {
     for i in 0..g.nodes.len() {
-        let width = node_width(g, i, env)?;
-        g.nodes[i].width = width;
+        let (shape, dtype) = node_shape(g, i, env, &declared[i])?;
+        let node = &g.nodes[i];
+        if let Some(d) = &declared[i].shape
+            && *d != shape
+        {
+            return Err(Error::ShapeMismatch {
+                node: node.name.clone(),
+                detail: format!("declared shape {d:?}, but {} gives {shape:?}", node.op.name()),
+            });
+        }
+        if let Some(t) = declared[i].dtype
+            && t != dtype
+        {
+            return Err(Error::ShapeMismatch {
+                node: node.name.clone(),
+                detail: format!("declared dtype {}, but {} gives {}", t.as_str(), node.op.name(), dtype.as_str()),
+            });
+        }
+        let width = shape::elements(&shape).filter(|w| w.checked_mul(dtype.slots()).is_some()).ok_or_else(|| {
+            Error::ShapeMismatch { node: node.name.clone(), detail: format!("shape {shape:?} overflows") }
+        })?;
+        let node = &mut g.nodes[i];
+        node.width = width;
+        node.shape = shape;
+        node.dtype = dtype;
     }
     for o in &g.outputs {
-        if let ValueId::Input(k) = o.value
-            && !matches!(g.inputs[k].kind, InputKind::Dense { .. })
-        {
+        let dense = match o.value {
+            ValueId::Input(k) => matches!(g.inputs[k].kind, InputKind::Dense { .. }),
+            ValueId::Node(k) => g.nodes[k].dtype == ValueType::F32,
+            ValueId::Const(_) => false,
+        };
+        if !dense {
             return Err(Error::InvalidOutput {
                 output: o.name.clone(),
-                detail: "outputs must be dense f32 values".into(),
+                detail: "outputs must be f32 values computed per row (not ids or constants)".into(),
             });
         }
     }
     Ok(())
 }
 
-fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
+fn node_shape(g: &Graph, i: usize, env: &Envelope, declared: &Declared) -> Result<(Vec<usize>, ValueType)> {
     let node = &g.nodes[i];
     let mismatch = |detail: String| Error::ShapeMismatch { node: node.name.clone(), detail };
     let arity = |want: core::ops::RangeInclusive<usize>| -> Result<()> {
@@ -447,10 +783,11 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             Err(mismatch(format!("{} takes {want:?} inputs, got {}", node.op.name(), node.inputs.len())))
         }
     };
-    let dense = |v: ValueId| -> Result<usize> {
+    // Version-1 ops read per-row f32 values (inputs or nodes), never constants.
+    let dense = |v: ValueId| -> Result<&[usize]> {
         match v {
             ValueId::Input(k) => match g.inputs[k].kind {
-                InputKind::Dense { width } => Ok(width),
+                InputKind::Dense { .. } => Ok(&g.inputs[k].shape),
                 _ => Err(mismatch(format!(
                     "input `{}` is {} ids, but {} needs dense features",
                     g.inputs[k].name,
@@ -458,9 +795,18 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
                     node.op.name()
                 ))),
             },
-            ValueId::Node(k) => Ok(g.nodes[k].width),
+            ValueId::Node(k) if g.nodes[k].dtype == ValueType::F32 => Ok(&g.nodes[k].shape),
+            ValueId::Node(k) => {
+                Err(mismatch(format!("`{}` is i64, but {} needs f32", g.nodes[k].name, node.op.name())))
+            }
+            ValueId::Const(k) => Err(mismatch(format!(
+                "{} cannot read the constant `{}` (use a tensor op)",
+                node.op.name(),
+                g.constants[k].name
+            ))),
         }
     };
+    let width_of = |v: ValueId| dense(v).map(|s| s.iter().product::<usize>());
     let vector_len = |t: usize, want: usize, what: &str| -> Result<()> {
         let info = &env.tensors[t];
         if info.shape[0] == want {
@@ -473,7 +819,8 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             })
         }
     };
-    let widths = |vs: &[ValueId]| vs.iter().map(|&v| dense(v)).collect::<Result<Vec<_>>>();
+    let widths = |vs: &[ValueId]| vs.iter().map(|&v| width_of(v)).collect::<Result<Vec<_>>>();
+    let f32_of = |s: Vec<usize>| Ok((s, ValueType::F32));
 
     match &node.op {
         Op::Linear { weight, bias } | Op::Cross { weight, bias } => {
@@ -483,69 +830,91 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             if w.format == WeightFormat::Q8Rowwise {
                 return Err(mismatch(format!("weight `{}`: q8_rowwise is for embedding tables", w.name)));
             }
-            let ins = widths(&node.inputs)?;
-            if ins.iter().any(|&x| x != w.cols) {
-                return Err(mismatch(format!("input widths {ins:?} but weight `{}` has {} columns", w.name, w.cols)));
+            let x = dense(node.inputs[0])?;
+            if x.last() != Some(&w.cols) {
+                return Err(mismatch(format!("input shape {x:?} but weight `{}` has {} columns", w.name, w.cols)));
             }
-            if is_cross && w.rows != w.cols {
-                return Err(mismatch(format!("cross weight `{}` must be square, is {}x{}", w.name, w.rows, w.cols)));
+            if is_cross {
+                if w.rows != w.cols {
+                    return Err(mismatch(format!(
+                        "cross weight `{}` must be square, is {}x{}",
+                        w.name, w.rows, w.cols
+                    )));
+                }
+                if dense(node.inputs[1])? != x {
+                    return Err(mismatch("cross inputs must have the same shape".into()));
+                }
             }
             if let Some(b) = bias {
                 vector_len(*b, w.rows, "bias")?;
             }
-            Ok(w.rows)
+            let mut out = x.to_vec();
+            if let Some(last) = out.last_mut() {
+                *last = w.rows;
+            }
+            f32_of(out)
         }
         Op::EmbeddingBag { table, .. } => {
             let t = &g.weights[*table];
-            let kinds: Vec<Option<InputKind>> = node
-                .inputs
-                .iter()
-                .map(|v| match v {
-                    ValueId::Input(k) => Some(g.inputs[*k].kind),
-                    ValueId::Node(_) => None,
-                })
-                .collect();
-            match kinds.as_slice() {
-                [Some(InputKind::Ids { .. })] | [Some(InputKind::BagIndices), Some(InputKind::BagOffsets)] => {}
+            let ids_shape = match node.inputs[..] {
+                [ValueId::Input(k)] if matches!(g.inputs[k].kind, InputKind::Ids { .. }) => &g.inputs[k].shape,
+                [ValueId::Node(k)] if g.nodes[k].dtype == ValueType::I64 && !g.nodes[k].shape.is_empty() => {
+                    &g.nodes[k].shape
+                }
+                [ValueId::Input(a), ValueId::Input(b)]
+                    if g.inputs[a].kind == InputKind::BagIndices && g.inputs[b].kind == InputKind::BagOffsets =>
+                {
+                    return f32_of(alloc::vec![t.cols]);
+                }
                 _ => {
                     return Err(mismatch(
-                        "embedding_bag takes one `ids` input or a `bag_indices`, `bag_offsets` pair".into(),
+                        "embedding_bag takes one i64 ids value or a `bag_indices`, `bag_offsets` pair".into(),
                     ));
                 }
+            };
+            let (last, lead) = ids_shape.split_last().ok_or_else(|| mismatch("ids have no slot axis".into()))?;
+            if lead.iter().product::<usize>() != 1 || *last == 0 {
+                return Err(mismatch(format!("embedding_bag takes one bag per row, ids have shape {ids_shape:?}")));
             }
-            Ok(t.cols)
+            let mut out = lead.to_vec();
+            out.push(t.cols);
+            f32_of(out)
         }
         Op::Activation(_) => {
             arity(1..=1)?;
-            dense(node.inputs[0])
+            f32_of(dense(node.inputs[0])?.to_vec())
         }
-        Op::Concat => {
+        Op::Concat { axis: None } => {
             arity(1..=usize::MAX)?;
-            widths(&node.inputs)?
+            let w = widths(&node.inputs)?
                 .iter()
                 .try_fold(0usize, |acc, &w| acc.checked_add(w))
-                .ok_or_else(|| mismatch("concatenated width overflows".into()))
+                .ok_or_else(|| mismatch("concatenated width overflows".into()))?;
+            f32_of(alloc::vec![w])
         }
-        Op::Add { bias: param } | Op::Mul { scale: param } => {
-            let ins = widths(&node.inputs)?;
-            match (param, ins.as_slice()) {
-                (Some(t), [w]) => {
-                    vector_len(*t, *w, "operand")?;
-                    Ok(*w)
-                }
-                (None, [a, b]) if a == b => Ok(*a),
-                (None, [a, b]) => Err(mismatch(format!("operand widths differ: {a} vs {b}"))),
-                _ => Err(mismatch(format!("{} takes two inputs, or one input and a tensor operand", node.op.name()))),
+        Op::Add { bias: Some(t) } | Op::Mul { scale: Some(t) } => {
+            arity(1..=1)?;
+            let x = dense(node.inputs[0])?;
+            vector_len(*t, x.iter().product(), "operand")?;
+            f32_of(x.to_vec())
+        }
+        Op::Add { bias: None } | Op::Mul { scale: None } => {
+            arity(2..=2)?;
+            let (a, b) = (dense(node.inputs[0])?, dense(node.inputs[1])?);
+            if a != b {
+                return Err(mismatch(format!("operand shapes differ: {a:?} vs {b:?}")));
             }
+            f32_of(a.to_vec())
         }
         Op::LayerNorm { gamma, beta, .. } => {
             arity(1..=1)?;
-            let w = dense(node.inputs[0])?;
-            vector_len(*gamma, w, "gamma")?;
+            let x = dense(node.inputs[0])?;
+            let last = *x.last().ok_or_else(|| mismatch("layer_norm of a scalar".into()))?;
+            vector_len(*gamma, last, "gamma")?;
             if let Some(b) = beta {
-                vector_len(*b, w, "beta")?;
+                vector_len(*b, last, "beta")?;
             }
-            Ok(w)
+            f32_of(x.to_vec())
         }
         Op::DotInteraction { self_interaction } => {
             arity(2..=usize::MAX)?;
@@ -555,7 +924,8 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             }
             let f = ins.len();
             let pairs = f * (f - 1) / 2 + if *self_interaction { f } else { 0 };
-            ins[0].checked_add(pairs).ok_or_else(|| mismatch("output width overflows".into()))
+            let w = ins[0].checked_add(pairs).ok_or_else(|| mismatch("output width overflows".into()))?;
+            f32_of(alloc::vec![w])
         }
         Op::Fm => {
             arity(2..=usize::MAX)?;
@@ -563,7 +933,31 @@ fn node_width(g: &Graph, i: usize, env: &Envelope) -> Result<usize> {
             if ins.iter().any(|&w| w != ins[0]) {
                 return Err(mismatch(format!("fm inputs must share a width, got {ins:?}")));
             }
-            Ok(1)
+            f32_of(alloc::vec![1])
+        }
+        op => {
+            let mut operands = Vec::with_capacity(node.inputs.len());
+            for &v in &node.inputs {
+                if let ValueId::Input(k) = v
+                    && matches!(g.inputs[k].kind, InputKind::BagIndices | InputKind::BagOffsets)
+                {
+                    return Err(mismatch(format!(
+                        "`{}` is a flat bag input; only embedding_bag reads it",
+                        g.inputs[k].name
+                    )));
+                }
+                operands.push(Operand { shape: g.value_shape(v), dtype: g.value_type(v) });
+            }
+            let weight = op.weight().map(|w| (g.weights[w].rows, g.weights[w].cols));
+            if let Op::Conv { bias: Some(b), .. } = op {
+                vector_len(*b, weight.map_or(0, |w| w.0), "bias")?;
+            }
+            if let Op::Conv { weight: w, .. } = op
+                && g.weights[*w].format == WeightFormat::Q8Rowwise
+            {
+                return Err(mismatch("q8_rowwise is for embedding tables".into()));
+            }
+            shape::infer(op, &operands, declared.shape.as_deref(), weight).map_err(mismatch)
         }
     }
 }

@@ -32,7 +32,7 @@ use core::fmt;
 pub use weights::{WeightData, WeightMatrix};
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, BagMode};
+use crate::graph::{Activation, BagMode, ReduceOp, UnaryOp};
 use crate::view::{MatMut, MatRef};
 
 /// `y = act(x · Wᵀ + bias)` for a weight matrix in any format.
@@ -96,6 +96,31 @@ pub trait DotKernel: Send + Sync {
 pub trait NormKernel: Send + Sync {
     /// `y = (x − mean) / sqrt(var + eps) · gamma + beta` over one row.
     fn layer_norm(&self, x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, y: &mut [f32]);
+}
+
+/// Softmax and log-softmax over a contiguous lane.
+pub trait SoftmaxKernel: Send + Sync {
+    /// `x ← softmax(x)` (or log-softmax) in place; max-subtracted, so large inputs do
+    /// not overflow. An empty lane is left alone.
+    fn softmax(&self, x: &mut [f32], log: bool);
+}
+
+/// Reductions of a contiguous lane to one value.
+pub trait ReduceKernel: Send + Sync {
+    /// `op` over `x` (mean of an empty lane is NaN, as 0/0).
+    fn reduce(&self, op: ReduceOp, x: &[f32]) -> f32;
+}
+
+/// Dense row-major matrix products.
+pub trait MatMulKernel: Send + Sync {
+    /// `c[m, n] = a[m, k] · b[k, n]`, all contiguous row-major (`c` is overwritten).
+    fn matmul(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize);
+}
+
+/// Element-wise unary math.
+pub trait UnaryKernel: Send + Sync {
+    /// `y[i] = op(x[i])`; `x` and `y` have the same length.
+    fn unary(&self, op: UnaryOp, x: &[f32], y: &mut [f32]);
 }
 
 /// An instruction-set level with its own kernel table.
@@ -206,6 +231,14 @@ pub struct Kernels {
     pub dot: &'static dyn DotKernel,
     /// Layer norm.
     pub norm: &'static dyn NormKernel,
+    /// Softmax.
+    pub softmax: &'static dyn SoftmaxKernel,
+    /// Reductions.
+    pub reduce: &'static dyn ReduceKernel,
+    /// Value × value matrix products.
+    pub matmul: &'static dyn MatMulKernel,
+    /// Unary math.
+    pub unary: &'static dyn UnaryKernel,
 }
 
 impl fmt::Debug for Kernels {
@@ -222,6 +255,10 @@ pub static SCALAR: Kernels = Kernels {
     elementwise: &scalar::Scalar,
     dot: &scalar::Scalar,
     norm: &scalar::Scalar,
+    softmax: &scalar::Scalar,
+    reduce: &scalar::Scalar,
+    matmul: &scalar::Scalar,
+    unary: &scalar::Scalar,
 };
 
 /// The kernel table for `level`, if this CPU supports it.

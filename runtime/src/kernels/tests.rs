@@ -353,3 +353,80 @@ fn reports_levels_under_test() {
     std::println!("kernel levels under test: {levels:?}");
     assert_eq!(levels[0], "scalar");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn softmax_matches_reference(x in (0usize..40).prop_flat_map(values), log in any::<bool>(), scale in 0.1f32..30.0) {
+        let x: Vec<f32> = x.iter().map(|v| v * scale).collect();
+        let mut want = x.clone();
+        SCALAR.softmax.softmax(&mut want, log);
+        for kern in fast_tables() {
+            let mut got = x.clone();
+            kern.softmax.softmax(&mut got, log);
+            for (a, b) in got.iter().zip(&want) {
+                prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{}: {a} vs {b}", kern.level);
+            }
+        }
+        if !log && !x.is_empty() {
+            let sum: f32 = want.iter().sum();
+            prop_assert!((sum - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn matmul_matches_reference(m in 1usize..6, k in 1usize..20, n in 1usize..70, seed in any::<u32>()) {
+        let mk = |len: usize, salt: u32| -> Vec<f32> {
+            (0..len).map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed ^ salt) % 17) as f32 / 4.0 - 2.0).collect()
+        };
+        let (a, b) = (mk(m * k, 1), mk(k * n, 2));
+        // An obviously correct f64 triple loop.
+        let mut want = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
+            }
+        }
+        for kern in available() {
+            let mut c = vec![f32::NAN; m * n];
+            kern.matmul.matmul(&a, &b, &mut c, m, k, n);
+            for (x, y) in c.iter().zip(&want) {
+                prop_assert!((*x as f64 - y).abs() <= 1e-4 * (1.0 + y.abs()), "{}: {x} vs {y}", kern.level);
+            }
+        }
+    }
+
+    #[test]
+    fn reductions_and_unary_match_naive(x in (1usize..40).prop_flat_map(values)) {
+        use crate::graph::{ReduceOp, UnaryOp};
+        let naive_sum: f64 = x.iter().map(|&v| v as f64).sum();
+        for kern in available() {
+            let r = |op| kern.reduce.reduce(op, &x) as f64;
+            prop_assert!((r(ReduceOp::Sum) - naive_sum).abs() <= 1e-4 * (1.0 + naive_sum.abs()));
+            prop_assert!((r(ReduceOp::Mean) - naive_sum / x.len() as f64).abs() <= 1e-4 * (1.0 + naive_sum.abs()));
+            let mx = x.iter().cloned().fold(f32::MIN, f32::max);
+            prop_assert_eq!(kern.reduce.reduce(ReduceOp::Max, &x), mx);
+            let lse = x.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+            prop_assert!((r(ReduceOp::LogSumExp) - lse).abs() <= 1e-4 * (1.0 + lse.abs()));
+            let mut y = vec![0.0f32; x.len()];
+            kern.unary.unary(UnaryOp::Erf, &x, &mut y);
+            for (&v, &e) in x.iter().zip(&y) {
+                prop_assert!((e as f64 - erf_series(v as f64)).abs() < 1e-5, "erf({v}) = {e}");
+            }
+        }
+    }
+}
+
+/// erf by its Taylor series (|x| ≤ 3) or 1 (beyond), independent of libm.
+fn erf_series(x: f64) -> f64 {
+    if x.abs() > 3.0 {
+        return x.signum() * (1.0 - libm::erfc(x.abs()));
+    }
+    let (mut term, mut sum) = (x, x);
+    for n in 1..200 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / core::f64::consts::PI.sqrt()
+}

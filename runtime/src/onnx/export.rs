@@ -264,6 +264,7 @@ impl<'m> Exporter<'m> {
         match v {
             ValueId::Input(i) => &self.g.inputs[i].name,
             ValueId::Node(i) => &self.node_tensor[i],
+            ValueId::Const(i) => &self.g.constants[i].name,
         }
     }
 
@@ -447,7 +448,16 @@ impl<'m> Exporter<'m> {
                 }
             }
             Op::Activation(act) => self.activation(i, *act, &x, &out),
-            Op::Concat => {
+            Op::Concat { axis } => {
+                // Only concatenations of whole rows are a concat along ONNX axis 1 of the
+                // exported `[batch, width]` tensors.
+                let flat = match axis {
+                    None => true,
+                    Some(a) => node.inputs.iter().all(|&v| g.value_shape(v)[..*a].iter().product::<usize>() == 1),
+                };
+                if !flat {
+                    return Err(self.unsupported(i, "concat along an inner axis of a row is not exported"));
+                }
                 let name = step(self, "Concat");
                 let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
                 self.emit("Concat", &name, &refs, &out, vec![attr_int("axis", 1)]);
@@ -492,6 +502,32 @@ impl<'m> Exporter<'m> {
             }
             Op::Fm => {
                 return Err(self.unsupported(i, "fm has no single ONNX operator and is not exported"));
+            }
+            // Element-wise ops of operands of the output's shape are layout-free: they map
+            // to the same ONNX op on the exported `[batch, width]` tensors.
+            Op::Binary(b)
+                if node
+                    .inputs
+                    .iter()
+                    .all(|&v| !matches!(v, ValueId::Const(_)) && g.value_shape(v) == &node.shape[..])
+                    && g.value_type(node.inputs[0]) == crate::graph::ValueType::F32
+                    && onnx_binary(*b).is_some() =>
+            {
+                let op = onnx_binary(*b).unwrap_or("Add");
+                let name = step(self, op);
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                self.emit(op, &name, &refs, &out, Vec::new());
+            }
+            Op::Unary(u) if node.dtype == crate::graph::ValueType::F32 && onnx_unary(*u).is_some() => {
+                let op = onnx_unary(*u).unwrap_or("Neg");
+                let name = step(self, op);
+                self.emit(op, &name, &[&x], &out, Vec::new());
+            }
+            other => {
+                return Err(self.unsupported(
+                    i,
+                    &format!("`{}` is not exported to ONNX (only element-wise tensor ops are)", other.name()),
+                ));
             }
         }
         Ok(())
@@ -577,4 +613,41 @@ impl<'m> Exporter<'m> {
             }
         }
     }
+}
+
+/// The ONNX op of a same-shape f32 binary op, where one exists.
+fn onnx_binary(b: crate::graph::BinaryOp) -> Option<&'static str> {
+    use crate::graph::BinaryOp as B;
+    Some(match b {
+        B::Add => "Add",
+        B::Sub => "Sub",
+        B::Mul => "Mul",
+        B::Div => "Div",
+        B::Pow => "Pow",
+        B::Min => "Min",
+        B::Max => "Max",
+        _ => return None,
+    })
+}
+
+/// The ONNX op of a parameterless f32 unary op, where one exists.
+fn onnx_unary(u: crate::graph::UnaryOp) -> Option<&'static str> {
+    use crate::graph::UnaryOp as U;
+    Some(match u {
+        U::Neg => "Neg",
+        U::Abs => "Abs",
+        U::Exp => "Exp",
+        U::Log => "Log",
+        U::Sqrt => "Sqrt",
+        U::Reciprocal => "Reciprocal",
+        U::Erf => "Erf",
+        U::Floor => "Floor",
+        U::Ceil => "Ceil",
+        U::Round => "Round",
+        U::Sign => "Sign",
+        U::Softplus => "Softplus",
+        U::Sin => "Sin",
+        U::Cos => "Cos",
+        _ => return None,
+    })
 }

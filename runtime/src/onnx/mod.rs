@@ -1,20 +1,18 @@
 //! ONNX import and export (feature `onnx`).
 //!
-//! graft's graph is deliberately small — per-row `[batch, features]` values and a dozen
-//! recommender ops — so it does not execute ONNX; it *translates* it. [`import`] reads an
-//! ONNX model (the protobuf is parsed with tract-onnx's generated types, nothing else of
-//! tract is used) and maps its nodes onto [`ModelBuilder`] calls, the one place graft
-//! graphs are produced, so that an imported model is quantized and written exactly like
-//! any other. Translation is pattern-based and conservative: every ONNX form it accepts
-//! is one whose semantics it can reproduce exactly (shape no-ops are *proven* no-ops by
-//! tracking shapes with a symbolic batch dimension), and anything else is refused with
-//! [`Error::OnnxUnsupported`] naming the node and op type rather than approximated.
+//! [`import`] converts an ONNX model into a [`ModelBuilder`] — the one place graft
+//! graphs are produced, so an imported model is quantized and written exactly like any
+//! other. It does not re-implement ONNX semantics: tract-onnx loads the model with the
+//! batch as a symbol, types and declutters it (shape arithmetic, constant `If`,
+//! `Constant(OfShape)`, `Range`, BatchNorm folded into constants), and graft lowers
+//! tract's typed ops onto its own op set with the batch folded out of every shape (see
+//! `lower`). Anything it cannot represent exactly is refused with
+//! [`Error::OnnxUnsupported`] naming the node, the op and what would make it work.
 //!
 //! Node names matter beyond diagnostics: adapters (LoRA, SSF, …) attach to graft nodes by
-//! the PyTorch module path they were trained against. The importer therefore names a
-//! linear, embedding bag or layer norm after its weight initializer (`top_fc1.weight` →
-//! node `top_fc1`, parameters `top_fc1.weight` / `top_fc1.bias`, i.e. the `state_dict`
-//! names) or, failing that, after the module path in the ONNX node name
+//! the PyTorch module path they were trained against. A linear, table or convolution is
+//! named after its weight initializer (`top_fc1.weight` → node `top_fc1`, i.e. the
+//! `state_dict` names) or, failing that, after the module path of the ONNX node
 //! (`/top_fc1/Gemm` → `top_fc1`), and records the ONNX node name as the node's `source`.
 //!
 //! [`export`] goes the other way: it writes a graft model as an equivalent ONNX model
@@ -24,18 +22,12 @@
 //! for ONNX Runtime's own LoRA mechanism and [`adapter_format`] writes the matching
 //! `.onnx_adapter` files, so ORT's LoRA can be benchmarked against graft's.
 //!
-//! Supported on import: `Gemm`, `MatMul` with a constant weight (plus a following `Add`
-//! of a constant bias), `Add`, `Mul`, `Relu`, `Sigmoid`, `Tanh`, `Gelu` and the
-//! `Div`/`Erf`/`Add`/`Mul` GELU decomposition, `Concat` along features, `Gather` from a
-//! constant table (with `ReduceSum`/`ReduceMean` over the slot axis: an embedding bag),
-//! `LayerNormalization` over the feature axis, `Flatten`/`Reshape`/`Squeeze`/`Unsqueeze`/
-//! `Identity`/`Cast` where they are layout no-ops, and `Constant`.
-//!
 //! [`ModelBuilder`]: crate::builder::ModelBuilder
 
 pub mod adapter_format;
+mod bag_loop;
 mod export;
-mod import;
+mod lower;
 mod tensor;
 #[cfg(test)]
 mod tests;
@@ -46,7 +38,7 @@ pub use tract_onnx::pb;
 
 pub use adapter_format::write_onnx_adapter;
 pub use export::{IR_VERSION, LoraInputs, OPSET, export, export_to_path, to_proto, to_proto_with_lora};
-pub use import::{import, import_bytes, import_proto};
+pub use lower::{import, import_bytes, import_proto};
 
 use crate::error::{Error, Result};
 

@@ -52,6 +52,10 @@ static NEON: Kernels = Kernels {
     elementwise: &Neon::<0>(()),
     dot: &Neon::<0>(()),
     norm: &Neon::<0>(()),
+    softmax: &super::scalar::Scalar,
+    reduce: &super::scalar::Scalar,
+    matmul: &super::scalar::Scalar,
+    unary: &super::scalar::Scalar,
 };
 
 static DOTPROD: Kernels = Kernels {
@@ -61,6 +65,10 @@ static DOTPROD: Kernels = Kernels {
     elementwise: &Neon::<1>(()),
     dot: &Neon::<1>(()),
     norm: &Neon::<1>(()),
+    softmax: &super::scalar::Scalar,
+    reduce: &super::scalar::Scalar,
+    matmul: &super::scalar::Scalar,
+    unary: &super::scalar::Scalar,
 };
 
 static I8MM: Kernels = Kernels {
@@ -70,6 +78,10 @@ static I8MM: Kernels = Kernels {
     elementwise: &Neon::<2>(()),
     dot: &Neon::<2>(()),
     norm: &Neon::<2>(()),
+    softmax: &super::scalar::Scalar,
+    reduce: &super::scalar::Scalar,
+    matmul: &super::scalar::Scalar,
+    unary: &super::scalar::Scalar,
 };
 
 /// The table of an aarch64 level. Callers must have checked [`cpu_has`].

@@ -33,7 +33,7 @@ unsafe fn map(x: &mut [f32], f: impl Fn(__m256) -> __m256, g: impl Fn(f32) -> f3
 
 /// `e^x` for 8 lanes, inputs clamped to ±88.38.
 #[inline(always)]
-unsafe fn exp8(x: __m256) -> __m256 {
+pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     // SAFETY: register-only AVX2/FMA arithmetic; the caller guarantees the features.
     unsafe {
         let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.376_26)), _mm256_set1_ps(88.376_26));

@@ -7,6 +7,7 @@
 mod bag;
 mod elementwise;
 mod linear;
+mod tensor;
 
 use super::{DotKernel, ElementwiseKernel, EmbeddingBagKernel, Kernels, Level, LinearKernel, NormKernel, WeightMatrix};
 use crate::graph::{Activation, BagMode};
@@ -30,6 +31,10 @@ static AVX2: Kernels = Kernels {
     elementwise: &Avx2(()),
     dot: &Avx2(()),
     norm: &Avx2(()),
+    softmax: &Avx2(()),
+    reduce: &super::scalar::Scalar,
+    matmul: &Avx2(()),
+    unary: &super::scalar::Scalar,
 };
 
 /// The AVX2 table. Callers must have checked [`cpu_has_avx2`].
@@ -102,5 +107,19 @@ impl NormKernel for Avx2 {
     fn layer_norm(&self, x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, y: &mut [f32]) {
         // SAFETY: as above.
         unsafe { elementwise::layer_norm(x, gamma, beta, eps, y) }
+    }
+}
+
+impl super::SoftmaxKernel for Avx2 {
+    fn softmax(&self, x: &mut [f32], log: bool) {
+        // SAFETY: features checked before this table was handed out.
+        unsafe { tensor::softmax(x, log) }
+    }
+}
+
+impl super::MatMulKernel for Avx2 {
+    fn matmul(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        // SAFETY: as above; `tensor::matmul` checks the lengths.
+        unsafe { tensor::matmul(a, b, c, m, k, n) }
     }
 }
