@@ -535,3 +535,124 @@ fn adapters_refuse_i64_nodes_and_see_tokens_of_multi_vector_linears() {
     let e = r2.load_path("pool", dir.join("pool.safetensors"), "").unwrap_err();
     assert!(matches!(e, Error::Adapter { .. }) && e.to_string().contains("i64"), "{e}");
 }
+
+/// Row-major multi-index of flat `i` in `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for a in (0..shape.len()).rev() {
+        idx[a] = i % shape[a];
+        i /= shape[a];
+    }
+    idx
+}
+
+fn ravel(idx: &[usize], shape: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &d)| acc * d + i)
+}
+
+#[test]
+fn broadcasting_and_permutations_against_naive_loops() {
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[2, 3, 4], &[4]),
+        (&[2, 1, 4], &[3, 1]),
+        (&[1, 3, 1], &[2, 1, 5]),
+        (&[2, 3, 4], &[2, 3, 4]),
+        (&[5], &[2, 1]),
+        (&[2, 2, 1, 3], &[1, 2, 3, 1]),
+    ];
+    for (sa, sb) in cases {
+        let rank = sa.len().max(sb.len());
+        let pad =
+            |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect() };
+        let (pa, pb) = (pad(sa), pad(sb));
+        let out: Vec<usize> = pa.iter().zip(&pb).map(|(&a, &b)| a.max(b)).collect();
+        let (na, nb, no) = (sa.iter().product::<usize>(), sb.iter().product::<usize>(), out.iter().product::<usize>());
+        let bv: Vec<f32> = (0..nb).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let mut b = ModelBuilder::new("bc");
+        b.dense_input_shaped("x", sa);
+        b.constant("c", sb, ConstValues::F32(bv.clone()));
+        b.tensor_op("s", "sub", &["x", "c"], json!({}), &out, ValueType::F32);
+        b.tensor_op("m", "max", &["c", "s"], json!({}), &out, ValueType::F32);
+        b.output("out", "m");
+        let m = model(&b);
+        let row = |r: usize| -> Vec<f32> { (0..na).map(|i| ((i * 7 + r * 3) % 11) as f32 - 4.0).collect() };
+        let got = batch_agrees(&m, na, 5, row);
+        for r in 0..5 {
+            let xv = row(r);
+            for o in 0..no {
+                let idx = unravel(o, &out);
+                let ia: Vec<usize> = idx.iter().zip(&pa).map(|(&i, &d)| if d == 1 { 0 } else { i }).collect();
+                let ib: Vec<usize> = idx.iter().zip(&pb).map(|(&i, &d)| if d == 1 { 0 } else { i }).collect();
+                let (a, c) = (xv[ravel(&ia, &pa)], bv[ravel(&ib, &pb)]);
+                assert_eq!(got[r * no + o], c.max(a - c), "{sa:?} vs {sb:?} at {idx:?}");
+            }
+        }
+    }
+
+    for (shape, perm) in [
+        (vec![2, 3, 4], vec![2, 0, 1]),
+        (vec![2, 3, 4], vec![0, 2, 1]),
+        (vec![2, 1, 3, 2], vec![3, 1, 0, 2]),
+        (vec![4, 1, 1], vec![1, 2, 0]),
+    ] {
+        let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let n: usize = shape.iter().product();
+        let mut b = ModelBuilder::new("perm");
+        b.dense_input_shaped("x", &shape);
+        b.tensor_op("t", "transpose", &["x"], json!({"perm": perm}), &out, ValueType::F32);
+        b.output("out", "t");
+        let m = model(&b);
+        let got = batch_agrees(&m, n, 5, |r| (0..n).map(|i| (i * 10 + r) as f32).collect());
+        for r in 0..5 {
+            for o in 0..n {
+                let idx = unravel(o, &out);
+                let mut src = vec![0; shape.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    src[p] = idx[i];
+                }
+                assert_eq!(got[r * n + o], (ravel(&src, &shape) * 10 + r) as f32, "{shape:?} {perm:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_reductions_and_softmax_against_naive_loops() {
+    let shape = [2usize, 3, 4];
+    let mut b = ModelBuilder::new("red");
+    b.dense_input_shaped("x", &shape);
+    b.tensor_op(
+        "s",
+        "reduce",
+        &["x"],
+        json!({"reduce": "sum", "axes": [0, 2], "keepdims": true}),
+        &[1, 3, 1],
+        ValueType::F32,
+    );
+    b.tensor_op("sm", "softmax", &["x"], json!({"axis": 1}), &shape, ValueType::F32);
+    b.tensor_op("f", "reshape", &["s"], json!({}), &[3], ValueType::F32);
+    b.tensor_op("g", "reshape", &["sm"], json!({}), &[24], ValueType::F32);
+    b.tensor_op("c", "concat", &["f", "g"], json!({"axis": 0}), &[27], ValueType::F32);
+    b.output("out", "c");
+    let m = model(&b);
+    let row = |r: usize| -> Vec<f32> { (0..24).map(|i| ((i * 5 + r) % 9) as f32 * 0.25).collect() };
+    let got = batch_agrees(&m, 24, 5, row);
+    for r in 0..5 {
+        let x = row(r);
+        let at = |i: usize, j: usize, k: usize| x[(i * 3 + j) * 4 + k] as f64;
+        let mut want = vec![0.0f64; 27];
+        for (j, w) in want.iter_mut().take(3).enumerate() {
+            *w = (0..2).flat_map(|i| (0..4).map(move |k| (i, k))).map(|(i, k)| at(i, j, k)).sum();
+        }
+        for i in 0..2 {
+            for k in 0..4 {
+                let z: f64 = (0..3).map(|j| at(i, j, k).exp()).sum();
+                for j in 0..3 {
+                    want[3 + (i * 3 + j) * 4 + k] = at(i, j, k).exp() / z;
+                }
+            }
+        }
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        close(&got[r * 27..(r + 1) * 27], &want, 1e-5);
+    }
+}

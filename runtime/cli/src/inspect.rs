@@ -36,10 +36,11 @@ pub fn main(args: Args) -> Result<()> {
     }
 
     println!("\ninputs:");
+    let dims = |s: &[usize]| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
     for i in &g.inputs {
         let shape = match i.kind {
-            InputKind::Dense { width } => format!("f32 [batch, {width}]"),
-            InputKind::Ids { slots } => format!("i64 [batch, {slots}]"),
+            InputKind::Dense { .. } => format!("f32 [batch, {}]", dims(&i.shape)),
+            InputKind::Ids { .. } => format!("i64 [batch, {}]", dims(&i.shape)),
             InputKind::BagIndices => "i64 [total ids]".into(),
             InputKind::BagOffsets => "i64 [batch]".into(),
         };
@@ -47,14 +48,18 @@ pub fn main(args: Args) -> Result<()> {
     }
     println!("\noutputs:");
     for o in &g.outputs {
-        println!("  {:<24} = {:<24} f32 [batch, {}]", o.name, g.value_name(o.value), g.value_width(o.value));
+        println!("  {:<24} = {:<24} f32 [batch, {}]", o.name, g.value_name(o.value), dims(g.value_shape(o.value)));
     }
 
     println!("\nnodes ({}, topological order):", g.nodes.len());
     for n in &g.nodes {
         let inputs: Vec<&str> = n.inputs.iter().map(|&v| g.value_name(v)).collect();
         let param = match &n.op {
-            Op::Linear { weight, .. } | Op::Cross { weight, .. } | Op::EmbeddingBag { table: weight, .. } => {
+            Op::Linear { weight, .. }
+            | Op::Cross { weight, .. }
+            | Op::Conv { weight, .. }
+            | Op::Embedding { table: weight }
+            | Op::EmbeddingBag { table: weight, .. } => {
                 let w = &g.weights[*weight];
                 let stored = env.tensors[w.data].len + w.scale.map_or(0, |s| env.tensors[s].len);
                 format!("{} {}x{} {} ({})", w.name, w.rows, w.cols, w.format, bytes(stored))
@@ -62,7 +67,8 @@ pub fn main(args: Args) -> Result<()> {
             _ => String::new(),
         };
         let source = n.source.as_deref().map(|s| format!("  <- {s}")).unwrap_or_default();
-        println!("  {:<24} {:<16} [{}] -> {:<6} {param}{source}", n.name, n.op.name(), inputs.join(", "), n.width);
+        let out = format!("{} [{}]", n.dtype.as_str(), dims(&n.shape));
+        println!("  {:<24} {:<16} [{}] -> {:<12} {param}{source}", n.name, n.op.name(), inputs.join(", "), out);
     }
 
     let mut by_format: BTreeMap<&str, (usize, usize)> = BTreeMap::new();

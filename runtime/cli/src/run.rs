@@ -1,6 +1,7 @@
 //! `graft run`: `.npy` inputs in, one `.npy` per graph output out.
 //!
-//! Inputs are matched to graph inputs by name (`--input dense=dense.npy`). With
+//! Inputs are matched to graph inputs by name (`--input dense=dense.npy`, or every
+//! `<name>.npy` of `--inputs-dir DIR`). With
 //! `--batch N` the rows are fed in batches of N (flat bag inputs are re-based per batch),
 //! and the outputs are concatenated back in order. `--adapter ID=PATH` loads adapters (PEFT
 //! LoRA directories, graft adapter files; `ID:KIND=PATH` for a plugin kind's own format),
@@ -24,6 +25,9 @@ pub struct Args {
     /// A graph input as `name=file.npy` (f32 for dense inputs, int64 for ids); repeat per input.
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
+    /// A directory holding `<input-name>.npy` for every graph input not given by `--input`.
+    #[arg(long, value_name = "DIR")]
+    inputs_dir: Option<PathBuf>,
     /// Directory for `<output-name>.npy` files.
     #[arg(long, default_value = "out")]
     output_dir: PathBuf,
@@ -66,6 +70,18 @@ pub fn main(args: Args) -> Result<()> {
             known: g.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
         })?;
         loaded.push(Loaded { name: name.into(), kind: g.inputs[k].kind, array: npy::read(file.as_ref())? });
+    }
+    if let Some(dir) = &args.inputs_dir {
+        for def in &g.inputs {
+            if loaded.iter().any(|l| l.name == def.name) {
+                continue;
+            }
+            let file = dir.join(format!("{}.npy", def.name));
+            if !file.is_file() {
+                return Err(Error::MissingInput { input: format!("{} (no {} either)", def.name, file.display()) });
+            }
+            loaded.push(Loaded { name: def.name.clone(), kind: def.kind, array: npy::read(&file)? });
+        }
     }
     let rows = total_rows(&loaded)?;
     let batch = args.batch.unwrap_or(rows).max(1);

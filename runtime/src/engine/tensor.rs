@@ -8,7 +8,6 @@
 //! rank above [`MAX_RANK`] are refused with [`Error::Unplannable`].
 
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use super::exec::Exec;
@@ -137,6 +136,14 @@ pub(crate) enum TensorOp {
         d: usize,
         post: usize,
         n: usize,
+        ty: ValueType,
+    },
+    /// `y[i] = data[i with axis coordinate idx[i]]`; the walk's sets are output (= index)
+    /// offsets and data offsets with the axis' stride zeroed.
+    GatherElements {
+        walk: Walk<2>,
+        axis_len: usize,
+        axis_stride: usize,
         ty: ValueType,
     },
     /// Broadcast binary op; the walk's sets are output, a, b.
@@ -303,6 +310,17 @@ pub(crate) fn plan(g: &Graph, node: usize) -> Result<Option<TensorOp>> {
                 ty: n.dtype,
             }
         }
+        Op::GatherElements { axis } => {
+            let d = shape(0);
+            let mut ds = strides(d);
+            let axis_stride = core::mem::replace(&mut ds[*axis], 0);
+            TensorOp::GatherElements {
+                walk: walk(g, node, o, [&ost, &ds])?,
+                axis_len: d[*axis],
+                axis_stride,
+                ty: n.dtype,
+            }
+        }
         Op::Binary(op) => {
             let (a, b) = (broadcast_strides(shape(0), o), broadcast_strides(shape(1), o));
             TensorOp::Binary { op: *op, ty: ty(0), walk: walk(g, node, o, [&ost, &a, &b])? }
@@ -444,7 +462,7 @@ impl TensorOp {
         match self {
             TensorOp::Reduce { inner, len, .. } if !inner.contiguous(0) => *len,
             TensorOp::Softmax { n, stride, .. } if *stride != 1 => *n,
-            TensorOp::TopK { k, .. } => 2 * k,
+            TensorOp::TopK { k, .. } => *k,
             TensorOp::Conv { positions, cin_g, kq, out_g, .. } => positions * (cin_g * kq + out_g),
             _ => 0,
         }
@@ -456,6 +474,7 @@ impl TensorOp {
             TensorOp::Copy { .. } => "copy",
             TensorOp::Embedding { .. } => "embedding",
             TensorOp::Gather { .. } => "gather",
+            TensorOp::GatherElements { .. } => "gather_elements",
             TensorOp::Binary { op, .. } => op.as_str(),
             TensorOp::Where { .. } => "where",
             TensorOp::Unary { op, .. } => op.as_str(),
@@ -697,6 +716,26 @@ impl Exec<'_, '_> {
                         }
                     }
                 }
+                TensorOp::GatherElements { walk, axis_len, axis_stride, ty } => {
+                    let idx = self.i64_src(ins[1])?;
+                    for r in 0..rows {
+                        let ir = idx.i64(r);
+                        if let Some(&bad) = ir.iter().find(|&&i| wrap(i, *axis_len).is_none()) {
+                            return Err(self.node_error(node, r, bad, *axis_len));
+                        }
+                        let at = |o: [usize; 2]| o[1] + wrap(ir[o[0]], *axis_len).unwrap_or(0) * axis_stride;
+                        match ty {
+                            ValueType::F32 => {
+                                let (x, out) = (self.row_src(ins[0])?.f32(r), dst.f32(r));
+                                walk.each(|o| out[o[0]] = x[at(o)]);
+                            }
+                            ValueType::I64 => {
+                                let (x, out) = (self.i64_src(ins[0])?.i64(r), dst.i64(r));
+                                walk.each(|o| out[o[0]] = x[at(o)]);
+                            }
+                        }
+                    }
+                }
                 TensorOp::Binary { op, ty, walk } => match ty {
                     ValueType::F32 => {
                         let (a, b) = (self.row_src(ins[0])?, self.row_src(ins[1])?);
@@ -851,23 +890,41 @@ impl Exec<'_, '_> {
                     }
                 }
                 TensorOp::TopK { outer, n, in_stride, out_stride, k, largest, indices } => {
-                    let x = self.row_src(ins[0])?;
-                    let (vals, idx) = scratch[..2 * k].split_at_mut(*k);
+                    let order = &mut scratch[..*k];
+                    let in_ty = g.value_type(g.nodes[node].inputs[0]);
                     for r in 0..rows {
-                        let x = x.f32(r);
-                        let emit = |ob: usize, j: usize, v: f32, i: usize| {
-                            if *indices {
-                                dst.i64(r)[ob + j * out_stride] = i as i64;
-                            } else {
-                                dst.f32(r)[ob + j * out_stride] = v;
+                        match in_ty {
+                            ValueType::F32 => {
+                                let x = self.row_src(ins[0])?.f32(r);
+                                outer.each(|[ib, ob]| {
+                                    let at = |j: usize| x[ib + j * in_stride];
+                                    let better = |a: usize, b: usize| f32_precedes(at(a), at(b), *largest);
+                                    let filled = top_k(*n, better, order);
+                                    for (j, &bits) in order[..filled].iter().enumerate() {
+                                        let i = bits.to_bits() as usize;
+                                        if *indices {
+                                            dst.i64(r)[ob + j * out_stride] = i as i64;
+                                        } else {
+                                            dst.f32(r)[ob + j * out_stride] = at(i);
+                                        }
+                                    }
+                                });
                             }
-                        };
-                        outer.each(|[ib, ob]| {
-                            let filled = top_k(x, ib, *n, *in_stride, *largest, vals, idx);
-                            for j in 0..filled {
-                                emit(ob, j, vals[j], idx[j].to_bits() as usize);
+                            ValueType::I64 => {
+                                let x = self.i64_src(ins[0])?.i64(r);
+                                let out = dst.i64(r);
+                                outer.each(|[ib, ob]| {
+                                    let at = |j: usize| x[ib + j * in_stride];
+                                    let better =
+                                        |a: usize, b: usize| if *largest { at(a) > at(b) } else { at(a) < at(b) };
+                                    let filled = top_k(*n, better, order);
+                                    for (j, &bits) in order[..filled].iter().enumerate() {
+                                        let i = bits.to_bits() as usize;
+                                        out[ob + j * out_stride] = if *indices { i as i64 } else { at(i) };
+                                    }
+                                });
                             }
-                        });
+                        }
                     }
                 }
                 TensorOp::MatMul { lead, m, k, n } => {
@@ -1023,35 +1080,33 @@ fn binary_i64(op: BinaryOp, w: &Walk<3>, y: &mut [i64], a: &[i64], b: &[i64]) ->
     true
 }
 
-/// The top `vals.len()` of lane `x[base + j·stride]` (`j < n`), sorted (ties: lower index
-/// first; NaN counts as the largest), into `vals` and `idx` (indices as f32 bit patterns).
-/// Returns how many were found (`min(k, n)`).
-fn top_k(x: &[f32], base: usize, n: usize, stride: usize, largest: bool, vals: &mut [f32], idx: &mut [f32]) -> usize {
-    let k = vals.len();
-    // `better(a, b)`: a strictly precedes b.
-    let better = |a: f32, b: f32| {
-        if largest { (a.is_nan() && !b.is_nan()) || a > b } else { (!a.is_nan() && b.is_nan()) || a < b }
-    };
+/// Whether `a` strictly precedes `b` in a top-k order (NaN counts as the largest).
+fn f32_precedes(a: f32, b: f32, largest: bool) -> bool {
+    if largest { (a.is_nan() && !b.is_nan()) || a > b } else { (!a.is_nan() && b.is_nan()) || a < b }
+}
+
+/// The first `order.len()` lane positions `0..n` under `better(a, b)` ("a strictly
+/// precedes b"), sorted, into `order` (as f32 bit patterns; ties keep the lower position
+/// first). Returns how many were found (`min(k, n)`).
+fn top_k(n: usize, better: impl Fn(usize, usize) -> bool, order: &mut [f32]) -> usize {
+    let k = order.len();
+    let pos_of = |v: f32| v.to_bits() as usize;
     let mut filled = 0;
     for j in 0..n {
-        let v = x[base + j * stride];
-        if filled == k && !better(v, vals[k - 1]) {
+        if filled == k && !better(j, pos_of(order[k - 1])) {
             continue;
         }
         // Insert after every element it does not strictly precede (keeps ties stable).
         let mut pos = filled.min(k - 1);
-        while pos > 0 && better(v, vals[pos - 1]) {
+        while pos > 0 && better(j, pos_of(order[pos - 1])) {
             pos -= 1;
         }
-        let end = filled.min(k - 1);
-        let mut t = end;
+        let mut t = filled.min(k - 1);
         while t > pos {
-            vals[t] = vals[t - 1];
-            idx[t] = idx[t - 1];
+            order[t] = order[t - 1];
             t -= 1;
         }
-        vals[pos] = v;
-        idx[pos] = f32::from_bits(j as u32);
+        order[pos] = f32::from_bits(j as u32);
         filled = (filled + 1).min(k);
     }
     filled

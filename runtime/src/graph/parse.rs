@@ -730,10 +730,10 @@ fn topo_sort(g: &mut Graph, declared: Vec<Declared>) -> Result<Vec<Declared>> {
 /// Computes every node's row shape and type in topological order, checks arities,
 /// shapes and parameter lengths, and checks what the file declares against them.
 fn infer_shapes(g: &mut Graph, env: &Envelope, declared: &[Declared]) -> Result<()> {
-    for i in 0..g.nodes.len() {
-        let (shape, dtype) = node_shape(g, i, env, &declared[i])?;
+    for (i, declared) in declared.iter().enumerate() {
+        let (shape, dtype) = node_shape(g, i, env, declared)?;
         let node = &g.nodes[i];
-        if let Some(d) = &declared[i].shape
+        if let Some(d) = &declared.shape
             && *d != shape
         {
             return Err(Error::ShapeMismatch {
@@ -741,7 +741,7 @@ fn infer_shapes(g: &mut Graph, env: &Envelope, declared: &[Declared]) -> Result<
                 detail: format!("declared shape {d:?}, but {} gives {shape:?}", node.op.name()),
             });
         }
-        if let Some(t) = declared[i].dtype
+        if let Some(t) = declared.dtype
             && t != dtype
         {
             return Err(Error::ShapeMismatch {

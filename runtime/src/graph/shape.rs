@@ -241,14 +241,13 @@ pub fn infer(
         }
         Op::TopK { axis, k, indices, .. } => {
             arity(1)?;
-            f32_only(&ins[0])?;
             let mut s = ins[0].shape.to_vec();
             axis_ok(*axis, s.len())?;
-            if *k == 0 || *k > s[*axis] {
+            if *k == 0 || *k > s[*axis] || u32::try_from(s[*axis]).is_err() {
                 return Err(format!("top-{k} of an axis of {}", s[*axis]));
             }
             s[*axis] = *k;
-            Ok((s, if *indices { ValueType::I64 } else { ValueType::F32 }))
+            Ok((s, if *indices { ValueType::I64 } else { ins[0].dtype }))
         }
         Op::Conv { kernel, strides, pads, dilations, group, .. } => {
             arity(1)?;
@@ -259,7 +258,7 @@ pub fn infer(
                 return Err(format!("conv of a {s:?} row with a {n}-d kernel"));
             }
             let (rows, cols) = weight.ok_or("conv needs a weight")?;
-            let per_group = s[0].checked_div(*group).filter(|_| *group > 0 && s[0] % group == 0);
+            let per_group = s[0].checked_div(*group).filter(|_| *group > 0 && s[0].is_multiple_of(*group));
             let per_group = per_group.ok_or_else(|| format!("{} channels in {group} groups", s[0]))?;
             if elements(kernel).and_then(|k| k.checked_mul(per_group)) != Some(cols) || rows % group != 0 {
                 return Err(format!("weight [{rows}, {cols}] does not fit {per_group} channels × kernel {kernel:?}"));

@@ -410,6 +410,10 @@ proptest! {
             let lse = x.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
             prop_assert!((r(ReduceOp::LogSumExp) - lse).abs() <= 1e-4 * (1.0 + lse.abs()));
             let mut y = vec![0.0f32; x.len()];
+            kern.unary.unary(UnaryOp::Exp, &x, &mut y);
+            for (&v, &e) in x.iter().zip(&y) {
+                prop_assert!((e as f64 - (v as f64).exp()).abs() <= 1e-6 * (v as f64).exp(), "exp({v}) = {e}");
+            }
             kern.unary.unary(UnaryOp::Erf, &x, &mut y);
             for (&v, &e) in x.iter().zip(&y) {
                 prop_assert!((e as f64 - erf_series(v as f64)).abs() < 1e-5, "erf({v}) = {e}");

@@ -147,9 +147,10 @@ fn lower_proto(mut proto: pb::ModelProto, name: &str, dir: Option<&Path>, path: 
     let graph = proto.graph.as_ref().ok_or_else(|| Error::Onnx { detail: "the model has no graph".into() })?;
     // Shapes come from tract's own inference with graft's batch symbol: exporters name
     // the batch differently (`batch`, `s0`, …) in value infos and outputs.
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+    super::static_if::register(&mut onnx);
     let dir_str = dir.map(|d| d.to_string_lossy().into_owned());
-    let parsed = onnx.parse(proto, dir_str.as_deref()).map_err(|e| tract_err("tract could not load the model", e))?;
+    let parsed = guarded("tract could not load the model", || onnx.parse(proto, dir_str.as_deref()))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Onnx { detail: format!("unresolved inputs {:?}", parsed.unresolved_inputs) });
     }
@@ -167,8 +168,8 @@ fn lower_proto(mut proto: pb::ModelProto, name: &str, dir: Option<&Path>, path: 
             .set_input_fact(ix, InferenceFact::dt_shape(dt, shape))
             .map_err(|e| tract_err(&format!("input `{}`", input.name), e))?;
     }
-    let mut typed = model.into_typed().map_err(|e| tract_err("tract could not type the model", e))?;
-    declutter(&mut typed)?;
+    let mut typed = guarded("tract could not type the model", || model.into_typed())?;
+    guarded("tract could not normalise the model", || declutter(&mut typed))?;
 
     let mut producer = String::from("graft convert (tract-onnx 0.23 typed model)");
     if let Some(p) = path {
@@ -204,7 +205,16 @@ fn lower_proto(mut proto: pb::ModelProto, name: &str, dir: Option<&Path>, path: 
         absorbed: HashSet::new(),
         loop_bags,
     };
-    lowering.run()?;
+    // The lowering indexes tract's graph by its own invariants; should one not hold for
+    // some model, that is a typed error, not a crash.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lowering.run())) {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::Onnx {
+                detail: "graft's lowering hit an unexpected tract graph (a graft bug; please report the model)".into(),
+            });
+        }
+    }
     Ok(lowering.builder)
 }
 
@@ -212,13 +222,30 @@ fn lower_proto(mut proto: pb::ModelProto, name: &str, dir: Option<&Path>, path: 
 /// executor (slicing a linear's output, splitting a linear over a concatenated input):
 /// graft keeps each `nn.Linear` one node, since adapters attach to it and its weight is
 /// quantized as one matrix.
-fn declutter(model: &mut TypedModel) -> Result<()> {
+fn declutter(model: &mut TypedModel) -> TractResult<()> {
     let mut optimizer = tract_onnx::tract_core::optim::Optimizer::declutter();
     optimizer.passes.retain(|p| {
         let pass = format!("{p:?}");
         !["PushSliceUp", "PushSplitDown", "ConcatThenEinsum"].iter().any(|n| pass.contains(n))
     });
-    optimizer.optimize(model).map_err(|e| tract_err("tract could not normalise the model", e))
+    optimizer.optimize(model)
+}
+
+/// Runs a tract stage, turning its errors — and its panics, which a malformed model can
+/// reach inside tract — into [`Error::Onnx`].
+fn guarded<T>(stage: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(tract_err(stage, e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Onnx { detail: format!("{stage}: tract failed on this model: {what}") })
+        }
+    }
 }
 
 /// The element type and non-batch dims of a graph input.
@@ -1119,7 +1146,7 @@ impl Lowering<'_> {
             let (shape, batch) = self.row_shape(node, fact)?;
             let batch_axis = batch.ok_or_else(|| self.unsupported(node, "lost the batch"))?;
             let name = self.claim(&format!("{}.{output}", node.name));
-            let dtype = if slot == 0 { ValueType::F32 } else { ValueType::I64 };
+            let dtype = if slot == 0 { x.dtype } else { ValueType::I64 };
             let attrs = json!({"axis": t.axis, "k": k, "largest": t.largest, "output": output});
             self.builder.tensor_op(&name, "topk", &[&x.name], attrs, &shape, dtype);
             self.builder.set_source(&name, &node.name);

@@ -28,6 +28,7 @@ pub mod adapter_format;
 mod bag_loop;
 mod export;
 mod lower;
+mod static_if;
 mod tensor;
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,7 @@ static AVX2: Kernels = Kernels {
     softmax: &Avx2(()),
     reduce: &super::scalar::Scalar,
     matmul: &Avx2(()),
-    unary: &super::scalar::Scalar,
+    unary: &Avx2(()),
 };
 
 /// The AVX2 table. Callers must have checked [`cpu_has_avx2`].
@@ -121,5 +121,12 @@ impl super::MatMulKernel for Avx2 {
     fn matmul(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
         // SAFETY: as above; `tensor::matmul` checks the lengths.
         unsafe { tensor::matmul(a, b, c, m, k, n) }
+    }
+}
+
+impl super::UnaryKernel for Avx2 {
+    fn unary(&self, op: crate::graph::UnaryOp, x: &[f32], y: &mut [f32]) {
+        // SAFETY: features checked before this table was handed out.
+        unsafe { tensor::unary(op, x, y) }
     }
 }

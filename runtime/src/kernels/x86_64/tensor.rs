@@ -1,4 +1,4 @@
-//! AVX2 softmax and value × value matrix products.
+//! AVX2 softmax, `exp` and value × value matrix products.
 //!
 //! Softmax uses the vectorized `exp` of the element-wise kernels (a few ulp) and sums in
 //! 8 lanes, so it matches the reference within a relative 1e-5. The matrix product
@@ -9,6 +9,7 @@ use core::arch::x86_64::*;
 
 use super::elementwise::exp8;
 use super::linear::hsum;
+use crate::graph::UnaryOp;
 
 /// In-place softmax (or log-softmax) of one contiguous lane.
 ///
@@ -122,5 +123,33 @@ pub(super) unsafe fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: us
                 *crow.add(j) = s;
             }
         }
+    }
+}
+
+/// Unary ops: `exp` vectorized (the element-wise kernels' `exp`, a few ulp), the rest
+/// through the scalar reference.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn unary(op: UnaryOp, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    if op != UnaryOp::Exp {
+        for (y, &x) in y[..n].iter_mut().zip(&x[..n]) {
+            *y = crate::kernels::scalar::unary(op, x);
+        }
+        return;
+    }
+    let n8 = n - n % 8;
+    let mut i = 0;
+    // SAFETY: i + 8 <= n for every vector access; features per the contract.
+    unsafe {
+        while i < n8 {
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), exp8(_mm256_loadu_ps(x.as_ptr().add(i))));
+            i += 8;
+        }
+    }
+    for i in n8..n {
+        y[i] = libm::expf(x[i]);
     }
 }
