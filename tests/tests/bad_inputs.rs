@@ -214,10 +214,10 @@ fn wrong_shapes_dtypes_and_ranks() {
         b.with("dense", Some(lying)),
         Error::InputShape { input, actual, .. } if input == "dense" && actual == "8 elements"
     );
-    // The checked constructors refuse ranks other than 1 and 2, and lengths that do not
-    // match the shape.
+    // The checked constructors refuse ranks outside 1..=8, and lengths that do not match
+    // the shape.
     let checked: [(&str, &str, graft::Result<Input<'_>>); 4] = [
-        ("rank 3", "dense", Input::f32("dense", &b.dense, &[1, 3, 4])),
+        ("rank 9", "dense", Input::f32("dense", &b.dense, &[1, 3, 4, 1, 1, 1, 1, 1, 1])),
         ("rank 0", "ids", Input::i64("ids", &b.ids, &[])),
         ("short data", "dense", Input::f32("dense", &b.dense[..11], &[3, 4])),
         ("overflowing dims", "ids", Input::i64("ids", &b.ids, &[usize::MAX, 2])),
@@ -226,8 +226,16 @@ fn wrong_shapes_dtypes_and_ranks() {
         let err = result.unwrap_err();
         assert!(matches!(&err, Error::InputShape { input, .. } if input == name), "{what}: {err:?}");
     }
-    assert!(
-        matches!(Input::f32("dense", &b.dense, &[1, 3, 4]), Err(Error::InputShape { expected, .. }) if expected.contains("rank"))
+    assert!(matches!(
+        Input::f32("dense", &b.dense, &[1, 3, 4, 1, 1, 1, 1, 1, 1]),
+        Err(Error::InputShape { expected, .. }) if expected.contains("rank")
+    ));
+    // A rank-3 tensor is bound only when its trailing dims are the input's row shape (or
+    // the flat width): `[1, 3, 4]` is not a `[batch, 12]` input.
+    assert_rejects!(
+        s,
+        b.with("dense", Input::f32("dense", &b.dense, &[1, 3, 4]).ok()),
+        Error::InputShape { input, .. } if input == "dense"
     );
 }
 

@@ -563,26 +563,21 @@ impl GpuSession {
             }
             .map_err(cuda)?;
         }
-        let g = model.graph();
-        let nodes = g.nodes.len();
-        let mut next = 0;
         let hooked = adapters.is_some();
-        let fire = |this: &Self, next: &mut usize, done: usize| -> Result<()> {
-            while *next < nodes && plan.ready[*next] <= done {
-                if !matches!(g.nodes[*next].op, Op::Linear { .. }) {
-                    this.apply_hooks(plan, model, rows, hooks, *next, HookKind::Post)?;
-                }
-                *next += 1;
+        // The plan's one hook schedule, as on the CPU.
+        let fire = |this: &Self, done: usize| -> Result<()> {
+            for &node in plan.hooks.after(done) {
+                this.apply_hooks(plan, model, rows, hooks, node, HookKind::Post)?;
             }
             Ok(())
         };
         if hooked {
-            fire(self, &mut next, 0)?;
+            fire(self, 0)?;
         }
         for (s, step) in plan.steps.iter().enumerate() {
             self.step(model, plan, inputs, binding, rows, s, step, adapters, hooks)?;
             if hooked {
-                fire(self, &mut next, s + 1)?;
+                fire(self, s + 1)?;
             }
         }
         // Download the buffers that hold outputs into the host arena, at the same offsets.

@@ -226,16 +226,22 @@ pub(crate) fn bind(g: &Graph, inputs: &[Input<'_>], nan: NanPolicy, binding: &mu
         }
         let bad_shape =
             |expected: String| Error::InputShape { input: def.name.clone(), expected, actual: format!("{shape:?}") };
-        // Dense and ids inputs: the batch, then the row shape (or any shape holding as
-        // many values per row: rows are row-major either way).
-        let per_row = |rest: &[usize]| rest.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        // Dense and ids inputs: the batch, then the row shape — as the model declares it
+        // (an imported model's `[1, …]` row may drop its leading 1, the batch's own axis),
+        // flattened to `[batch, width]`, or `[batch]` for one value per row.
         let expected_row = || {
             let dims: alloc::vec::Vec<String> = def.shape.iter().map(|d| d.to_string()).collect();
             format!("[batch, {}]", dims.join(", "))
         };
+        let row_ok = |rest: &[usize], w: usize| {
+            rest == def.shape.as_slice()
+                || (def.shape.first() == Some(&1) && rest == &def.shape[1..])
+                || rest == [w]
+                || (rest.is_empty() && w == 1)
+        };
         match def.kind {
             InputKind::Dense { width: w } | InputKind::Ids { slots: w } => match shape.dims() {
-                [n, rest @ ..] if per_row(rest) == Some(w) => agree(&def.name, *n)?,
+                [n, rest @ ..] if row_ok(rest, w) => agree(&def.name, *n)?,
                 _ => return Err(bad_shape(expected_row())),
             },
             InputKind::BagOffsets => match shape.dims() {

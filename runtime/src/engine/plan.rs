@@ -274,6 +274,46 @@ pub(crate) struct Plan {
     /// non-linear nodes fire at that boundary; hooks at a linear fire inside its step.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
     pub ready: Vec<usize>,
+    /// The one hook schedule every executor follows (CPU and CUDA).
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub hooks: HookSchedule,
+}
+
+/// When adapter hooks at non-linear nodes fire: after step `s` completes, the nodes of
+/// `after(s + 1)`, in node order (before the first step: `after(0)`). Hooks at a linear fire
+/// inside its own step, between the product and the fused activation, so linears are not
+/// listed. Built once with the plan, so the CPU walk and the CUDA executor cannot disagree.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HookSchedule {
+    /// Non-linear nodes sorted by the step count that completes them.
+    nodes: Vec<usize>,
+    /// `nodes[start[d]..start[d + 1]]` are complete after exactly `d` steps.
+    start: Vec<usize>,
+}
+
+impl HookSchedule {
+    fn new(g: &Graph, ready: &[usize], steps: usize) -> HookSchedule {
+        let mut nodes: Vec<usize> =
+            (0..g.nodes.len()).filter(|&n| !matches!(g.nodes[n].op, Op::Linear { .. })).collect();
+        nodes.sort_by_key(|&n| (ready[n], n));
+        let mut start = vec![0usize; steps + 2];
+        for &n in &nodes {
+            start[ready[n].min(steps) + 1] += 1;
+        }
+        for d in 1..start.len() {
+            start[d] += start[d - 1];
+        }
+        HookSchedule { nodes, start }
+    }
+
+    /// The nodes whose hooks fire once `done` steps have run.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    pub fn after(&self, done: usize) -> &[usize] {
+        match (self.start.get(done), self.start.get(done + 1)) {
+            (Some(&a), Some(&b)) => &self.nodes[a..b],
+            _ => &[],
+        }
+    }
 }
 
 /// How each node's output is stored before buffers are assigned.
@@ -370,7 +410,8 @@ impl Plan {
             };
             scratch_len = scratch_len.max(need);
         }
-        let plan = Plan { steps, buffers, outputs, arena_len, scratch_len, node_place: place, ready };
+        let hooks = HookSchedule::new(g, &ready, steps.len());
+        let plan = Plan { steps, buffers, outputs, arena_len, scratch_len, node_place: place, ready, hooks };
         plan.check_disjoint(max_batch, &first, &last)?;
         Ok(plan)
     }

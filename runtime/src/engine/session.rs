@@ -355,28 +355,25 @@ impl Session {
             #[cfg(feature = "std")]
             adapters: adapters.map(|(rows, kind)| self.hooks.pass(rows, kernels, kind)),
         };
-        let g = self.model.graph();
-        let nodes = g.nodes.len();
-        let mut next = 0;
-        // Hooks at every node complete after `done` steps (linears hook inside their step).
-        let mut fire = |done: usize| -> Result<()> {
+        // Hooks at every node complete after `done` steps (the plan's one schedule).
+        let fire = |done: usize| -> Result<()> {
             #[cfg(feature = "std")]
-            while next < nodes && self.plan.ready[next] <= done {
-                if !matches!(g.nodes[next].op, crate::graph::Op::Linear { .. }) {
-                    // SAFETY: the node's value is complete and no step is running.
-                    unsafe { exec.slot_hooks(next, Some(self.plan.node_place[next]))? };
-                }
-                next += 1;
+            for &node in self.plan.hooks.after(done) {
+                // SAFETY: the node's value is complete and no step is running.
+                unsafe { exec.slot_hooks(node, Some(self.plan.node_place[node]))? };
             }
             #[cfg(not(feature = "std"))]
-            let _ = (done, &mut next, nodes);
+            let _ = done;
             Ok(())
         };
         if hooked {
             #[cfg(feature = "std")]
-            for k in 0..g.inputs.len() {
-                // SAFETY: inputs were bound; taps only read them.
-                unsafe { exec.slot_hooks(nodes + k, None)? };
+            {
+                let nodes = self.model.graph().nodes.len();
+                for k in 0..self.model.graph().inputs.len() {
+                    // SAFETY: inputs were bound; taps only read them.
+                    unsafe { exec.slot_hooks(nodes + k, None)? };
+                }
             }
             fire(0)?;
         }

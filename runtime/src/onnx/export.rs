@@ -397,7 +397,20 @@ impl<'m> Exporter<'m> {
         let inputs: Vec<String> = node.inputs.iter().map(|&v| self.value(v).to_string()).collect();
         let x = inputs.first().cloned().unwrap_or_default();
         let step = |this: &mut Self, op: &str| this.fresh(&format!("{}/{op}", node.name));
+        // Values are exported as `[batch, width]`: ops over the last axis are exact only
+        // when a row is one vector along it.
+        let one_vector = node.shape.last().is_some_and(|&d| d == node.width);
+        if matches!(node.op, Op::Linear { .. } | Op::Cross { .. } | Op::LayerNorm { .. }) && !one_vector {
+            return Err(
+                self.unsupported(i, "an op over the last axis of a row holding several vectors is not exported")
+            );
+        }
         match &node.op {
+            // Every value is exported as `[batch, width]`: a reshape of a row changes nothing.
+            Op::Reshape => {
+                let name = step(self, "Identity");
+                self.emit("Identity", &name, &[&x], &out, Vec::new());
+            }
             Op::Linear { weight, bias } => {
                 let w = self.matrix(*weight)?;
                 let mut ins = vec![x.clone(), w];

@@ -204,6 +204,7 @@ fn lower_proto(mut proto: pb::ModelProto, name: &str, dir: Option<&Path>, path: 
         params,
         absorbed: HashSet::new(),
         loop_bags,
+        onnx_nodes: graph.node.iter().map(|n| n.name.clone()).filter(|n| !n.is_empty()).collect(),
     };
     // The lowering indexes tract's graph by its own invariants; should one not hold for
     // some model, that is a typed error, not a crash.
@@ -284,11 +285,14 @@ fn input_signature(input: &pb::ValueInfoProto) -> Result<(DatumType, Vec<usize>)
 /// initializer gets its module name back.
 struct ParamNames {
     by_hash: HashMap<u64, String>,
+    /// Every initializer's name.
+    names: HashSet<String>,
 }
 
 impl ParamNames {
     fn new(graph: &pb::GraphProto, dir: Option<&Path>) -> ParamNames {
         let mut by_hash = HashMap::new();
+        let names = graph.initializer.iter().map(|t| t.name.clone()).collect();
         let resolver = tract_onnx::data_resolver::MmapDataResolver;
         let dir = dir.map(|d| d.to_string_lossy().into_owned());
         for t in &graph.initializer {
@@ -301,7 +305,7 @@ impl ParamNames {
             by_hash.entry(hash_matrix(&values, r, c, false)).or_insert_with(|| t.name.clone());
             by_hash.entry(hash_matrix(&values, r, c, true)).or_insert_with(|| t.name.clone());
         }
-        ParamNames { by_hash }
+        ParamNames { by_hash, names }
     }
 
     fn lookup(&self, values: &[f32], rows: usize, cols: usize) -> Option<&str> {
@@ -342,6 +346,8 @@ struct Lowering<'m> {
     absorbed: HashSet<usize>,
     /// `nn.EmbeddingBag` loops cut out before tract, with their tables.
     loop_bags: Vec<(super::bag_loop::LoopBag, Tensor)>,
+    /// The ONNX node names, to map tract's derived names (`/fc/Gemm.ab`) back.
+    onnx_nodes: HashSet<String>,
 }
 
 /// `/mlp/mlp.0/Gemm` → `mlp.mlp.0`; `None` without a module path.
@@ -367,18 +373,23 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// `mlp.mlp.0.weight` → `mlp.mlp.0` (a parameter name that is a module path).
-fn param_module(name: &str) -> Option<String> {
-    // tract suffixes the constants it splits or copies: `mlp.0.weight.0`.
+/// `mlp.0.weight.0` → `mlp.0.weight`: tract names its copies of a constant
+/// `<name>.<n>`.
+fn strip_copy_suffix(name: &str) -> &str {
     let mut name = name;
     while let Some((head, tail)) = name.rsplit_once('.')
+        && !head.is_empty()
         && !tail.is_empty()
         && tail.bytes().all(|b| b.is_ascii_digit())
-        && head.ends_with(".weight")
     {
         name = head;
     }
-    let m = name.strip_suffix(".weight")?;
+    name
+}
+
+/// `mlp.mlp.0.weight` → `mlp.mlp.0` (a parameter name that is a module path).
+fn param_module(name: &str) -> Option<String> {
+    let m = strip_copy_suffix(name).strip_suffix(".weight")?;
     (!m.is_empty() && !m.contains("::")).then(|| sanitize(m))
 }
 
@@ -439,7 +450,36 @@ fn value_type(dt: DatumType) -> Option<ValueType> {
 
 impl Lowering<'_> {
     fn unsupported(&self, node: &TypedNode, detail: impl Into<String>) -> Error {
-        Error::OnnxUnsupported { node: node.name.clone(), op: node.op.name().to_string(), detail: detail.into() }
+        let op = node.op.name().to_string();
+        Error::OnnxUnsupported { node: self.onnx_name(&node.name).to_string(), op, detail: detail.into() }
+    }
+
+    /// The ONNX node a tract node comes from: tract names the nodes it derives
+    /// `<onnx name>.<suffix>` (`/fc/Gemm.ab`, `/act/Relu.low`, `/Reshape.0`).
+    fn onnx_name<'n>(&self, tract_name: &'n str) -> &'n str {
+        let mut name = tract_name;
+        loop {
+            if self.onnx_nodes.contains(name) {
+                return name;
+            }
+            match name.rsplit_once('.') {
+                Some((head, _)) if !head.is_empty() => name = head,
+                _ => return tract_name,
+            }
+        }
+    }
+
+    /// An f32 parameter, refused when it holds NaN or ±Inf (graft never computes with
+    /// non-finite weights).
+    fn finite(&self, node: &TypedNode, input: usize, values: &[f32]) -> Result<()> {
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => {
+                let tensor = node.inputs.get(input).map(|o| self.model.node(o.node).name.as_str());
+                let tensor = strip_copy_suffix(tensor.unwrap_or(&node.name)).to_string();
+                Err(Error::TensorEntry { tensor, detail: format!("non-finite value {} at index {i}", values[i]) })
+            }
+        }
     }
 
     /// Claims a unique graft name derived from `base`.
@@ -569,10 +609,10 @@ impl Lowering<'_> {
         let batch_axis = batch.ok_or_else(|| self.unsupported(node, "the output does not depend on the batch"))?;
         let dtype = value_type(fact.datum_type)
             .ok_or_else(|| self.unsupported(node, format!("values of type {:?}", fact.datum_type)))?;
-        let base = name_hint.map(str::to_string).unwrap_or_else(|| node.name.clone());
+        let base = name_hint.map(str::to_string).unwrap_or_else(|| self.onnx_name(&node.name).to_string());
         let name = self.claim(&base);
         self.builder.tensor_op(&name, op, inputs, attrs, &shape, dtype);
-        self.builder.set_source(&name, &node.name);
+        self.builder.set_source(&name, self.onnx_name(&node.name));
         // Ops other than reshapes and products keep the batch axis's layout.
         let outer = self.input_outer(node);
         let v = Val { name, dtype, shape, batch_axis, outer };
@@ -748,9 +788,9 @@ impl Lowering<'_> {
             _ => None,
         } {
             let x = self.value_input(n, 0)?;
-            let y = self.claim(&node.name);
+            let y = self.claim(self.onnx_name(&node.name));
             self.builder.activation(&y, act, &x.name);
-            self.builder.set_source(&y, &node.name);
+            self.builder.set_source(&y, self.onnx_name(&node.name));
             self.set(n, 0, Lowered::Val(Val { name: y, ..x }));
             return Ok(());
         }
@@ -824,6 +864,12 @@ impl Lowering<'_> {
         }
         let base = param_module(&bag.table).unwrap_or_else(|| sanitize(&bag.table));
         let name = self.claim(&base);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::TensorEntry {
+                tensor: bag.table.clone(),
+                detail: format!("non-finite value at index {i}"),
+            });
+        }
         self.builder.embedding_bag(&name, &[&bag.ids, &bag.offsets], Matrix::new(rows, cols, values), bag.mode);
         self.builder.set_source(&name, &bag.placeholder);
         let v = Val { name, dtype: ValueType::F32, shape: vec![cols], batch_axis: 0, outer: 1 };
@@ -935,6 +981,9 @@ impl Lowering<'_> {
         let mini = &e.0;
         let act = |a: Activation| (a.as_str(), json!({}));
         let (op, attrs) = match mini.name().as_ref() {
+            "GeluExact" => act(Activation::Gelu),
+            "GeluApproximate" => act(Activation::GeluTanh),
+            "Silu" => act(Activation::Silu),
             "Sigmoid" => act(Activation::Sigmoid),
             "Tanh" => act(Activation::Tanh),
             "Abs" => ("abs", json!({})),
@@ -968,9 +1017,9 @@ impl Lowering<'_> {
             return Err(self.unsupported(node, format!("{op} of integers")));
         }
         if let Some(a) = Activation::parse(op) {
-            let y = self.claim(&node.name);
+            let y = self.claim(self.onnx_name(&node.name));
             self.builder.activation(&y, a, &x.name);
-            self.builder.set_source(&y, &node.name);
+            self.builder.set_source(&y, self.onnx_name(&node.name));
             self.set(n, 0, Lowered::Val(Val { name: y, ..x }));
             return Ok(());
         }
@@ -989,9 +1038,9 @@ impl Lowering<'_> {
             && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
             && x.dtype == ValueType::F32
         {
-            let y = self.claim(&node.name);
+            let y = self.claim(self.onnx_name(&node.name));
             self.builder.activation(&y, Activation::Relu, &x.name);
-            self.builder.set_source(&y, &node.name);
+            self.builder.set_source(&y, self.onnx_name(&node.name));
             self.set(n, 0, Lowered::Val(Val { name: y, ..x.clone() }));
             return Ok(());
         }
@@ -1047,8 +1096,9 @@ impl Lowering<'_> {
                 let name = self.claim(&base);
                 let (shape, batch) = self.row_shape(node, &node.outputs[0].fact)?;
                 let batch_axis = batch.ok_or_else(|| self.unsupported(node, "lost the batch"))?;
+                self.finite(node, 0, &values)?;
                 self.builder.embedding(&name, &ids.name, Matrix::new(rows, cols, values), &shape);
-                self.builder.set_source(&name, &node.name);
+                self.builder.set_source(&name, self.onnx_name(&node.name));
                 self.set(n, 0, Lowered::Val(Val { name, dtype: ValueType::F32, shape, batch_axis, outer: ids.outer }));
                 Ok(())
             }
@@ -1113,8 +1163,9 @@ impl Lowering<'_> {
         let values = elements_as::<f32>(table).map_err(|e| self.unsupported(node, e))?;
         let base = self.weight_name(node, 0, &values, rows, cols);
         let name = self.claim(&base);
+        self.finite(node, 0, &values)?;
         self.builder.embedding_bag(&name, &[&ids.name], Matrix::new(rows, cols, values), crate::graph::BagMode::Sum);
-        self.builder.set_source(&name, &node.name);
+        self.builder.set_source(&name, self.onnx_name(&node.name));
         let mut bag_shape = ids.shape[..slots_axis].to_vec();
         bag_shape.push(cols);
         let (shape, batch) = self.row_shape(reduce_node, &reduce_node.outputs[0].fact)?;
@@ -1149,7 +1200,7 @@ impl Lowering<'_> {
             let dtype = if slot == 0 { x.dtype } else { ValueType::I64 };
             let attrs = json!({"axis": t.axis, "k": k, "largest": t.largest, "output": output});
             self.builder.tensor_op(&name, "topk", &[&x.name], attrs, &shape, dtype);
-            self.builder.set_source(&name, &node.name);
+            self.builder.set_source(&name, self.onnx_name(&node.name));
             self.set(n, slot, Lowered::Val(Val { name, dtype, shape, batch_axis, outer: x.outer }));
         }
         Ok(())
@@ -1207,8 +1258,10 @@ impl Lowering<'_> {
         let chw = self.claim(&format!("{name}.chw"));
         self.builder.tensor_op(&chw, "reshape", &[&x.name], json!({}), &x.shape[1..], ValueType::F32);
         let attrs = json!({"kernel": ks, "strides": strides, "pads": pads, "dilations": dilations, "group": c.group});
+        self.finite(node, 1, &values)?;
+        self.finite(node, 2, bias.as_deref().unwrap_or(&[]))?;
         self.builder.conv(&name, &chw, Matrix::new(o, cols, values), bias, attrs, &shape[1..]);
-        self.builder.set_source(&name, &node.name);
+        self.builder.set_source(&name, self.onnx_name(&node.name));
         let out = self.claim(&format!("{name}.nchw"));
         self.builder.tensor_op(&out, "reshape", &[&name], json!({}), &shape, ValueType::F32);
         self.set(n, 0, Lowered::Val(Val { name: out, dtype: ValueType::F32, shape, batch_axis, outer: 1 }));
@@ -1218,11 +1271,15 @@ impl Lowering<'_> {
     /// The module name for a weight-bearing node: its initializer's name, else the ONNX
     /// node's module path, else the node name.
     fn weight_name(&self, node: &TypedNode, input: usize, values: &[f32], rows: usize, cols: usize) -> String {
-        let from_const = node.inputs.get(input).map(|o| self.model.node(o.node).name.as_str()).and_then(param_module);
-        from_const
-            .or_else(|| self.params.lookup(values, rows, cols).and_then(param_module))
-            .or_else(|| module_path(&node.name))
-            .unwrap_or_else(|| sanitize(&node.name))
+        let const_name = node.inputs.get(input).map(|o| strip_copy_suffix(&self.model.node(o.node).name));
+        // A constant that is an initializer names itself; one tract derived (a transpose
+        // folded in) is found by content.
+        let derived = const_name.is_none_or(|c| !self.params.names.contains(c));
+        const_name
+            .and_then(param_module)
+            .or_else(|| derived.then(|| self.params.lookup(values, rows, cols).and_then(param_module)).flatten())
+            .or_else(|| module_path(self.onnx_name(&node.name)))
+            .unwrap_or_else(|| sanitize(self.onnx_name(&node.name)))
     }
 
     fn lower_einsum(&mut self, n: usize, e: &EinSum) -> Result<()> {
@@ -1313,8 +1370,10 @@ impl Lowering<'_> {
             let base = self.weight_name(node, 1, &weight, np, kp);
             let name = self.claim(&base);
             let lin_shape = vec![mp, np];
+            self.finite(node, 1, &weight)?;
+            self.finite(node, 1, bias.as_deref().unwrap_or(&[]))?;
             self.builder.linear_shaped(&name, &x_in, Matrix::new(np, kp, weight), bias.clone(), &lin_shape);
-            self.builder.set_source(&name, &node.name);
+            self.builder.set_source(&name, self.onnx_name(&node.name));
             let shapes = (
                 gdims.as_slice(),
                 m.iter().map(|x| sa[x.0]).collect::<Vec<_>>(),
@@ -1330,7 +1389,7 @@ impl Lowering<'_> {
         let prod_shape: Vec<usize> = gdims.iter().copied().chain([mp, np]).collect();
         let name = self.claim(&format!("{}.matmul", node.name));
         self.builder.tensor_op(&name, "matmul", &[&lhs, &rhs], json!({}), &prod_shape, ValueType::F32);
-        self.builder.set_source(&name, &node.name);
+        self.builder.set_source(&name, self.onnx_name(&node.name));
         let shapes = (
             gdims.as_slice(),
             m.iter().map(|x| sa[x.0]).collect::<Vec<_>>(),
