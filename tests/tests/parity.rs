@@ -350,7 +350,7 @@ fn import_keeps_pytorch_module_names() -> TestResult {
     }
     let node = |name: &str| g.node(name).map(|i| &g.nodes[i]).ok_or(format!("no node {name}"));
     assert_eq!(node("top_fc1")?.source.as_deref(), Some("/top_fc1/Gemm"));
-    assert_eq!(node("emb_f0")?.source.as_deref(), Some("/emb_f0/Gather+/ReduceSum"));
+    assert_eq!(node("emb_f0")?.source.as_deref(), Some("/emb_f0/Gather"));
     let output_node = |name: &str| -> Option<&str> {
         g.outputs.iter().find(|o| o.name == name).and_then(|o| match o.value {
             ValueId::Node(i) => Some(g.nodes[i].name.as_str()),
@@ -536,11 +536,12 @@ fn tiny_onnx(op: &str, node_name: &str) -> pb::ModelProto {
 #[test]
 fn import_errors_are_typed() -> TestResult {
     let dir = scratch("import_errors")?;
-    let path = dir.join("softmax.onnx");
-    std::fs::write(&path, graft::onnx::encode_proto(&tiny_onnx("Softmax", "/head/Softmax"))?)?;
+    // tract types `Tan`; graft has no lowering for it.
+    let path = dir.join("tan.onnx");
+    std::fs::write(&path, graft::onnx::encode_proto(&tiny_onnx("Tan", "/head/Tan"))?)?;
     match graft::onnx::import(&path) {
         Err(Error::OnnxUnsupported { node, op, detail }) => {
-            assert_eq!((node.as_str(), op.as_str()), ("/head/Softmax", "Softmax"), "{detail}");
+            assert_eq!((node.as_str(), op.as_str()), ("/head/Tan", "Tan"), "{detail}");
         }
         other => panic!("expected OnnxUnsupported, got {other:?}"),
     }

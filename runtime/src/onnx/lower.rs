@@ -393,6 +393,13 @@ fn param_module(name: &str) -> Option<String> {
     (!m.is_empty() && !m.contains("::")).then(|| sanitize(m))
 }
 
+/// Whether permuting `shape` by `perm` only moves axes of size 1 (the elements keep their
+/// row-major order: a reshape, which costs nothing, not a transpose).
+fn moves_only_unit_axes(shape: &[usize], perm: &[usize]) -> bool {
+    let kept = |order: &mut dyn Iterator<Item = usize>| order.filter(|&a| shape[a] != 1).collect::<Vec<_>>();
+    kept(&mut (0..shape.len())) == kept(&mut perm.iter().copied())
+}
+
 /// Permutes row-major values of `shape`: output axis `i` is input axis `perm[i]`.
 fn permute(values: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
     let rank = shape.len();
@@ -921,7 +928,13 @@ impl Lowering<'_> {
                 let mut perm: Vec<usize> = (0..rank).collect();
                 let moved = perm.remove(*from);
                 perm.insert(*to, moved);
-                self.emit(n, "transpose", &[&x.name], json!({"perm": perm}), None)?;
+                if moves_only_unit_axes(&x.shape, &perm) {
+                    let mut v = self.emit(n, "reshape", &[&x.name], json!({}), None)?;
+                    v.outer = x.outer;
+                    self.set(n, 0, Lowered::Val(v));
+                } else {
+                    self.emit(n, "transpose", &[&x.name], json!({"perm": perm}), None)?;
+                }
             }
             _ => {
                 // Add / Rm / Reshape: the same elements. The logical flat index of a row
@@ -1414,21 +1427,25 @@ impl Lowering<'_> {
     ) -> Result<()> {
         let node = self.model.node(n);
         let natural_shape: Vec<usize> = gdims.iter().chain(&mdims).chain(&ndims).copied().collect();
-        if shape != natural_shape {
-            let r = self.claim(&format!("{}.split", node.name));
-            self.builder.tensor_op(&r, "reshape", &[&name], json!({}), &natural_shape, ValueType::F32);
-            name = r;
-        }
         // Natural axes sorted by output position.
         let mut perm: Vec<usize> = (0..natural.len()).collect();
         perm.sort_by_key(|&i| natural[i]);
-        let ordered: Vec<usize> = perm.iter().map(|&i| natural_shape[i]).collect();
-        if perm.iter().enumerate().any(|(i, &p)| i != p) {
+        let transpose = perm.iter().enumerate().any(|(i, &p)| i != p) && !moves_only_unit_axes(&natural_shape, &perm);
+        let mut current = shape;
+        if transpose {
+            if current != natural_shape {
+                let r = self.claim(&format!("{}.split", node.name));
+                self.builder.tensor_op(&r, "reshape", &[&name], json!({}), &natural_shape, ValueType::F32);
+                name = r;
+            }
+            let ordered: Vec<usize> = perm.iter().map(|&i| natural_shape[i]).collect();
             let t = self.claim(&format!("{}.order", node.name));
             self.builder.tensor_op(&t, "transpose", &[&name], json!({"perm": perm}), &ordered, ValueType::F32);
             name = t;
+            current = ordered;
         }
-        if ordered != out_shape {
+        // Without a transpose the elements are already in output order.
+        if current != out_shape {
             let r = self.claim(&format!("{}.out", node.name));
             self.builder.tensor_op(&r, "reshape", &[&name], json!({}), out_shape, ValueType::F32);
             name = r;
@@ -1479,12 +1496,14 @@ impl Lowering<'_> {
         let node = self.model.node(n);
         let mut name = x.name.clone();
         let permuted: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-        if perm.iter().enumerate().any(|(i, &p)| i != p) {
+        let mut current = x.shape.clone();
+        if perm.iter().enumerate().any(|(i, &p)| i != p) && !moves_only_unit_axes(&x.shape, perm) {
             let t = self.claim(&format!("{}.{hint}_t", node.name));
             self.builder.tensor_op(&t, "transpose", &[&name], json!({"perm": perm}), &permuted, x.dtype);
             name = t;
+            current = permuted;
         }
-        if permuted != shape {
+        if current != shape {
             let r = self.claim(&format!("{}.{hint}_r", node.name));
             self.builder.tensor_op(&r, "reshape", &[&name], json!({}), shape, x.dtype);
             name = r;
