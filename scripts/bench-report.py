@@ -252,3 +252,45 @@ if peer:
                 f"| {b[5:]} | {t[1:]} | {rk} | {fmt_time(plain)} | {fmt_time(ol)} | {fmt_time(r.get(f'ort-lora-r{rk}-off'))} "
                 f"| {pct(ol, plain)} | {fmt_time(gb)} | {fmt_time(gl)} | {pct(gl, gb)} | {ratio(ol, gl)} |"
             )
+
+# Library models (the zoo): runtime/benches/zoo.rs, interleaved rounds.
+zoo = load_json("zoo_paired.json")  # not zoo_paired_quick.json: test-mode timings
+if zoo:
+    machine = zoo.get("_machine", {})
+    entries = {k: v for k, v in zoo.items() if not k.startswith("_")}
+    print("\n### Library models (the zoo): median latency per batch, interleaved rounds\n")
+    if machine:
+        flags = ", ".join(machine.get("flags", [])) or "none"
+        print(f"CPU: {machine.get('model', '?')}, {machine.get('cpus', '?')} CPUs (flags: {flags}).")
+    print("Ratios are medians of per-round ratios (peer time / graft time, > 1: graft faster);")
+    print("tract runs single-threaded only. `—`: the engine did not run (see notes).\n")
+    us = lambda v, k: fmt_time(v[k] * 1e3) if k in v else "—"
+    rx = lambda v, k: f"{v[k]:.2f}×" if k in v else "—"
+    ids = list(dict.fromkeys(k.split("/")[0] for k in entries))
+    configs = [("1", "1"), ("16", "1"), ("256", "1"), ("256", "2")]
+    for b, t in configs:
+        rows = [(m, entries.get(f"{m}/batch{b}/t{t}")) for m in ids]
+        rows = [(m, v) for m, v in rows if v]
+        if not rows:
+            continue
+        print(f"\nBatch {b}, {t} thread{'s' if t != '1' else ''}:\n")
+        print("| model | graft f32 | graft q8 | ORT f32 | ORT int8 | tract | ORT f32 / graft f32 | ORT int8 / graft q8 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for m, v in rows:
+            print(
+                f"| {m} | {us(v, 'graft-f32_us')} | {us(v, 'graft-q8_us')} | {us(v, 'ort-f32_us')} | {us(v, 'ort-int8_us')} "
+                f"| {us(v, 'tract-f32_us')} | {rx(v, 'ort-f32/graft-f32')} | {rx(v, 'ort-int8/graft-q8')} |"
+            )
+    # Targets: batch 1 >= 2x ORT f32; batch 256 >= 1.2x ORT f32 at 1 and 2 threads; q8 ahead of ORT int8 everywhere.
+    print("\nTargets (graft f32 vs ORT f32, graft q8 vs ORT int8; paired ratios):\n")
+    print("| model | batch 1 ≥ 2× ORT f32 | batch 256 t1 ≥ 1.2× | batch 256 t2 ≥ 1.2× | q8 ahead of ORT int8 (all configs) |")
+    print("|---|---|---|---|---|")
+    verdict = lambda x, goal: "—" if x is None else (f"yes ({x:.2f}×)" if x >= goal else f"**no** ({x:.2f}×)")
+    for m in ids:
+        get = lambda b, t, k: entries.get(f"{m}/batch{b}/t{t}", {}).get(k)
+        q8 = [get(b, t, "ort-int8/graft-q8") for b, t in configs if get(b, t, "ort-int8/graft-q8") is not None]
+        worst = min(q8) if q8 else None
+        print(
+            f"| {m} | {verdict(get('1', '1', 'ort-f32/graft-f32'), 2.0)} | {verdict(get('256', '1', 'ort-f32/graft-f32'), 1.2)} "
+            f"| {verdict(get('256', '2', 'ort-f32/graft-f32'), 1.2)} | {verdict(worst, 1.0).replace('(', '(worst ')} |"
+        )

@@ -9,7 +9,7 @@ mod arm {
 
     use criterion::{Criterion, Throughput};
     use graft_kernels_neon::q8::{IntLevel, gemm_split, scratch_bytes};
-    use graft_kernels_neon::{Epilogue, Mat, MatMut, bag, linear};
+    use graft_kernels_neon::{Epilogue, Mat, MatMut, bag, exp, linear, matmul, reduce, softmax};
 
     const N: usize = 1024;
     const K: usize = 1024;
@@ -82,6 +82,36 @@ mod arm {
         g.finish();
         let mut acc = vec![0.0f32; K];
         c.bench_function("bag_q8_row_1024", |b| b.iter(|| bag::add_q8(black_box(&codes[..K]), 0.01, &mut acc)));
+
+        // Tensor kernels over one 1024-value lane, and a 64 × 64 · 64 × 64 value matmul.
+        let lane: Vec<f32> = x[..K].iter().map(|v| v * 4.0).collect();
+        let mut out = vec![0.0f32; K];
+        let mut g = c.benchmark_group("tensor_1024");
+        g.throughput(Throughput::Elements(K as u64));
+        g.bench_function("exp", |b| b.iter(|| exp::exp(black_box(&lane), &mut out)));
+        g.bench_function("softmax", |b| {
+            b.iter(|| {
+                out.copy_from_slice(&lane);
+                softmax::softmax(black_box(&mut out))
+            })
+        });
+        g.bench_function("log_softmax", |b| {
+            b.iter(|| {
+                out.copy_from_slice(&lane);
+                softmax::log_softmax(black_box(&mut out))
+            })
+        });
+        g.bench_function("sum", |b| b.iter(|| reduce::sum(black_box(&lane))));
+        g.bench_function("max", |b| b.iter(|| reduce::max(black_box(&lane))));
+        g.finish();
+        let d = 64;
+        let mut prod = vec![0.0f32; d * d];
+        let mut g = c.benchmark_group("matmul_64x64x64");
+        g.throughput(Throughput::Elements((d * d * d) as u64));
+        g.bench_function("f32", |b| {
+            b.iter(|| matmul::matmul(black_box(&w[..d * d]), &w[d * d..2 * d * d], &mut prod, d, d, d))
+        });
+        g.finish();
     }
 }
 

@@ -20,14 +20,18 @@
 //! - [`lora`]: the shrink and expand steps of low-rank adapters for a group of rows that
 //!   share an adapter.
 //! - [`act`]: ReLU, sigmoid, SiLU, add, mul, layer norm.
+//! - [`exp`]: full-range vectorized `e^x` (the AVX2 `exp8` class, ≤ 2 ulp) and a scalar
+//!   `ln`; [`softmax`]: softmax and log-softmax over a lane; [`reduce`]: sum, max, min;
+//!   [`matmul`]: value × value `[m, k] · [k, n]` products, 4-wide FMA over `n`.
 //!
 //! Half precision: f16 weights are *widened* with `fcvtl` (exact, base ARMv8) and reduced
 //! in f32. FP16 arithmetic (`fmla .8h`, the `fp16` extension) would round every partial
 //! sum to 11 bits, far outside the runtime's f32-reference tolerance, so it is not used.
 //!
-//! Levels and safety: everything in [`linear`], [`bag`], [`lora`] and [`act`] needs only
-//! NEON, which every aarch64 Linux target enables, so those functions are safe (bounds are
-//! checked once per call; the loads inside are unchecked). [`q8::gemm_split`] is an
+//! Levels and safety: everything in [`linear`], [`bag`], [`lora`], [`act`], [`exp`],
+//! [`softmax`], [`reduce`] and [`matmul`] needs only NEON, which every aarch64 Linux
+//! target enables, so those functions are safe (bounds are checked once per call; the
+//! loads inside are unchecked). [`q8::gemm_split`] is an
 //! `unsafe fn` because its `level` argument selects code compiled with
 //! `#[target_feature(enable = "dotprod")]` / `"i8mm"`: the caller must have checked the CPU
 //! (graft uses `is_aarch64_feature_detected!`). SDOT/SMMLA are emitted with inline `asm!`
@@ -49,14 +53,24 @@ pub mod act;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod bag;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod exp;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod half;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod linear;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod lora;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod matmul;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod q8;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod reduce;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod softmax;
 
+#[cfg(all(test, target_arch = "aarch64", target_feature = "neon"))]
+mod tensor_tests;
 #[cfg(all(test, target_arch = "aarch64", target_feature = "neon"))]
 mod tests;
 

@@ -318,6 +318,153 @@ impl TractRunner {
     }
 }
 
+/// One input tensor of any rank (`dims[0]` is the batch), owned: the zoo models' inputs
+/// (`[batch]` ids, `[batch, 10]` sequences, `[batch, 3]` dense ...).
+#[derive(Clone, Debug)]
+pub struct NdFeed {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub data: NdData,
+}
+
+/// The values of an [`NdFeed`].
+#[derive(Clone, Debug)]
+pub enum NdData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+impl NdFeed {
+    /// As a graft input.
+    pub fn input(&self) -> Input<'_> {
+        match &self.data {
+            NdData::F32(d) => Input::f32(&self.name, d, &self.dims).unwrap(),
+            NdData::I64(d) => Input::i64(&self.name, d, &self.dims).unwrap(),
+        }
+    }
+
+    fn ort_value(&self) -> ort::value::DynValue {
+        match &self.data {
+            NdData::F32(d) => ort::value::Tensor::from_array((self.dims.clone(), d.clone())).unwrap().into_dyn(),
+            NdData::I64(d) => ort::value::Tensor::from_array((self.dims.clone(), d.clone())).unwrap().into_dyn(),
+        }
+    }
+
+    fn tract_value(&self) -> tract_onnx::prelude::TValue {
+        use tract_onnx::prelude::*;
+        let t = match &self.data {
+            NdData::F32(d) => Tensor::from_shape(&self.dims, d).unwrap(),
+            NdData::I64(d) => Tensor::from_shape(&self.dims, d).unwrap(),
+        };
+        t.into_tvalue()
+    }
+}
+
+/// An ONNX Runtime session over a pool of prepared input sets (fresh inputs per run:
+/// run `i` reads set `i % len`).
+pub struct OrtPool {
+    session: ort::session::Session,
+    sets: Vec<Vec<(String, ort::value::DynValue)>>,
+}
+
+impl OrtPool {
+    /// Loads `onnx` with `threads` intra-op threads (and one inter-op thread), or `None`
+    /// if ORT is unavailable.
+    pub fn load(onnx: &Path, threads: usize) -> Option<OrtPool> {
+        let env = environment()?;
+        let session = ort::session::Session::builder(env)
+            .unwrap()
+            .with_intra_threads(threads)
+            .unwrap()
+            .with_inter_threads(1)
+            .unwrap()
+            .commit_from_file(onnx)
+            .unwrap();
+        Some(OrtPool { session, sets: Vec::new() })
+    }
+
+    /// Replaces the input sets.
+    pub fn feed_sets(&mut self, sets: &[Vec<NdFeed>]) {
+        self.sets = sets.iter().map(|s| s.iter().map(|f| (f.name.clone(), f.ort_value())).collect()).collect();
+    }
+
+    /// One inference of set `i`; returns the first element of the first output.
+    pub fn run(&mut self, i: usize) -> f32 {
+        let set = &self.sets[i % self.sets.len()];
+        let inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            set.iter().map(|(n, v)| (n.clone(), v.into())).collect();
+        let out = self.session.run(inputs).unwrap();
+        let (_, data) = out[0].try_extract_tensor::<f32>().unwrap();
+        data[0]
+    }
+
+    /// All values of the outputs `names` for set `i`, flattened (row-major), or ORT's
+    /// error (some exports only run at some batch sizes).
+    pub fn outputs(&mut self, i: usize, names: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        let set = &self.sets[i % self.sets.len()];
+        let inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            set.iter().map(|(n, v)| (n.clone(), v.into())).collect();
+        let out = self.session.run(inputs).map_err(|e| e.message().lines().next().unwrap_or_default().to_string())?;
+        Ok(names.iter().map(|n| out[n.as_str()].try_extract_tensor::<f32>().unwrap().1.to_vec()).collect())
+    }
+}
+
+/// A tract plan for fixed input shapes over a pool of prepared input sets.
+pub struct TractPool {
+    plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
+    sets: Vec<tract_onnx::prelude::TVec<tract_onnx::prelude::TValue>>,
+}
+
+impl TractPool {
+    /// Loads and optimizes `path` for the shapes of `sets[0]` (all sets share them), or
+    /// says why tract cannot run it (an error or a panic inside tract).
+    pub fn load(path: &Path, sets: &[Vec<NdFeed>]) -> Result<TractPool, String> {
+        use tract_onnx::prelude::*;
+        let path = path.to_path_buf();
+        let sets = sets.to_vec();
+        let load = move || -> TractResult<TractPool> {
+            let mut model = tract_onnx::onnx().model_for_path(&path)?;
+            let names: Vec<String> = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+            let find = |set: &[NdFeed], name: &str| set.iter().position(|f| f.name == name);
+            for (i, name) in names.iter().enumerate() {
+                let f = &sets[0]
+                    [find(&sets[0], name).ok_or_else(|| TractError::msg(format!("no feed for input {name}")))?];
+                let dt = match f.data {
+                    NdData::F32(_) => f32::datum_type(),
+                    NdData::I64(_) => i64::datum_type(),
+                };
+                model = model.with_input_fact(i, InferenceFact::dt_shape(dt, &f.dims))?;
+            }
+            let plan = model.into_optimized()?.into_runnable()?;
+            let sets = sets
+                .iter()
+                .map(|set| names.iter().map(|n| set[find(set, n).unwrap()].tract_value()).collect())
+                .collect();
+            Ok(TractPool { plan, sets })
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
+            Ok(Ok(pool)) => Ok(pool),
+            Ok(Err(e)) => Err(format!("{e:#}").lines().next().unwrap_or_default().to_string()),
+            Err(_) => Err("tract panicked while loading".into()),
+        }
+    }
+
+    /// One inference of set `i`; returns the first element of the first output.
+    pub fn run(&self, i: usize) -> f32 {
+        let out = self.plan.run(self.sets[i % self.sets.len()].clone()).unwrap();
+        out[0].to_plain_array_view::<f32>().unwrap().iter().next().copied().unwrap_or(0.0)
+    }
+
+    /// All values of every output for set `i`, flattened, in graph output order.
+    pub fn outputs(&self, i: usize) -> Result<Vec<Vec<f32>>, String> {
+        let out = self.plan.run(self.sets[i % self.sets.len()].clone()).map_err(|e| format!("{e}"))?;
+        Ok(out
+            .iter()
+            .map(|t| t.to_plain_array_view::<f32>().map(|v| v.iter().copied().collect()).unwrap_or_default())
+            .collect())
+    }
+}
+
 /// A directory for generated benchmark models (under `target/`).
 pub fn scratch() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-models");

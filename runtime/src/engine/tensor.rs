@@ -1005,11 +1005,37 @@ fn copy_walk<T: Copy>(w: &Walk<2>, dst: &mut [T], db: usize, src: &[T], sb: usiz
     });
 }
 
+/// `y = f(a, b)` over a broadcast walk. The common runs — both operands contiguous, or
+/// one of them a broadcast scalar — are plain slice loops the compiler vectorizes; other
+/// strides take the indexed loop.
 #[inline]
 fn zip_walk<A: Copy, O>(w: &Walk<3>, y: &mut [O], a: &[A], b: &[A], f: impl Fn(A, A) -> O) {
     w.runs(|off, len, s| {
-        for j in 0..len {
-            y[off[0] + j * s[0]] = f(a[off[1] + j * s[1]], b[off[2] + j * s[2]]);
+        let y = &mut y[off[0]..];
+        match s {
+            [1, 1, 1] => {
+                let (y, a, b) = (&mut y[..len], &a[off[1]..off[1] + len], &b[off[2]..off[2] + len]);
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = f(a, b);
+                }
+            }
+            [1, 1, 0] => {
+                let (y, a, b) = (&mut y[..len], &a[off[1]..off[1] + len], b[off[2]]);
+                for (y, &a) in y.iter_mut().zip(a) {
+                    *y = f(a, b);
+                }
+            }
+            [1, 0, 1] => {
+                let (y, a, b) = (&mut y[..len], a[off[1]], &b[off[2]..off[2] + len]);
+                for (y, &b) in y.iter_mut().zip(b) {
+                    *y = f(a, b);
+                }
+            }
+            _ => {
+                for j in 0..len {
+                    y[j * s[0]] = f(a[off[1] + j * s[1]], b[off[2] + j * s[2]]);
+                }
+            }
         }
     });
 }

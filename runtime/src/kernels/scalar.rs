@@ -252,6 +252,20 @@ pub(crate) fn unary(op: UnaryOp, x: f32) -> f32 {
                 a * (libm::expf(x) - 1.0)
             }
         }
-        UnaryOp::PowConst(p) => libm::powf(x, p),
+        UnaryOp::PowConst(p) => pow_const(x, p),
+    }
+}
+
+/// `x^p` for a constant exponent: the small integer and half powers torch models use
+/// (`x ** 2` in FM terms, `sqrt`) are exact products or roots, bit-identical to
+/// `powf` where `powf` is correctly rounded, and far cheaper.
+fn pow_const(x: f32, p: f32) -> f32 {
+    match p {
+        1.0 => x,
+        2.0 => x * x,
+        3.0 => x * x * x,
+        0.5 => libm::sqrtf(x),
+        -1.0 => 1.0 / x,
+        _ => libm::powf(x, p),
     }
 }

@@ -434,3 +434,79 @@ fn erf_series(x: f64) -> f64 {
     }
     sum * 2.0 / core::f64::consts::PI.sqrt()
 }
+
+/// The aarch64 tables' tensor kernels against the reference where the random cases above
+/// do not reach: `exp` over the whole f32 range and at NaN/±∞, reductions and softmax with
+/// NaN, ±∞ and empty lanes, lanes longer than the 16-wide blocks. (The AVX2 table clamps
+/// `exp` to ±88.38, so these full-range checks are for the NEON levels only.)
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_tensor_kernels_match_reference_at_the_edges() {
+    use crate::graph::{ReduceOp, UnaryOp};
+
+    /// Equal classification (NaN, ±∞, sign of zero aside) and within `rel · |want| + abs`.
+    fn close(got: f32, want: f32, rel: f32, abs: f32) -> bool {
+        if want.is_nan() || got.is_nan() {
+            return want.is_nan() && got.is_nan();
+        }
+        if want.is_infinite() || got.is_infinite() {
+            return got == want;
+        }
+        (got - want).abs() <= rel * want.abs() + abs.max(f32::from_bits(1))
+    }
+
+    let neon: Vec<_> =
+        fast_tables().into_iter().filter(|k| matches!(k.level.as_str(), "neon" | "dotprod" | "i8mm")).collect();
+    assert!(!neon.is_empty(), "no NEON table on this aarch64 CPU");
+
+    let mut x: Vec<f32> = (0..2000).map(|i| -104.0 + 193.0 * i as f32 / 2000.0).collect();
+    x.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 88.72, 88.73, -87.5, -103.5]);
+    let mut want = vec![0.0f32; x.len()];
+    SCALAR.unary.unary(UnaryOp::Exp, &x, &mut want);
+    let lanes: Vec<Vec<f32>> = vec![
+        vec![],
+        vec![1.5],
+        (0..301).map(|i| ((i * 37 % 101) as f32 - 50.0) / 3.0).collect(),
+        (0..67).map(|i| ((i * 13 % 29) as f32 - 14.0) * 7.0).collect(),
+        vec![1.0, f32::NAN, 3.0, -2.0, 5.0, 0.5, 7.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 9.0],
+        vec![f32::NEG_INFINITY; 19],
+        vec![1.0, f32::INFINITY, 3.0, -2.0, 5.0],
+        vec![f32::NEG_INFINITY, 1.0, 2.0, f32::NEG_INFINITY],
+        vec![1e30, -1e30, 1e30, 0.0, 3e29],
+    ];
+    for kern in neon {
+        let mut got = vec![0.0f32; x.len()];
+        kern.unary.unary(UnaryOp::Exp, &x, &mut got);
+        for i in 0..x.len() {
+            assert!(close(got[i], want[i], 1e-6, 0.0), "{}: exp({}) = {} want {}", kern.level, x[i], got[i], want[i]);
+        }
+        for lane in &lanes {
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::LogSumExp, ReduceOp::L2] {
+                let (g, w) = (kern.reduce.reduce(op, lane), SCALAR.reduce.reduce(op, lane));
+                let exact = matches!(op, ReduceOp::Max | ReduceOp::Min);
+                // Sums are reassociated: an absolute bound in the lane's magnitude.
+                let mag = lane.iter().map(|v| v.abs()).sum::<f32>()
+                    / if op == ReduceOp::Mean { lane.len() as f32 } else { 1.0 };
+                assert!(
+                    if exact { g == w || (g.is_nan() && w.is_nan()) } else { close(g, w, 1e-5, 1e-6 * mag) },
+                    "{}: {op:?} of {} values: {g} want {w}",
+                    kern.level,
+                    lane.len()
+                );
+            }
+            for log in [false, true] {
+                let (mut g, mut w) = (lane.clone(), lane.clone());
+                kern.softmax.softmax(&mut g, log);
+                SCALAR.softmax.softmax(&mut w, log);
+                for (a, b) in g.iter().zip(&w) {
+                    assert!(
+                        a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{}: softmax(log {log}) of {} values: {a} want {b}",
+                        kern.level,
+                        lane.len()
+                    );
+                }
+            }
+        }
+    }
+}

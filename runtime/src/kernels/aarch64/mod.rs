@@ -7,6 +7,13 @@
 //! | `dotprod` | activations split into three int8 digits, exact integer sums with SDOT | as `neon` |
 //! | `i8mm` | the same split, exact integer sums with SMMLA (2 × 2 tiles) | as `neon` |
 //!
+//! The tensor families are the same NEON code at every level: softmax, log-softmax and
+//! log-sum-exp (max-subtracted, vectorized `exp` of the AVX2 `exp8` class, ≤ 2 ulp; within
+//! a relative `(n/4 + 16) · 2⁻²⁴` of an exact softmax), `exp` (full range, NaN/±∞ as
+//! `expf`), sum/mean/max/min reductions (`max`/`min` exact and NaN-propagating, sums
+//! reassociated over 16 lanes), and value × value matmuls (4-wide FMA over `n`, the
+//! reference's order over `k`). The other unary and reduce ops use the scalar reference.
+//!
 //! Contract per level: `neon` matches the scalar reference within the tolerance scaled by
 //! the reduction length, like every table. `dotprod` and `i8mm` add, for q8 weights only,
 //! the split's own error, `Σ|w_k| · max|x| / (127 · 2¹⁷)` per output (about one f32 ulp
@@ -21,10 +28,13 @@
 
 mod linear;
 
-use graft_kernels_neon::{act, bag};
+use graft_kernels_neon::{act, bag, exp, matmul, reduce, softmax};
 
-use super::{DotKernel, ElementwiseKernel, EmbeddingBagKernel, Kernels, Level, LinearKernel, NormKernel, WeightMatrix};
-use crate::graph::{Activation, BagMode};
+use super::{
+    DotKernel, ElementwiseKernel, EmbeddingBagKernel, Kernels, Level, LinearKernel, MatMulKernel, NormKernel,
+    ReduceKernel, SoftmaxKernel, UnaryKernel, WeightMatrix,
+};
+use crate::graph::{Activation, BagMode, ReduceOp, UnaryOp};
 use crate::kernels::WeightData;
 use crate::quant;
 use crate::view::{MatMut, MatRef};
@@ -52,10 +62,10 @@ static NEON: Kernels = Kernels {
     elementwise: &Neon::<0>(()),
     dot: &Neon::<0>(()),
     norm: &Neon::<0>(()),
-    softmax: &super::scalar::Scalar,
-    reduce: &super::scalar::Scalar,
-    matmul: &super::scalar::Scalar,
-    unary: &super::scalar::Scalar,
+    softmax: &Neon::<0>(()),
+    reduce: &Neon::<0>(()),
+    matmul: &Neon::<0>(()),
+    unary: &Neon::<0>(()),
 };
 
 static DOTPROD: Kernels = Kernels {
@@ -65,10 +75,10 @@ static DOTPROD: Kernels = Kernels {
     elementwise: &Neon::<1>(()),
     dot: &Neon::<1>(()),
     norm: &Neon::<1>(()),
-    softmax: &super::scalar::Scalar,
-    reduce: &super::scalar::Scalar,
-    matmul: &super::scalar::Scalar,
-    unary: &super::scalar::Scalar,
+    softmax: &Neon::<1>(()),
+    reduce: &Neon::<1>(()),
+    matmul: &Neon::<1>(()),
+    unary: &Neon::<1>(()),
 };
 
 static I8MM: Kernels = Kernels {
@@ -78,10 +88,10 @@ static I8MM: Kernels = Kernels {
     elementwise: &Neon::<2>(()),
     dot: &Neon::<2>(()),
     norm: &Neon::<2>(()),
-    softmax: &super::scalar::Scalar,
-    reduce: &super::scalar::Scalar,
-    matmul: &super::scalar::Scalar,
-    unary: &super::scalar::Scalar,
+    softmax: &Neon::<2>(()),
+    reduce: &Neon::<2>(()),
+    matmul: &Neon::<2>(()),
+    unary: &Neon::<2>(()),
 };
 
 /// The table of an aarch64 level. Callers must have checked [`cpu_has`].
@@ -205,5 +215,43 @@ impl<const L: u8> DotKernel for Neon<L> {
 impl<const L: u8> NormKernel for Neon<L> {
     fn layer_norm(&self, x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32, y: &mut [f32]) {
         act::layer_norm(x, gamma, beta, eps, y);
+    }
+}
+
+impl<const L: u8> SoftmaxKernel for Neon<L> {
+    fn softmax(&self, x: &mut [f32], log: bool) {
+        if log { softmax::log_softmax(x) } else { softmax::softmax(x) }
+    }
+}
+
+impl<const L: u8> ReduceKernel for Neon<L> {
+    fn reduce(&self, op: ReduceOp, x: &[f32]) -> f32 {
+        match op {
+            ReduceOp::Sum => reduce::sum(x),
+            // An empty lane gives 0 / 0 = NaN, as the reference.
+            ReduceOp::Mean => reduce::sum(x) / x.len() as f32,
+            ReduceOp::Max => reduce::max(x),
+            ReduceOp::Min => reduce::min(x),
+            ReduceOp::LogSumExp => softmax::log_sum_exp(x),
+            other => super::scalar::Scalar.reduce(other, x),
+        }
+    }
+}
+
+impl<const L: u8> MatMulKernel for Neon<L> {
+    fn matmul(&self, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+        matmul::matmul(a, b, c, m, k, n);
+    }
+}
+
+impl<const L: u8> UnaryKernel for Neon<L> {
+    fn unary(&self, op: UnaryOp, x: &[f32], y: &mut [f32]) {
+        if op == UnaryOp::Exp {
+            exp::exp(x, y);
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = super::scalar::unary(op, x);
+            }
+        }
     }
 }

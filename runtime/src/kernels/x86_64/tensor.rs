@@ -21,8 +21,9 @@ pub(super) unsafe fn softmax(x: &mut [f32], log: bool) {
     if n == 0 {
         return;
     }
+    // `f32::max` skips NaN: look for it explicitly.
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
+    if !max.is_finite() || x.iter().any(|v| v.is_nan()) {
         // All -inf, or +inf / NaN present: the reference handles the special values.
         crate::kernels::scalar::reference_softmax(x, log);
         return;
@@ -144,8 +145,20 @@ pub(super) unsafe fn unary(op: UnaryOp, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     // SAFETY: i + 8 <= n for every vector access; features per the contract.
     unsafe {
+        let limit = _mm256_set1_ps(88.0);
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         while i < n8 {
-            _mm256_storeu_ps(y.as_mut_ptr().add(i), exp8(_mm256_loadu_ps(x.as_ptr().add(i))));
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            // exp8 clamps its input: a lane that is NaN or beyond ±88 (overflow to +inf,
+            // subnormal results) takes the scalar path for the whole chunk.
+            let special = _mm256_cmp_ps::<_CMP_NLT_UQ>(_mm256_and_ps(v, abs), limit);
+            if _mm256_movemask_ps(special) == 0 {
+                _mm256_storeu_ps(y.as_mut_ptr().add(i), exp8(v));
+            } else {
+                for j in i..i + 8 {
+                    *y.as_mut_ptr().add(j) = libm::expf(*x.as_ptr().add(j));
+                }
+            }
             i += 8;
         }
     }
