@@ -139,6 +139,9 @@ pub enum Error {
     /// session.
     #[error("node `{node}`: op `{op}` has no CUDA kernel (run this model on a CPU session)")]
     OpNotOnDevice { node: String, op: String },
+    /// Integer arithmetic of a run had no result (an i64 division by zero).
+    #[error("node `{node}`: {detail} at row {row}")]
+    Arithmetic { node: String, row: usize, detail: String },
     /// An index computed at run time (a `gather`) fell outside its axis.
     #[error("node `{node}`: index {index} is outside an axis of {bound} at row {row}")]
     IndexOutOfRange { node: String, row: usize, index: i64, bound: usize },

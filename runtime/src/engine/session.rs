@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 
 use super::exec::{self, Exec};
 use super::input::{self, Input, NanPolicy};
-use super::plan::{Ids, Plan, Step};
+use super::plan::{Ids, Plan, Src, Step};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::kernels::{self, Kernels, Level};
@@ -394,29 +394,38 @@ impl Session {
     fn check_ids(&self, inputs: &[Input<'_>], rows: usize) -> Result<()> {
         let g = self.model.graph();
         for step in &self.plan.steps {
-            let Step::Bag { table, ids, .. } = step else { continue };
-            let vocab = g.weights[*table].rows;
-            let (input, data) = match *ids {
-                Ids::Padded { input } => (input, input::ids(inputs, &self.binding, input)),
-                Ids::Bags { indices, offsets } => {
-                    let idx = input::ids(inputs, &self.binding, indices);
-                    exec::check_offsets(
-                        &g.inputs[offsets].name,
-                        input::ids(inputs, &self.binding, offsets),
-                        idx.len(),
-                        rows,
-                    )?;
-                    (indices, idx)
-                }
-                // Checked inside the step.
-                Ids::Value { .. } => continue,
+            let (table, input, data) = match step {
+                Step::Bag { table, ids, .. } => match *ids {
+                    Ids::Padded { input } => (*table, input, input::ids(inputs, &self.binding, input)),
+                    Ids::Bags { indices, offsets } => {
+                        let idx = input::ids(inputs, &self.binding, indices);
+                        exec::check_offsets(
+                            &g.inputs[offsets].name,
+                            input::ids(inputs, &self.binding, offsets),
+                            idx.len(),
+                            rows,
+                        )?;
+                        (*table, indices, idx)
+                    }
+                    // Ids computed by the graph are checked inside the step.
+                    Ids::Value { .. } => continue,
+                },
+                // A lookup straight from a graph input is checked before anything runs too.
+                Step::Tensor { op, ins, .. } => match (&**op, ins.first()) {
+                    (super::tensor::TensorOp::Embedding { table, .. }, Some(Src::Input(k))) => {
+                        (*table, *k, input::ids(inputs, &self.binding, *k))
+                    }
+                    _ => continue,
+                },
+                _ => continue,
             };
+            let vocab = g.weights[table].rows;
             if let Some(position) = data.iter().position(|&id| id < 0 || id as u64 >= vocab as u64) {
                 return Err(Error::IdOutOfRange {
                     input: g.inputs[input].name.clone(),
                     position,
                     id: data[position],
-                    table: g.weights[*table].name.clone(),
+                    table: g.weights[table].name.clone(),
                     rows: vocab,
                 });
             }

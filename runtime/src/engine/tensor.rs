@@ -753,9 +753,10 @@ impl Exec<'_, '_> {
                                 binary_i64(*op, walk, dst.i64(r), a.i64(r), b.i64(r))
                             };
                             if !ok {
-                                return Err(Error::Unplannable {
+                                return Err(Error::Arithmetic {
                                     node: g.nodes[node].name.clone(),
-                                    detail: alloc::format!("i64 division by zero at row {r}"),
+                                    row: r,
+                                    detail: "i64 division by zero".into(),
                                 });
                             }
                         }

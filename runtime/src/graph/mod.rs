@@ -751,7 +751,9 @@ impl Graph {
         self.nodes
             .iter()
             .filter_map(|n| match n.op {
-                Op::EmbeddingBag { table, .. } if n.inputs.contains(&ValueId::Input(input)) => {
+                Op::EmbeddingBag { table, .. } | Op::Embedding { table }
+                    if n.inputs.contains(&ValueId::Input(input)) =>
+                {
                     Some(self.weights[table].rows)
                 }
                 _ => None,
