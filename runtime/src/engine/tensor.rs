@@ -106,6 +106,38 @@ impl<const N: usize> Walk<N> {
         });
     }
 
+    /// The same walk over `rows` rows whose starts are `row_strides` apart in each stride
+    /// set (0: a constant every row reads), so one call covers a whole batch. Merged with
+    /// the row's first axis when every operand's rows are contiguous, so element-wise ops
+    /// on `[rows, width]` buffers become one long run. `None` if the axes would overflow.
+    fn over_rows(&self, rows: usize, row_strides: [usize; N]) -> Option<Walk<N>> {
+        let mut w =
+            Walk { rank: 1, empty: self.empty || rows == 0, dims: [1; WALK_AXES], strides: [[0; WALK_AXES]; N] };
+        w.dims[0] = rows;
+        for (k, s) in row_strides.iter().enumerate() {
+            w.strides[k][0] = *s;
+        }
+        for ax in 0..self.rank {
+            let merge = w.rank == 1 && (0..N).all(|k| w.strides[k][0] == self.strides[k][ax] * self.dims[ax]);
+            if merge {
+                w.dims[0] *= self.dims[ax];
+                for k in 0..N {
+                    w.strides[k][0] = self.strides[k][ax];
+                }
+                continue;
+            }
+            if w.rank == WALK_AXES {
+                return None;
+            }
+            w.dims[w.rank] = self.dims[ax];
+            for k in 0..N {
+                w.strides[k][w.rank] = self.strides[k][ax];
+            }
+            w.rank += 1;
+        }
+        Some(w)
+    }
+
     /// Whether the walk is one contiguous run (stride 1 in set `k`).
     fn contiguous(&self, k: usize) -> bool {
         self.rank == 0 || (self.rank == 1 && self.strides[k][0] == 1)
@@ -514,6 +546,17 @@ impl RowSrc {
         unsafe { core::slice::from_raw_parts(self.ptr.add(r * self.stride), self.width) }
     }
 
+    /// Rows `0..rows` as one f32 slice (row `r` starts at `r · stride`).
+    ///
+    /// # Safety
+    /// As for [`RowSrc::f32`], for every row below `rows`.
+    #[inline]
+    pub(super) unsafe fn f32_rows<'a>(&self, rows: usize) -> &'a [f32] {
+        let len = if rows == 0 { 0 } else { (rows - 1) * self.stride + self.width };
+        // SAFETY: forwarded from the caller: every row lies in the source.
+        unsafe { core::slice::from_raw_parts(self.ptr, len) }
+    }
+
     /// Row `r` as i64 elements (the source was checked to be 8-byte aligned).
     ///
     /// # Safety
@@ -540,6 +583,19 @@ impl RowDst {
     unsafe fn f32<'a>(&self, r: usize) -> &'a mut [f32] {
         // SAFETY: forwarded from the caller and `Exec::row_dst`.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(r * self.stride), self.width) }
+    }
+
+    /// Rows `0..rows` as one f32 slice, the gaps between rows included.
+    ///
+    /// # Safety
+    /// As above, for every row below `rows`, and nothing else may access the whole range
+    /// while the slice lives — so only for a destination that owns whole rows of its
+    /// buffer (`stride == width`), whose range holds nothing else.
+    #[inline]
+    unsafe fn f32_rows<'a>(&self, rows: usize) -> &'a mut [f32] {
+        let len = if rows == 0 { 0 } else { (rows - 1) * self.stride + self.width };
+        // SAFETY: forwarded from the caller.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, len) }
     }
 
     /// # Safety
@@ -739,8 +795,19 @@ impl Exec<'_, '_> {
                 TensorOp::Binary { op, ty, walk } => match ty {
                     ValueType::F32 => {
                         let (a, b) = (self.row_src(ins[0])?, self.row_src(ins[1])?);
-                        for r in 0..rows {
-                            binary_f32(*op, walk, dst.f32(r), a.f32(r), b.f32(r));
+                        // One walk over the batch when the output owns whole rows of its
+                        // buffer: its span then holds nothing but its own elements, so the
+                        // `&mut` over it aliases no input (inputs' spans are shared views).
+                        let batched = (dst.stride == dst.width)
+                            .then(|| walk.over_rows(rows, [dst.stride, a.stride, b.stride]))
+                            .flatten();
+                        match batched {
+                            Some(all) => binary_f32(*op, &all, dst.f32_rows(rows), a.f32_rows(rows), b.f32_rows(rows)),
+                            None => {
+                                for r in 0..rows {
+                                    binary_f32(*op, walk, dst.f32(r), a.f32(r), b.f32(r));
+                                }
+                            }
                         }
                     }
                     ValueType::I64 => {
@@ -784,8 +851,13 @@ impl Exec<'_, '_> {
                 TensorOp::Unary { op, ty } => match ty {
                     ValueType::F32 => {
                         let x = self.row_src(ins[0])?;
-                        for r in 0..rows {
-                            self.kernels.unary.unary(*op, x.f32(r), dst.f32(r));
+                        if x.stride == x.width && dst.stride == dst.width {
+                            // Both sides are one contiguous block of rows.
+                            self.kernels.unary.unary(*op, x.f32_rows(rows), dst.f32_rows(rows));
+                        } else {
+                            for r in 0..rows {
+                                self.kernels.unary.unary(*op, x.f32(r), dst.f32(r));
+                            }
                         }
                     }
                     ValueType::I64 => {
