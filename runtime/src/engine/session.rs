@@ -296,20 +296,8 @@ impl Session {
         Ok(self.outputs(rows, Some(adapters)))
     }
 
-    fn outputs<'s>(
-        &'s self,
-        rows: usize,
-        #[cfg(feature = "std")] adapters: Option<&'s crate::adapters::RowAdapters>,
-        #[cfg(not(feature = "std"))] adapters: Option<()>,
-    ) -> Outputs<'s> {
-        #[cfg(not(feature = "std"))]
-        let _ = adapters;
-        Outputs {
-            session: self,
-            rows,
-            #[cfg(feature = "std")]
-            adapters,
-        }
+    fn outputs<'s>(&'s self, rows: usize, adapters: Option<super::OutputAdapters<'s>>) -> Outputs<'s> {
+        Outputs { session: self, rows, adapters }
     }
 
     /// Binds and validates inputs; returns the batch size.
@@ -332,8 +320,7 @@ impl Session {
         &mut self,
         inputs: &[Input<'_>],
         rows: usize,
-        #[cfg(feature = "std")] adapters: Option<(&crate::adapters::RowAdapters, super::adapt::PassKind)>,
-        #[cfg(not(feature = "std"))] adapters: Option<()>,
+        adapters: Option<super::RunAdapters<'_>>,
         end: usize,
     ) -> Result<()> {
         #[cfg(feature = "std")]
@@ -469,8 +456,8 @@ fn resolve_threads(threads: usize) -> usize {
 pub struct Outputs<'s> {
     session: &'s Session,
     rows: usize,
-    #[cfg(feature = "std")]
-    adapters: Option<&'s crate::adapters::RowAdapters>,
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    adapters: Option<super::OutputAdapters<'s>>,
 }
 
 impl<'s> Outputs<'s> {
