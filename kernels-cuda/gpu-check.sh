@@ -39,7 +39,7 @@ stage() { # name, timeout seconds, command...
 
 # The whole check must not outlive 5 minutes (plus a little for the report).
 if [[ -z "${GPU_CHECK_INNER:-}" ]]; then
-    GPU_CHECK_INNER=1 exec timeout 330 "$SCRIPT" "$@"
+    GPU_CHECK_INNER=1 exec timeout "$([[ "${GRAFT_GPU_ZOO:-}" == 1 ]] && echo 660 || echo 330)" "$SCRIPT" "$@"
 fi
 
 echo "graft GPU check — $(date -u +%FT%TZ)"
@@ -77,6 +77,12 @@ stage "build (release: graft+cuda tests, CLI, benchmark)" 200 bash -c '
 stage "NVRTC + ptxas (sm_87, sm_90)" 60 cargo test --release -p graft-kernels-cuda --features ci-compile
 stage "kernels and sessions vs the CPU reference" 90 \
     cargo test --release -p graft --features cuda --test cuda -- --test-threads 1
+# Opt-in (outside the 5-minute budget: builds graft with the ONNX importer): the imported
+# CTR zoo, whose tensor ops run on tensor.cu, against CPU sessions.
+if [[ "${GRAFT_GPU_ZOO:-}" == 1 ]]; then
+    stage "imported zoo models (tensor ops) vs the CPU" 300 \
+        cargo test --release -p graft --features cuda,onnx --test cuda zoo_models -- --nocapture
+fi
 stage "fixture parity (dlrm_small, dlrm_small_lora)" 60 \
     cargo test --release -p graft-tests --features cuda --test cuda_fixtures
 stage "CLI --device cuda:0" 60 cargo test --release -p graft-cli --features cuda --test cli device_flag

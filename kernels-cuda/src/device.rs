@@ -105,7 +105,7 @@ impl Gpu {
         Ok(self.ctx.new_stream()?)
     }
 
-    fn function(&self, name: &str) -> Result<&CudaFunction> {
+    pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions.get(name).ok_or_else(|| CudaError::Invalid(format!("kernel {name} is not loaded")))
     }
 
@@ -810,11 +810,11 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T> {
         .map_err(|_| CudaError::Unavailable("a CUDA library could not be loaded".into()))
 }
 
-fn int(v: usize) -> Result<i32> {
+pub(crate) fn int(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| CudaError::Invalid(format!("{v} does not fit a kernel's int argument")))
 }
 
-fn blocks(n: usize, per: usize) -> Result<u32> {
+pub(crate) fn blocks(n: usize, per: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per).max(1)).map_err(|_| CudaError::Invalid(format!("grid of {n} / {per} is too large")))
 }
 

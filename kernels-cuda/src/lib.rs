@@ -21,15 +21,19 @@
 //! q4 and a fused bias + activation), `embedding.cu` (embedding bags), `lora.cu` (BGMV /
 //! SGMV LoRA shrink and expand with a per-row adapter index, SSF scale-shift) and
 //! `elementwise.cu` (activations, add/mul, copy, cross epilogue, layer norm, DLRM dot
-//! interaction, FM).
+//! interaction, FM) and `tensor.cu` (the per-row tensor ops of graph format v2: strided
+//! copies, broadcast binary ops (f32, and i64 arithmetic / comparisons), select, unary ops, reductions, softmax, embedding lookup and gather
+//! with a device error word, batched matmul; shapes arrive as [`Strided`] walks).
 
 pub mod cache;
 pub mod device;
 pub mod nvrtc;
+pub mod tensor;
 
 /// The `cudarc` this crate launches through (streams, contexts), for callers.
 pub use cudarc;
 pub use device::{DeviceBuffer, Gpu, HostRegistration, LoraLaunch, PinnedBuffer};
+pub use tensor::{Strided, TS_DIMS};
 
 use std::fmt;
 
@@ -47,11 +51,14 @@ pub enum Module {
     Lora,
     /// `elementwise.cu`: activations, binary ops, copy, cross, layer norm, interactions.
     Elementwise,
+    /// `tensor.cu`: per-row tensor ops (strided copy, broadcast binary, unary, reduce,
+    /// softmax, embedding lookup, batched matmul).
+    Tensor,
 }
 
 impl Module {
     /// Every module, in a fixed order.
-    pub const ALL: [Module; 4] = [Module::Linear, Module::Embedding, Module::Lora, Module::Elementwise];
+    pub const ALL: [Module; 5] = [Module::Linear, Module::Embedding, Module::Lora, Module::Elementwise, Module::Tensor];
 
     /// The file name (also the NVRTC program name).
     pub fn file_name(self) -> &'static str {
@@ -60,6 +67,7 @@ impl Module {
             Module::Embedding => "embedding.cu",
             Module::Lora => "lora.cu",
             Module::Elementwise => "elementwise.cu",
+            Module::Tensor => "tensor.cu",
         }
     }
 
@@ -70,6 +78,7 @@ impl Module {
             Module::Embedding => include_str!("cu/embedding.cu"),
             Module::Lora => include_str!("cu/lora.cu"),
             Module::Elementwise => include_str!("cu/elementwise.cu"),
+            Module::Tensor => include_str!("cu/tensor.cu"),
         }
     }
 
@@ -111,9 +120,29 @@ impl Module {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+            Module::Tensor => {
+                let mut v: Vec<String> = TENSOR_KERNELS.iter().map(|s| s.to_string()).collect();
+                v.extend(per_format("lookup"));
+                v
+            }
         }
     }
 }
+
+/// The format-independent kernels of `tensor.cu` (plus `lookup_<format>`).
+pub const TENSOR_KERNELS: [&str; 11] = [
+    "fill_u32",
+    "strided_copy_u32",
+    "binary_strided_f32",
+    "binary_strided_i64",
+    "where_u32",
+    "unary_f32",
+    "reduce_f32",
+    "softmax_f32",
+    "gather_u32",
+    "sanitize_ids_i64",
+    "matmul_f32",
+];
 
 /// Kernel name prefixes whose `ptxas -v` report must show no spills: the ones that carry
 /// the bandwidth or the FLOPs of a run. CI fails if any of them spills on any arch.
@@ -197,6 +226,92 @@ pub enum BinOp {
     Add = 0,
     /// a · b.
     Mul = 1,
+}
+
+/// Binary ops of `binary_strided_f32`, numbered as `TB_*` in `tensor.cu` (the graph's
+/// `BinaryOp` order). Comparisons and logic ops give 0.0 / 1.0 masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum TensorBinOp {
+    /// a + b.
+    Add = 0,
+    /// a − b.
+    Sub = 1,
+    /// a · b.
+    Mul = 2,
+    /// a / b.
+    Div = 3,
+    /// a^b.
+    Pow = 4,
+    /// min (NaN propagates).
+    Min = 5,
+    /// max (NaN propagates).
+    Max = 6,
+    /// a == b.
+    Equal = 7,
+    /// a < b.
+    Less = 8,
+    /// a ≤ b.
+    LessEqual = 9,
+    /// a > b.
+    Greater = 10,
+    /// a ≥ b.
+    GreaterEqual = 11,
+    /// Logical and of masks.
+    And = 12,
+    /// Logical or.
+    Or = 13,
+    /// Logical xor.
+    Xor = 14,
+    /// a ≥ 0 ? a : a · b.
+    Prelu = 15,
+}
+
+/// Unary ops of `unary_f32`, numbered as `TU_*` in `tensor.cu` (the graph's `UnaryOp`
+/// order); [`UnaryCode::Act`] applies an activation. Parameters travel separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryCode {
+    /// A graph `UnaryOp` by its position in the enum (0 = neg … 20 = pow_const).
+    Op(i32),
+    /// An activation.
+    Act(Act),
+}
+
+impl UnaryCode {
+    /// The kernel's op number.
+    pub fn code(self) -> i32 {
+        match self {
+            UnaryCode::Op(c) => c,
+            UnaryCode::Act(a) => 32 + a as i32,
+        }
+    }
+}
+
+/// Reductions of `reduce_f32`, numbered as `TR_*` in `tensor.cu` (the graph's `ReduceOp`
+/// order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ReduceCode {
+    /// Σ.
+    Sum = 0,
+    /// Mean.
+    Mean = 1,
+    /// Max (NaN propagates).
+    Max = 2,
+    /// Min (NaN propagates).
+    Min = 3,
+    /// Π.
+    Prod = 4,
+    /// √Σx².
+    L2 = 5,
+    /// Σ|x|.
+    L1 = 6,
+    /// Σx².
+    SumSquare = 7,
+    /// Mean of x².
+    MeanSquare = 8,
+    /// ln Σ eˣ (max-shifted).
+    LogSumExp = 9,
 }
 
 /// What can go wrong in this crate.

@@ -1,7 +1,7 @@
 //! CI without a GPU: every `.cu` module must compile with NVRTC for every CI arch with an
 //! empty log (no warnings), and `ptxas -v` must assemble the PTX for the matching SM
 //! without warnings and without register spills in the hot kernels
-//! (`graft_kernels_cuda::HOT_KERNEL_PREFIXES`).
+//! (`graft_kernels_cuda::HOT_KERNEL_PREFIXES`) and in every `tensor.cu` kernel.
 //!
 //! NVRTC is found through the dynamic loader (`LD_LIBRARY_PATH` must include the
 //! `nvidia/cuda_nvrtc/lib` directory of the `nvidia-cuda-nvrtc-cu12` wheel) and ptxas
@@ -134,6 +134,9 @@ fn nvrtc_and_ptxas() {
                     continue;
                 };
                 let hot = is_hot(&name);
+                // The tensor-op kernels are held to the same rule (a stack frame is
+                // allowed: sinf / cosf keep their slow-path reduction table there).
+                let no_spills = hot || module == Module::Tensor;
                 println!(
                     "  {name:<22} {:>3} regs, stack {:>4} B, spills {}/{} B{}",
                     k.registers,
@@ -142,9 +145,9 @@ fn nvrtc_and_ptxas() {
                     k.spill_loads,
                     if hot { "  [hot]" } else { "" }
                 );
-                if hot && (k.spill_stores > 0 || k.spill_loads > 0) {
+                if no_spills && (k.spill_stores > 0 || k.spill_loads > 0) {
                     failures.push(format!(
-                        "hot kernel {name} spills on {sm}: {} B stores, {} B loads",
+                        "kernel {name} spills on {sm}: {} B stores, {} B loads",
                         k.spill_stores, k.spill_loads
                     ));
                 }

@@ -400,26 +400,118 @@ mod gpu {
     }
 }
 
-/// A graph with an op the device has no kernel for is refused with `OpNotOnDevice`
-/// before any device is opened (no CPU fallback inside a graph); without the feature,
-/// `CudaUnavailable` as for every CUDA session.
+/// Tensor ops with a `tensor.cu` kernel pass the device check (here: `CudaUnavailable`
+/// from opening the device, or a session on a GPU); an op without one (top-k) is still
+/// refused with `OpNotOnDevice` before any device is opened (no CPU fallback inside a
+/// graph). Without the feature, `CudaUnavailable` as for every CUDA session.
 #[test]
-fn tensor_ops_are_refused_on_the_device() {
+fn tensor_ops_run_on_the_device_or_are_refused_by_name() {
     use graft::builder::ModelBuilder;
     use graft::graph::ValueType;
     let mut b = ModelBuilder::new("t");
     b.dense_input_shaped("x", &[2, 3]);
     b.tensor_op("sm", "softmax", &["x"], json!({"axis": 1}), &[2, 3], ValueType::F32);
-    b.output("out", "sm");
+    b.tensor_op("t", "transpose", &["sm"], json!({"perm": [1, 0]}), &[3, 2], ValueType::F32);
+    b.tensor_op("mm", "matmul", &["x", "t"], json!({}), &[2, 2], ValueType::F32);
+    b.output("out", "mm");
+    let m = Model::from_slice_copy(&b.to_bytes(WeightFormats::default()).unwrap()).unwrap();
+    match Session::new(&m, SessionOptions { device: Device::Cuda(0), ..Default::default() }) {
+        Err(Error::CudaUnavailable { .. }) => assert!(!gpu_required(), "GRAFT_GPU=1 but cuda:0 is unavailable"),
+        Err(e) => panic!("expected CudaUnavailable or a session, got {e:?}"),
+        Ok(_) => {} // a GPU: the whole graph runs on it
+    }
+
+    let mut b = ModelBuilder::new("k");
+    b.dense_input_shaped("x", &[2, 3]);
+    b.tensor_op("sm", "softmax", &["x"], json!({"axis": 1}), &[2, 3], ValueType::F32);
+    b.tensor_op("k", "topk", &["sm"], json!({"axis": 1, "k": 2, "output": "values"}), &[2, 2], ValueType::F32);
+    b.output("out", "k");
     let m = Model::from_slice_copy(&b.to_bytes(WeightFormats::default()).unwrap()).unwrap();
     let e = Session::new(&m, SessionOptions { device: Device::Cuda(0), ..Default::default() }).unwrap_err();
     #[cfg(feature = "cuda")]
     match e {
-        Error::OpNotOnDevice { node, op } => assert_eq!((node.as_str(), op.as_str()), ("sm", "softmax")),
+        Error::OpNotOnDevice { node, op } => assert_eq!((node.as_str(), op.as_str()), ("k", "topk")),
         other => panic!("expected OpNotOnDevice, got {other:?}"),
     }
     #[cfg(not(feature = "cuda"))]
     assert!(matches!(e, Error::CudaUnavailable { .. }), "{e:?}");
     // The CPU runs it.
     assert!(Session::new(&m, SessionOptions::default()).is_ok());
+}
+
+/// The imported CTR zoo (`tests/fixtures/zoo`, needs the `onnx` feature too): which models
+/// the device takes (printed; without a GPU the check stops at `CudaUnavailable`), and on a
+/// GPU (`GRAFT_GPU=1`) `rechub_deepfm` — and every other accepted model — matches a CPU
+/// session on the fixture's 8-row batch.
+#[cfg(all(feature = "cuda", feature = "onnx"))]
+#[test]
+fn zoo_models_on_the_device_match_the_cpu() {
+    use graft::Input;
+    use graft::kernels::Level;
+    use graft::npy::NpyData;
+    let zoo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/zoo");
+    let mut ids: Vec<String> = std::fs::read_dir(&zoo)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("model.onnx").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    ids.sort();
+    assert!(ids.iter().any(|i| i == "rechub_deepfm"), "the zoo fixtures are missing");
+    let gpu = gpu_required();
+    for id in &ids {
+        let dir = zoo.join(id);
+        let b = match graft::onnx::import(&dir.join("model.onnx")) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("{id}: not imported ({e})");
+                continue;
+            }
+        };
+        let m = Model::from_slice_copy(&b.to_bytes(WeightFormats::default()).unwrap()).unwrap();
+        let opts = |device| SessionOptions { max_batch: 8, device, kernels: Some(Level::Scalar), ..Default::default() };
+        let mut g = match Session::new(&m, opts(Device::Cuda(0))) {
+            Err(Error::OpNotOnDevice { node, op }) => {
+                println!("{id}: refused on the device at `{node}` ({op})");
+                assert_ne!(id, "rechub_deepfm", "rechub_deepfm must run on the device");
+                continue;
+            }
+            Err(Error::CudaUnavailable { detail }) => {
+                assert!(!gpu, "GRAFT_GPU=1 but cuda:0 is unavailable: {detail}");
+                println!("{id}: every step has a device kernel (no GPU here: {detail})");
+                continue;
+            }
+            Err(e) => panic!("{id}: {e}"),
+            Ok(s) => s,
+        };
+        let arrays: Vec<(String, graft::npy::NpyArray)> = m
+            .graph()
+            .inputs
+            .iter()
+            .map(|d| (d.name.clone(), graft::npy::read(&dir.join(format!("{}.npy", d.name))).unwrap()))
+            .collect();
+        let inputs: Vec<Input<'_>> = arrays
+            .iter()
+            .map(|(n, a)| match &a.data {
+                NpyData::F32(v) => Input::f32(n, v, &a.shape).unwrap(),
+                NpyData::I64(v) => Input::i64(n, v, &a.shape).unwrap(),
+            })
+            .collect();
+        let mut c = Session::new(&m, opts(Device::Cpu)).unwrap();
+        let co: Vec<(String, Vec<f32>)> = c
+            .run(&inputs)
+            .unwrap()
+            .iter()
+            .map(|(n, v)| (n.to_string(), (0..v.rows()).flat_map(|r| v.row(r).to_vec()).collect()))
+            .collect();
+        let go = g.run(&inputs).unwrap();
+        for (name, want) in &co {
+            let got = go.get(name).unwrap();
+            assert_eq!(got.len(), want.len(), "{id} {name}");
+            for (i, (x, y)) in got.iter().zip(want).enumerate() {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{id} {name}[{i}]: gpu {x} vs cpu {y}");
+            }
+        }
+        println!("{id}: GPU matches the CPU");
+    }
 }

@@ -2,11 +2,13 @@
 // with one OS thread per CUDA thread, so index arithmetic, bounds, barriers and warp
 // reductions are exercised without a GPU. Only what graft's kernels use is provided:
 // 1-D blocks (a multiple of 32 threads), __syncthreads, __shfl_xor_sync over full warps,
-// __shared__ (function-scope statics; blocks run one after another), the _rn intrinsics
+// __shared__ (function-scope statics; blocks run one after another), atomicMin on u64, the
+// _rn intrinsics
 // (plain f32 operations; build with -ffp-contract=off) and the f32 math functions.
 // It says nothing about performance, memory coalescing or the real compiler's codegen.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -43,6 +45,14 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     float r = emu_warp_buf[lane ^ o];
     emu_warp_barrier->arrive_and_wait();
     return r;
+}
+// Real atomics: the emulated threads of a block run concurrently.
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+    std::atomic_ref<unsigned long long> a(*p);
+    unsigned long long old = a.load();
+    while (v < old && !a.compare_exchange_weak(old, v)) {
+    }
+    return old;
 }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }

@@ -14,6 +14,7 @@
 #include "../../src/cu/embedding.cu"
 #include "../../src/cu/lora.cu"
 #include "../../src/cu/elementwise.cu"
+#include "../../src/cu/tensor.cu"
 
 static std::mt19937 rng(12345);
 static float uni(float a = -1, float b = 1) { return std::uniform_real_distribution<float>(a, b)(rng); }
@@ -323,6 +324,8 @@ static void test_rows() {
     check("sigmoid in place", o2, r2, 1e-6f);
 }
 
+#include "tensor_checks.h"
+
 int main() {
     std::setvbuf(stdout, nullptr, _IOLBF, 0);  // keep the lines before a crash
     if (emu_f16_to_f32(0x3C00) != 1.0f || emu_f16_to_f32(0xC000) != -2.0f || emu_f16_to_f32(0x0001) != std::ldexp(1.0f, -24)) {
@@ -342,6 +345,7 @@ int main() {
     test_lora(true);
     test_ssf();
     test_rows();
+    test_tensor();
     std::printf("%s\n", failures ? "FAILED" : "all kernels agree with the references");
     return failures ? 1 : 0;
 }
