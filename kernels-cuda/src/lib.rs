@@ -267,6 +267,27 @@ pub enum TensorBinOp {
     Prelu = 15,
 }
 
+impl TensorBinOp {
+    /// Whether `binary_strided_i64` implements the op: wrapping add/sub/mul, min, max and
+    /// the comparisons (i64 division, whose zero divisor is an error, stays on the CPU).
+    pub fn has_i64_kernel(self) -> bool {
+        use TensorBinOp as B;
+        matches!(
+            self,
+            B::Add
+                | B::Sub
+                | B::Mul
+                | B::Min
+                | B::Max
+                | B::Equal
+                | B::Less
+                | B::LessEqual
+                | B::Greater
+                | B::GreaterEqual
+        )
+    }
+}
+
 /// Unary ops of `unary_f32`, numbered as `TU_*` in `tensor.cu` (the graph's `UnaryOp`
 /// order); [`UnaryCode::Act`] applies an activation. Parameters travel separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

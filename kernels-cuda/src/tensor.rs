@@ -229,21 +229,7 @@ impl Gpu {
         rows: usize,
         s: &Strided,
     ) -> Result<()> {
-        use TensorBinOp as B;
-        let ok = matches!(
-            op,
-            B::Add
-                | B::Sub
-                | B::Mul
-                | B::Min
-                | B::Max
-                | B::Equal
-                | B::Less
-                | B::LessEqual
-                | B::Greater
-                | B::GreaterEqual
-        );
-        if !ok {
+        if !op.has_i64_kernel() {
             return Err(CudaError::Invalid(format!("i64 {op:?} has no kernel")));
         }
         let total = s.total();

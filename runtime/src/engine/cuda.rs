@@ -586,21 +586,7 @@ fn device_tensor(
             DevTensor::Binary { op: binary_code(*op), walk: Strided::new(o, &[&strides(o), &a, &b])? }
         }
         TensorOp::Binary { op, ty: ValueType::I64, .. } => {
-            use GraphBinaryOp as B;
-            let ok = matches!(
-                op,
-                B::Add
-                    | B::Sub
-                    | B::Mul
-                    | B::Min
-                    | B::Max
-                    | B::Equal
-                    | B::Less
-                    | B::LessEqual
-                    | B::Greater
-                    | B::GreaterEqual
-            );
-            if !ok {
+            if !binary_code(*op).has_i64_kernel() {
                 return None; // i64 division (an error on zero) stays on the CPU
             }
             let o = &n?.shape[..];
@@ -620,18 +606,7 @@ fn device_tensor(
         }
         TensorOp::Reduce { op, ty: ValueType::F32, .. } => {
             let Op::Reduce { axes, .. } = &n?.op else { return None };
-            let s = shape(0);
-            let ist = strides(s);
-            let (mut kd, mut ks, mut rd, mut rs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for i in 0..s.len() {
-                if axes.contains(&i) {
-                    rd.push(s[i]);
-                    rs.push(ist[i]);
-                } else {
-                    kd.push(s[i]);
-                    ks.push(ist[i]);
-                }
-            }
+            let [(kd, ks), (rd, rs)] = super::tensor::split_axes(shape(0), axes);
             DevTensor::Reduce {
                 op: reduce_code(*op),
                 outer: Strided::new(&kd, &[&ks])?,

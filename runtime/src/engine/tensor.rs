@@ -365,18 +365,7 @@ pub(crate) fn plan(g: &Graph, node: usize) -> Result<Option<TensorOp>> {
         Op::Unary(op) => TensorOp::Unary { op: *op, ty: n.dtype },
         Op::Cast { to } => TensorOp::Cast { from: ty(0), to: *to },
         Op::Reduce { op, axes, .. } => {
-            let s = shape(0);
-            let ist = strides(s);
-            let (mut kd, mut ks, mut rd, mut rs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for i in 0..s.len() {
-                if axes.contains(&i) {
-                    rd.push(s[i]);
-                    rs.push(ist[i]);
-                } else {
-                    kd.push(s[i]);
-                    ks.push(ist[i]);
-                }
-            }
+            let [(kd, ks), (rd, rs)] = split_axes(shape(0), axes);
             TensorOp::Reduce {
                 op: *op,
                 ty: ty(0),
@@ -476,6 +465,19 @@ pub(crate) fn plan(g: &Graph, node: usize) -> Result<Option<TensorOp>> {
         _ => return Ok(None),
     };
     Ok(Some(op))
+}
+
+/// A reduction's two walks over `shape`: the kept axes `(dims, strides)`, then the reduced
+/// ones (every executor lays reductions out this way).
+pub(crate) fn split_axes(shape: &[usize], axes: &[usize]) -> [(Vec<usize>, Vec<usize>); 2] {
+    let st = strides(shape);
+    let (mut kept, mut reduced) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for (i, (&d, &s)) in shape.iter().zip(&st).enumerate() {
+        let side = if axes.contains(&i) { &mut reduced } else { &mut kept };
+        side.0.push(d);
+        side.1.push(s);
+    }
+    [kept, reduced]
 }
 
 fn odometer(idx: &mut [usize], dims: &[usize]) {
