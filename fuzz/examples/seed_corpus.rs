@@ -60,6 +60,50 @@ fn zoo() -> ModelBuilder {
     b
 }
 
+/// The tensor ops of graph version 2 on small row shapes: transpose, reshape, slice,
+/// gather with constant indices, broadcasting binaries against a constant, a mask and
+/// `where`, unary, softmax, reduce, matmul, tile, pad, top-k values and indices, concat
+/// along an axis, casts, embeddings with input and computed ids, and a 1-d convolution.
+fn tensor_ops() -> ModelBuilder {
+    use graft::builder::ConstValues;
+    use graft::graph::ValueType::{F32, I64};
+    use serde_json::json;
+    let mut b = ModelBuilder::new("tensor-ops");
+    b.dense_input_shaped("x", &[2, 4]);
+    b.ids_input_shaped("ids", &[3]);
+    b.constant("bias", &[4], ConstValues::F32(values(4, 1.0)));
+    b.constant("idx", &[2], ConstValues::I64(vec![3, 0]));
+    b.tensor_op("t", "transpose", &["x"], json!({"perm": [1, 0]}), &[4, 2], F32);
+    b.tensor_op("r", "reshape", &["t"], json!({}), &[8], F32);
+    b.tensor_op("s", "slice", &["x"], json!({"axis": 1, "start": 1, "end": 4, "step": 2}), &[2, 2], F32);
+    b.tensor_op("g", "gather", &["x", "idx"], json!({"axis": 1}), &[2, 2], F32);
+    b.tensor_op("a", "add", &["x", "bias"], json!({}), &[2, 4], F32);
+    b.tensor_op("m", "less", &["a", "bias"], json!({}), &[2, 4], F32);
+    b.tensor_op("w", "where", &["m", "a", "x"], json!({}), &[2, 4], F32);
+    b.tensor_op("e", "exp", &["w"], json!({}), &[2, 4], F32);
+    b.tensor_op("sm", "softmax", &["e"], json!({"axis": 1}), &[2, 4], F32);
+    b.tensor_op("red", "reduce", &["sm"], json!({"reduce": "sum", "axes": [1], "keepdims": true}), &[2, 1], F32);
+    b.tensor_op("mm", "matmul", &["x", "t"], json!({}), &[2, 2], F32);
+    b.tensor_op("tile", "tile", &["red"], json!({}), &[2, 2], F32);
+    b.tensor_op("pad", "pad", &["mm"], json!({"pads": [0, 0, 1, 1], "value": 0.5}), &[2, 4], F32);
+    let top = json!({"axis": 1, "k": 2, "largest": true, "output": "values"});
+    b.tensor_op("top", "topk", &["pad"], top, &[2, 2], F32);
+    let top_i = json!({"axis": 1, "k": 2, "largest": true, "output": "indices"});
+    b.tensor_op("ti", "topk", &["pad"], top_i, &[2, 2], I64);
+    b.tensor_op("cat", "concat", &["s", "g", "tile", "top"], json!({"axis": 1}), &[2, 8], F32);
+    b.tensor_op("c", "cast", &["ti"], json!({"to": "f32"}), &[2, 2], F32);
+    b.tensor_op("ids2", "cast", &["c"], json!({"to": "i64"}), &[2, 2], I64);
+    b.embedding("emb", "ids", Matrix::new(6, 2, values(12, 2.0)), &[3, 2]);
+    b.embedding("emb2", "ids2", Matrix::new(4, 3, values(12, 3.0)), &[2, 2, 3]);
+    let conv = json!({"kernel": [2], "strides": [1], "pads": [0, 0], "dilations": [1], "group": 1});
+    b.conv("conv", "x", Matrix::new(3, 4, values(12, 4.0)), Some(values(3, 5.0)), conv, &[3, 3]);
+    b.tensor_op("flat", "reshape", &["conv"], json!({}), &[9], F32);
+    for out in ["cat", "emb", "emb2", "flat", "r", "c"] {
+        b.output(out, out);
+    }
+    b
+}
+
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res {
@@ -90,7 +134,7 @@ fn container_seeds(dir: &Path) -> Res {
     formats.extend(
         [(Q8, Q8), (F16, Q4), (Q4, Bf16), (Bf16, Q8Rowwise)].map(|(linear, table)| WeightFormats { linear, table }),
     );
-    for (name, builder) in [("small", graft::synthetic::tiny()), ("zoo", zoo())] {
+    for (name, builder) in [("small", graft::synthetic::tiny()), ("zoo", zoo()), ("tensor", tensor_ops())] {
         for f in &formats {
             let bytes = builder.to_bytes(*f)?;
             // Check the seed is valid: a corpus of rejected files would fuzz only the envelope.

@@ -265,10 +265,12 @@ pub fn infer(
             }
             let mut out = vec![rows];
             for i in 0..n {
-                let span = dilations[i].checked_mul(kernel[i] - 1).map(|x| x + 1);
-                let padded = s[i + 1] + pads[i].0 + pads[i].1;
-                match span {
-                    Some(span) if kernel[i] > 0 && strides[i] > 0 && span <= padded => {
+                // Every size comes from the file: no arithmetic may overflow.
+                let span =
+                    kernel[i].checked_sub(1).and_then(|k| dilations[i].checked_mul(k)).and_then(|x| x.checked_add(1));
+                let padded = s[i + 1].checked_add(pads[i].0).and_then(|x| x.checked_add(pads[i].1));
+                match (span, padded) {
+                    (Some(span), Some(padded)) if strides[i] > 0 && span <= padded => {
                         out.push((padded - span) / strides[i] + 1)
                     }
                     _ => return Err(format!("kernel {kernel:?} does not fit row {s:?}")),
