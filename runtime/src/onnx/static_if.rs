@@ -97,7 +97,8 @@ impl InferenceOp for StaticIf {
         target: &mut TypedModel,
         mapping: &HashMap<OutletId, OutletId>,
     ) -> TractResult<TVec<OutletId>> {
-        let cond = source.outlet_fact(node.inputs[0])?.value.concretize();
+        let cond_outlet = node.inputs.first().ok_or_else(|| format_err!("If without a condition"))?;
+        let cond = source.outlet_fact(*cond_outlet)?.value.concretize();
         let Some(cond) = cond else { return self.inner.to_typed(source, node, target, mapping) };
         let (body, map) = if cond.cast_to_scalar::<bool>()? {
             (&self.inner.then_body, &self.then_map)
@@ -107,20 +108,27 @@ impl InferenceOp for StaticIf {
         let body = body.clone().into_typed()?;
         let mut wired: HashMap<OutletId, OutletId> = HashMap::new();
         for (ix, outlet) in body.input_outlets()?.iter().enumerate() {
-            let outer = node.inputs.get(map[ix]).ok_or_else(|| format_err!("If: branch input {ix}"))?;
-            wired.insert(*outlet, mapping[outer]);
+            let outer = map.get(ix).and_then(|&m| node.inputs.get(m)).and_then(|o| mapping.get(o));
+            wired.insert(*outlet, *outer.ok_or_else(|| format_err!("If: branch input {ix} is not wired"))?);
         }
         for n in body.eval_order()? {
             let inner = body.node(n);
             if inner.op_is::<TypedSource>() {
                 continue;
             }
-            let inputs: TVec<OutletId> = inner.inputs.iter().map(|o| wired[o]).collect();
+            let inputs = inner
+                .inputs
+                .iter()
+                .map(|o| wired.get(o).copied().ok_or_else(|| format_err!("If: branch node input not wired")))
+                .collect::<TractResult<TVec<OutletId>>>()?;
             let outs = target.wire_node(format!("{}.{}", node.name, inner.name), inner.op.clone(), &inputs)?;
             for (slot, o) in outs.iter().enumerate() {
                 wired.insert(OutletId::new(n, slot), *o);
             }
         }
-        Ok(body.output_outlets()?.iter().map(|o| wired[o]).collect())
+        body.output_outlets()?
+            .iter()
+            .map(|o| wired.get(o).copied().ok_or_else(|| format_err!("If: branch output not wired")))
+            .collect()
     }
 }
