@@ -496,3 +496,56 @@ fn bad_inputs_give_typed_errors() -> TestResult {
     }
     Ok(())
 }
+
+/// The 8-row batch repeated `times` times (per-row inputs only; flat bag inputs are left
+/// out of this check).
+fn repeated(batch: &Batch, times: usize) -> Batch {
+    let arrays = batch
+        .arrays
+        .iter()
+        .map(|(name, a)| {
+            let mut shape = a.shape.clone();
+            shape[0] *= times;
+            let data = match &a.data {
+                NpyData::F32(v) => NpyData::F32(v.repeat(times)),
+                NpyData::I64(v) => NpyData::I64(v.repeat(times)),
+            };
+            (name.clone(), graft::npy::NpyArray { shape, data })
+        })
+        .collect();
+    Batch { rows: batch.rows * times, arrays }
+}
+
+/// Large batches split their tensor ops across the pool by rows: the result must be bit
+/// for bit the one-thread result, and every repeated block must equal torch's rows.
+#[test]
+fn row_split_tensor_ops_are_exact() -> TestResult {
+    let mut failures = Vec::new();
+    for id in ["rechub_din", "rechub_autoint", "rechub_mmoe", "fuxictr_ccpm"] {
+        let spec = spec(id);
+        let model = converted_model(spec, Variant::Legacy, "f32")?;
+        let batch = repeated(&Batch::load(spec, "")?, 32);
+        let one = run_graft(&model, &batch, 1, None)?;
+        let want = torch_outputs(spec, "out_")?;
+        for threads in [2, 3] {
+            let many = run_graft(&model, &batch, threads, None)?;
+            for (name, v) in &one {
+                if many.get(name) != Some(v) {
+                    failures.push(format!("{id} `{name}`: {threads} threads differ from one"));
+                }
+            }
+        }
+        for (name, v) in &one {
+            let per_block = v.len() / 32;
+            for block in v.chunks(per_block) {
+                let diff = block.iter().zip(&want[name]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                if diff > 1e-5 {
+                    failures.push(format!("{id} `{name}`: a repeated block is {diff:.1e} from torch"));
+                    break;
+                }
+            }
+        }
+    }
+    finish("row_split_tensor_ops_are_exact", &failures);
+    Ok(())
+}

@@ -20,6 +20,9 @@ use crate::view::{MatMut, MatRef};
 const PAR_MIN_MACS: usize = 1 << 17;
 /// Rows below which embedding bags run on one thread.
 const PAR_MIN_BAG_ROWS: usize = 32;
+/// Output elements (rows × row width) below which a tensor op runs on one thread.
+#[cfg(feature = "std")]
+const PAR_MIN_TENSOR_ELEMENTS: usize = 1 << 13;
 /// How many bags ahead the executor prefetches table rows.
 const PREFETCH_BAGS: usize = 4;
 
@@ -30,6 +33,15 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
+
+/// An executor shared by the tasks of one pool job.
+#[cfg(feature = "std")]
+struct SyncExec<'e, 'a, 'i>(&'e Exec<'a, 'i>);
+// SAFETY: the tasks of a tensor step only read through the executor (model, inputs,
+// arena places of the step's inputs) and write disjoint row blocks of the step's output
+// and their own scratch blocks; the adapter pass is not touched.
+#[cfg(feature = "std")]
+unsafe impl Sync for SyncExec<'_, '_, '_> {}
 
 /// Everything one `run` needs to execute steps.
 pub(crate) struct Exec<'a, 'i> {
@@ -185,7 +197,7 @@ impl Exec<'_, '_> {
                     };
                     self.bags(&w, *ids, value, *mode, self.dst(*y));
                 }
-                Step::Tensor { node, op, ins, y } => self.tensor(*node, op, ins, *y)?,
+                Step::Tensor { node, op, ins, y } => self.tensor_step(*node, op, ins, *y)?,
                 Step::Activation { act, x, y, .. } => {
                     let (x, mut y) = (self.src(*x), self.dst(*y));
                     for r in 0..self.rows {
@@ -273,6 +285,46 @@ impl Exec<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// A tensor op, its rows split across the pool when the batch is big enough. Every
+    /// tensor op is the same op on each row, so row blocks are independent and the result
+    /// does not depend on the split; a failure reports the lowest failing block's error.
+    ///
+    /// # Safety
+    /// As for [`Exec::step`].
+    unsafe fn tensor_step(&self, node: usize, op: &super::tensor::TensorOp, ins: &[Src], y: Place) -> Result<()> {
+        let (rows, threads) = (self.rows, self.threads());
+        #[cfg(feature = "std")]
+        if threads > 1 && rows >= 2 * threads && rows.saturating_mul(y.width) >= PAR_MIN_TENSOR_ELEMENTS {
+            use std::sync::{Mutex, PoisonError};
+            let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+            let this = SyncExec(self);
+            let task = |t: usize| {
+                let this = &this;
+                let part = chunk(rows, threads, t, 1);
+                if part.is_empty() {
+                    return;
+                }
+                let start = part.start;
+                // SAFETY: task t alone writes rows `part` of `y` and uses scratch block t;
+                // everything else is only read during the job.
+                if let Err(e) = unsafe { this.0.tensor(node, op, ins, y, part, t) } {
+                    let mut first = failure.lock().unwrap_or_else(PoisonError::into_inner);
+                    if first.as_ref().is_none_or(|(at, _)| start < *at) {
+                        *first = Some((start, e));
+                    }
+                }
+            };
+            self.parallel(threads, &task);
+            return match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+                Some((_, e)) => Err(e),
+                None => Ok(()),
+            };
+        }
+        let _ = threads;
+        // SAFETY: forwarded from the caller; the calling thread owns scratch block 0.
+        unsafe { self.tensor(node, op, ins, y, 0..rows, 0) }
     }
 
     /// Runs the tap and post hooks at a completed non-linear node (hooks at a linear run

@@ -548,6 +548,16 @@ impl RowSrc {
         unsafe { core::slice::from_raw_parts(self.ptr.add(r * self.stride), self.width) }
     }
 
+    /// The same source with row `first` as row 0.
+    ///
+    /// # Safety
+    /// `first` must be below the rows the source holds.
+    #[inline]
+    unsafe fn skip(self, first: usize) -> RowSrc {
+        // SAFETY: row `first` starts inside the source (forwarded from the caller).
+        RowSrc { ptr: unsafe { self.ptr.add(first * self.stride) }, ..self }
+    }
+
     /// Rows `0..rows` as one f32 slice (row `r` starts at `r · stride`).
     ///
     /// # Safety
@@ -585,6 +595,16 @@ impl RowDst {
     unsafe fn f32<'a>(&self, r: usize) -> &'a mut [f32] {
         // SAFETY: forwarded from the caller and `Exec::row_dst`.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(r * self.stride), self.width) }
+    }
+
+    /// The same destination with row `first` as row 0.
+    ///
+    /// # Safety
+    /// `first` must be below the rows the destination holds.
+    #[inline]
+    unsafe fn skip(self, first: usize) -> RowDst {
+        // SAFETY: row `first` starts inside the destination (forwarded from the caller).
+        RowDst { ptr: unsafe { self.ptr.add(first * self.stride) }, ..self }
     }
 
     /// Rows `0..rows` as one f32 slice, the gaps between rows included.
@@ -665,6 +685,24 @@ impl Exec<'_, '_> {
         Ok(src)
     }
 
+    /// [`Exec::row_src`] from row `first` on.
+    ///
+    /// # Safety
+    /// As for [`Exec::row_src`], and `first` must be below the run's rows.
+    unsafe fn part_src(&self, first: usize, s: Src) -> Result<RowSrc> {
+        // SAFETY: forwarded.
+        Ok(unsafe { self.row_src(s)?.skip(first) })
+    }
+
+    /// [`Exec::i64_src`] from row `first` on.
+    ///
+    /// # Safety
+    /// As for [`Exec::part_src`].
+    unsafe fn part_i64_src(&self, first: usize, s: Src) -> Result<RowSrc> {
+        // SAFETY: forwarded.
+        Ok(unsafe { self.i64_src(s)?.skip(first) })
+    }
+
     /// The row destination of a place.
     ///
     /// # Safety
@@ -687,22 +725,36 @@ impl Exec<'_, '_> {
     ///
     /// # Safety
     /// As for [`Exec::step`]: the plan keeps `y` disjoint from the inputs.
-    pub(super) unsafe fn tensor(&self, node: usize, op: &TensorOp, ins: &[Src], y: Place) -> Result<()> {
+    /// # Safety
+    /// As above, and `worker` must be the index of the task running it (its scratch
+    /// block), with no other task writing rows of `part` of `y`.
+    pub(super) unsafe fn tensor(
+        &self,
+        node: usize,
+        op: &TensorOp,
+        ins: &[Src],
+        y: Place,
+        part: core::ops::Range<usize>,
+        worker: usize,
+    ) -> Result<()> {
         let g = self.model.graph();
         let out_ty = g.nodes.get(node).map_or(ValueType::F32, |n| n.dtype);
         let out_ty = match op {
             TensorOp::Copy { ty, .. } => *ty,
             _ => out_ty,
         };
-        // SAFETY: the caller guarantees the places; the scratch block 0 belongs to the
-        // calling thread while no pool job runs.
+        // SAFETY: the caller guarantees the places, that `part` lies within the batch and
+        // that scratch block `worker` is this task's alone.
         unsafe {
-            let dst = self.row_dst(y, out_ty)?;
-            let scratch = core::slice::from_raw_parts_mut(self.scratch, self.scratch_len);
-            let rows = self.rows;
+            let first = part.start;
+            let dst = self.row_dst(y, out_ty)?.skip(first);
+            let scratch =
+                core::slice::from_raw_parts_mut(self.scratch.add(worker * self.scratch_len), self.scratch_len);
+            // Rows are counted from `first` below; errors report absolute rows.
+            let rows = part.len();
             match op {
                 TensorOp::Copy { walk, src_base, dst_base, fill, ty } => {
-                    let x = self.row_src(ins[0])?;
+                    let x = self.part_src(first, ins[0])?;
                     match ty {
                         ValueType::F32 => {
                             for r in 0..rows {
@@ -714,7 +766,7 @@ impl Exec<'_, '_> {
                             }
                         }
                         ValueType::I64 => {
-                            let x = self.i64_src(ins[0])?;
+                            let x = self.part_i64_src(first, ins[0])?;
                             for r in 0..rows {
                                 copy_walk(walk, dst.i64(r), *dst_base, x.i64(r), *src_base);
                             }
@@ -723,7 +775,7 @@ impl Exec<'_, '_> {
                 }
                 TensorOp::Embedding { table, ids, dim } => {
                     let w = self.model.weight(*table)?;
-                    let x = self.i64_src(ins[0])?;
+                    let x = self.part_i64_src(first, ins[0])?;
                     for r in 0..rows {
                         let (idr, out) = (x.i64(r), dst.f32(r));
                         for j in 0..*ids {
@@ -731,7 +783,7 @@ impl Exec<'_, '_> {
                             if id < 0 || id as u64 >= w.rows as u64 {
                                 return Err(Error::IdOutOfRange {
                                     input: g.value_name(g.nodes[node].inputs[0]).into(),
-                                    position: r * ids + j,
+                                    position: (first + r) * ids + j,
                                     id,
                                     table: g.weights[*table].name.clone(),
                                     rows: w.rows,
@@ -742,19 +794,19 @@ impl Exec<'_, '_> {
                     }
                 }
                 TensorOp::Gather { pre, d, post, n, ty } => {
-                    let idx = self.i64_src(ins[1])?;
+                    let idx = self.part_i64_src(first, ins[1])?;
                     for r in 0..rows {
                         let ir = idx.i64(r);
                         // Check every index before writing anything of this row.
                         for &i in ir {
                             if wrap(i, *d).is_none() {
-                                return Err(self.node_error(node, r, i, *d));
+                                return Err(self.node_error(node, first + r, i, *d));
                             }
                         }
                         let at = |p: usize, j: usize| (p * d + wrap(ir[j], *d).unwrap_or(0)) * post;
                         match ty {
                             ValueType::F32 => {
-                                let (x, out) = (self.row_src(ins[0])?.f32(r), dst.f32(r));
+                                let (x, out) = (self.part_src(first, ins[0])?.f32(r), dst.f32(r));
                                 for p in 0..*pre {
                                     for j in 0..*n {
                                         let o = (p * n + j) * post;
@@ -763,7 +815,7 @@ impl Exec<'_, '_> {
                                 }
                             }
                             ValueType::I64 => {
-                                let (x, out) = (self.i64_src(ins[0])?.i64(r), dst.i64(r));
+                                let (x, out) = (self.part_i64_src(first, ins[0])?.i64(r), dst.i64(r));
                                 for p in 0..*pre {
                                     for j in 0..*n {
                                         let o = (p * n + j) * post;
@@ -775,20 +827,20 @@ impl Exec<'_, '_> {
                     }
                 }
                 TensorOp::GatherElements { walk, axis_len, axis_stride, ty } => {
-                    let idx = self.i64_src(ins[1])?;
+                    let idx = self.part_i64_src(first, ins[1])?;
                     for r in 0..rows {
                         let ir = idx.i64(r);
                         if let Some(&bad) = ir.iter().find(|&&i| wrap(i, *axis_len).is_none()) {
-                            return Err(self.node_error(node, r, bad, *axis_len));
+                            return Err(self.node_error(node, first + r, bad, *axis_len));
                         }
                         let at = |o: [usize; 2]| o[1] + wrap(ir[o[0]], *axis_len).unwrap_or(0) * axis_stride;
                         match ty {
                             ValueType::F32 => {
-                                let (x, out) = (self.row_src(ins[0])?.f32(r), dst.f32(r));
+                                let (x, out) = (self.part_src(first, ins[0])?.f32(r), dst.f32(r));
                                 walk.each(|o| out[o[0]] = x[at(o)]);
                             }
                             ValueType::I64 => {
-                                let (x, out) = (self.i64_src(ins[0])?.i64(r), dst.i64(r));
+                                let (x, out) = (self.part_i64_src(first, ins[0])?.i64(r), dst.i64(r));
                                 walk.each(|o| out[o[0]] = x[at(o)]);
                             }
                         }
@@ -796,7 +848,7 @@ impl Exec<'_, '_> {
                 }
                 TensorOp::Binary { op, ty, walk } => match ty {
                     ValueType::F32 => {
-                        let (a, b) = (self.row_src(ins[0])?, self.row_src(ins[1])?);
+                        let (a, b) = (self.part_src(first, ins[0])?, self.part_src(first, ins[1])?);
                         // One walk over the batch when the output owns whole rows of its
                         // buffer: its span then holds nothing but its own elements, so the
                         // `&mut` over it aliases no input (inputs' spans are shared views).
@@ -813,7 +865,7 @@ impl Exec<'_, '_> {
                         }
                     }
                     ValueType::I64 => {
-                        let (a, b) = (self.i64_src(ins[0])?, self.i64_src(ins[1])?);
+                        let (a, b) = (self.part_i64_src(first, ins[0])?, self.part_i64_src(first, ins[1])?);
                         for r in 0..rows {
                             let ok = if op.is_comparison() {
                                 binary_i64_cmp(*op, walk, dst.f32(r), a.i64(r), b.i64(r));
@@ -824,7 +876,7 @@ impl Exec<'_, '_> {
                             if !ok {
                                 return Err(Error::Arithmetic {
                                     node: g.nodes[node].name.clone(),
-                                    row: r,
+                                    row: first + r,
                                     detail: "i64 division by zero".into(),
                                 });
                             }
@@ -832,17 +884,17 @@ impl Exec<'_, '_> {
                     }
                 },
                 TensorOp::Where { ty, walk } => {
-                    let c = self.row_src(ins[0])?;
+                    let c = self.part_src(first, ins[0])?;
                     match ty {
                         ValueType::F32 => {
-                            let (a, b) = (self.row_src(ins[1])?, self.row_src(ins[2])?);
+                            let (a, b) = (self.part_src(first, ins[1])?, self.part_src(first, ins[2])?);
                             for r in 0..rows {
                                 let (out, c, a, b) = (dst.f32(r), c.f32(r), a.f32(r), b.f32(r));
                                 walk.each(|o| out[o[0]] = if c[o[1]] != 0.0 { a[o[2]] } else { b[o[3]] });
                             }
                         }
                         ValueType::I64 => {
-                            let (a, b) = (self.i64_src(ins[1])?, self.i64_src(ins[2])?);
+                            let (a, b) = (self.part_i64_src(first, ins[1])?, self.part_i64_src(first, ins[2])?);
                             for r in 0..rows {
                                 let (out, c, a, b) = (dst.i64(r), c.f32(r), a.i64(r), b.i64(r));
                                 walk.each(|o| out[o[0]] = if c[o[1]] != 0.0 { a[o[2]] } else { b[o[3]] });
@@ -852,7 +904,7 @@ impl Exec<'_, '_> {
                 }
                 TensorOp::Unary { op, ty } => match ty {
                     ValueType::F32 => {
-                        let x = self.row_src(ins[0])?;
+                        let x = self.part_src(first, ins[0])?;
                         if x.stride == x.width && dst.stride == dst.width {
                             // Both sides are one contiguous block of rows.
                             self.kernels.unary.unary(*op, x.f32_rows(rows), dst.f32_rows(rows));
@@ -863,7 +915,7 @@ impl Exec<'_, '_> {
                         }
                     }
                     ValueType::I64 => {
-                        let x = self.i64_src(ins[0])?;
+                        let x = self.part_i64_src(first, ins[0])?;
                         for r in 0..rows {
                             for (y, &v) in dst.i64(r).iter_mut().zip(x.i64(r)) {
                                 *y = match op {
@@ -879,26 +931,26 @@ impl Exec<'_, '_> {
                     for r in 0..rows {
                         match (from, to) {
                             (ValueType::F32, ValueType::I64) => {
-                                let x = self.row_src(ins[0])?.f32(r);
+                                let x = self.part_src(first, ins[0])?.f32(r);
                                 // `as` truncates toward zero and saturates (NaN → 0).
                                 dst.i64(r).iter_mut().zip(x).for_each(|(y, &v)| *y = v as i64);
                             }
                             (ValueType::I64, ValueType::F32) => {
-                                let x = self.i64_src(ins[0])?.i64(r);
+                                let x = self.part_i64_src(first, ins[0])?.i64(r);
                                 dst.f32(r).iter_mut().zip(x).for_each(|(y, &v)| *y = v as f32);
                             }
                             (ValueType::F32, ValueType::F32) => {
-                                dst.f32(r).copy_from_slice(self.row_src(ins[0])?.f32(r))
+                                dst.f32(r).copy_from_slice(self.part_src(first, ins[0])?.f32(r))
                             }
                             (ValueType::I64, ValueType::I64) => {
-                                dst.i64(r).copy_from_slice(self.i64_src(ins[0])?.i64(r))
+                                dst.i64(r).copy_from_slice(self.part_i64_src(first, ins[0])?.i64(r))
                             }
                         }
                     }
                 }
                 TensorOp::Reduce { op, ty, outer, inner, len } => match ty {
                     ValueType::F32 => {
-                        let x = self.row_src(ins[0])?;
+                        let x = self.part_src(first, ins[0])?;
                         for r in 0..rows {
                             let (x, out) = (x.f32(r), dst.f32(r));
                             let mut e = 0;
@@ -919,7 +971,7 @@ impl Exec<'_, '_> {
                         }
                     }
                     ValueType::I64 => {
-                        let x = self.i64_src(ins[0])?;
+                        let x = self.part_i64_src(first, ins[0])?;
                         for r in 0..rows {
                             let (x, out) = (x.i64(r), dst.i64(r));
                             let mut e = 0;
@@ -944,7 +996,7 @@ impl Exec<'_, '_> {
                     }
                 },
                 TensorOp::Softmax { log, outer, n, stride } => {
-                    let x = self.row_src(ins[0])?;
+                    let x = self.part_src(first, ins[0])?;
                     for r in 0..rows {
                         let out = dst.f32(r);
                         out.copy_from_slice(x.f32(r));
@@ -970,7 +1022,7 @@ impl Exec<'_, '_> {
                     for r in 0..rows {
                         match in_ty {
                             ValueType::F32 => {
-                                let x = self.row_src(ins[0])?.f32(r);
+                                let x = self.part_src(first, ins[0])?.f32(r);
                                 outer.each(|[ib, ob]| {
                                     let at = |j: usize| x[ib + j * in_stride];
                                     let better = |a: usize, b: usize| f32_precedes(at(a), at(b), *largest);
@@ -986,7 +1038,7 @@ impl Exec<'_, '_> {
                                 });
                             }
                             ValueType::I64 => {
-                                let x = self.i64_src(ins[0])?.i64(r);
+                                let x = self.part_i64_src(first, ins[0])?.i64(r);
                                 let out = dst.i64(r);
                                 outer.each(|[ib, ob]| {
                                     let at = |j: usize| x[ib + j * in_stride];
@@ -1003,7 +1055,7 @@ impl Exec<'_, '_> {
                     }
                 }
                 TensorOp::MatMul { lead, m, k, n } => {
-                    let (a, b) = (self.row_src(ins[0])?, self.row_src(ins[1])?);
+                    let (a, b) = (self.part_src(first, ins[0])?, self.part_src(first, ins[1])?);
                     for r in 0..rows {
                         let (out, a, b) = (dst.f32(r), a.f32(r), b.f32(r));
                         lead.each(|[o, ia, ib]| {
@@ -1021,7 +1073,7 @@ impl Exec<'_, '_> {
                 TensorOp::Conv { weight, bias, group, cin_g, spatial, positions, kq, out_g, table } => {
                     let w = self.model.weight(*weight)?;
                     let bias = bias.map(|b| self.model.vector(b)).transpose()?;
-                    let x = self.row_src(ins[0])?;
+                    let x = self.part_src(first, ins[0])?;
                     let kk = cin_g * kq;
                     let (cols, rest) = scratch.split_at_mut(positions * kk);
                     let (tmp, lin) = rest.split_at_mut(positions * out_g);
