@@ -373,6 +373,17 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// Refuses a parameter holding NaN or ±Inf, naming the tensor.
+fn check_finite(tensor: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::TensorEntry {
+            tensor: tensor.into(),
+            detail: format!("non-finite value {} at index {i}", values[i]),
+        }),
+    }
+}
+
 /// `mlp.0.weight.0` → `mlp.0.weight`: tract names its copies of a constant
 /// `<name>.<n>`.
 fn strip_copy_suffix(name: &str) -> &str {
@@ -476,17 +487,21 @@ impl Lowering<'_> {
         }
     }
 
+    /// `name` seen with row shape `to`: itself when `from` already is, else a (free)
+    /// `reshape` node named after `base`.
+    fn reshaped(&mut self, name: String, from: &[usize], to: &[usize], dtype: ValueType, base: &str) -> String {
+        if from == to {
+            return name;
+        }
+        let r = self.claim(base);
+        self.builder.tensor_op(&r, "reshape", &[&name], json!({}), to, dtype)
+    }
+
     /// An f32 parameter, refused when it holds NaN or ±Inf (graft never computes with
     /// non-finite weights).
     fn finite(&self, node: &TypedNode, input: usize, values: &[f32]) -> Result<()> {
-        match values.iter().position(|v| !v.is_finite()) {
-            None => Ok(()),
-            Some(i) => {
-                let tensor = node.inputs.get(input).map(|o| self.model.node(o.node).name.as_str());
-                let tensor = strip_copy_suffix(tensor.unwrap_or(&node.name)).to_string();
-                Err(Error::TensorEntry { tensor, detail: format!("non-finite value {} at index {i}", values[i]) })
-            }
-        }
+        let tensor = node.inputs.get(input).map(|o| self.model.node(o.node).name.as_str());
+        check_finite(strip_copy_suffix(tensor.unwrap_or(&node.name)), values)
     }
 
     /// Claims a unique graft name derived from `base`.
@@ -706,40 +721,21 @@ impl Lowering<'_> {
             return Ok(());
         }
         if op.downcast_ref::<MultiBroadcastTo>().is_some() || op.downcast_ref::<Tile>().is_some() {
-            let x = self.get(node, 0)?;
-            let name = self.operand(node, &x, "value")?;
-            if let Lowered::Val(v) = &x {
-                let out_rank = node.outputs[0].fact.rank();
-                if out_rank != v.shape.len() {
-                    return Err(self.unsupported(node, "broadcast that adds axes (tract normally adds them first)"));
+            let out_rank = node.outputs[0].fact.rank();
+            let name = match self.get(node, 0)? {
+                Lowered::Val(v) if v.shape.len() == out_rank => v.name,
+                Lowered::Val(_) => {
+                    return Err(self.unsupported(node, "a broadcast that adds axes (tract adds them first)"));
                 }
-            }
-            let x_rank = match &x {
-                Lowered::Val(v) => v.shape.len(),
-                Lowered::Const(t) => t.rank(),
+                // A constant takes the output's rank (leading 1s) before it is tiled.
+                Lowered::Const(t) => {
+                    let mut shape = vec![1usize; out_rank.saturating_sub(t.rank())];
+                    shape.extend_from_slice(t.shape());
+                    let values = const_values(&t).map_err(|e| self.unsupported(node, e))?;
+                    let c = self.claim(&format!("{}.value", node.name));
+                    self.builder.constant(&c, &shape, values)
+                }
             };
-            if x_rank != node.outputs[0].fact.rank() {
-                // A lower-rank constant: give it the output's rank first.
-                let fact = &node.outputs[0].fact;
-                let (shape, _) = self.row_shape(node, fact)?;
-                let mut padded = vec![1usize; shape.len() - x_rank];
-                if let Lowered::Const(t) = &x {
-                    padded.extend_from_slice(t.shape());
-                }
-                let reshaped = self.claim(&format!("{}.rank", node.name));
-                let dt = match &x {
-                    Lowered::Const(t) => value_type(t.datum_type()).unwrap_or(ValueType::F32),
-                    Lowered::Val(v) => v.dtype,
-                };
-                // Reshape of a constant is a constant of another shape.
-                if let Lowered::Const(t) = &x {
-                    let values = const_values(t).map_err(|e| self.unsupported(node, e))?;
-                    self.builder.constant(&reshaped, &padded, values);
-                    let _ = dt;
-                    self.emit(n, "tile", &[&reshaped], json!({}), None)?;
-                    return Ok(());
-                }
-            }
             self.emit(n, "tile", &[&name], json!({}), None)?;
             return Ok(());
         }
@@ -788,19 +784,6 @@ impl Lowering<'_> {
             return self.lower_rms_norm(n, r);
         }
         let name = op.name();
-        if let Some(act) = match name.as_ref() {
-            "GeluExact" => Some(Activation::Gelu),
-            "GeluApproximate" => Some(Activation::GeluTanh),
-            "Silu" => Some(Activation::Silu),
-            _ => None,
-        } {
-            let x = self.value_input(n, 0)?;
-            let y = self.claim(self.onnx_name(&node.name));
-            self.builder.activation(&y, act, &x.name);
-            self.builder.set_source(&y, self.onnx_name(&node.name));
-            self.set(n, 0, Lowered::Val(Val { name: y, ..x }));
-            return Ok(());
-        }
         Err(self.unsupported(
             node,
             format!(
@@ -871,24 +854,13 @@ impl Lowering<'_> {
         }
         let base = param_module(&bag.table).unwrap_or_else(|| sanitize(&bag.table));
         let name = self.claim(&base);
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::TensorEntry {
-                tensor: bag.table.clone(),
-                detail: format!("non-finite value at index {i}"),
-            });
-        }
+        check_finite(&bag.table, &values)?;
         self.builder.embedding_bag(&name, &[&bag.ids, &bag.offsets], Matrix::new(rows, cols, values), bag.mode);
         self.builder.set_source(&name, &bag.placeholder);
-        let v = Val { name, dtype: ValueType::F32, shape: vec![cols], batch_axis: 0, outer: 1 };
-        let fact_shape = self.row_shape(node, &node.outputs[0].fact)?.0;
-        let v = if fact_shape == v.shape {
-            v
-        } else {
-            let r = self.claim(&format!("{}.row", v.name));
-            self.builder.tensor_op(&r, "reshape", &[&v.name], json!({}), &fact_shape, ValueType::F32);
-            Val { name: r, shape: fact_shape, ..v }
-        };
-        self.set(n, 0, Lowered::Val(v));
+        let shape = self.row_shape(node, &node.outputs[0].fact)?.0;
+        let row = format!("{name}.row");
+        let name = self.reshaped(name, &[cols], &shape, ValueType::F32, &row);
+        self.set(n, 0, Lowered::Val(Val { name, dtype: ValueType::F32, shape, batch_axis: 0, outer: 1 }));
         Ok(())
     }
 
@@ -995,7 +967,11 @@ impl Lowering<'_> {
         let act = |a: Activation| (a.as_str(), json!({}));
         let (op, attrs) = match mini.name().as_ref() {
             "GeluExact" => act(Activation::Gelu),
-            "GeluApproximate" => act(Activation::GeluTanh),
+            // tract also matches a cubic-free variant (x² in the tanh argument): not GELU.
+            "GeluApproximate" => match mini.downcast_ref::<nn::GeluApproximate>() {
+                Some(g) if !g.fast_impl => act(Activation::GeluTanh),
+                _ => return Err(self.unsupported(node, "tanh GELU with x² instead of x³ has no graft lowering")),
+            },
             "Silu" => act(Activation::Silu),
             "Sigmoid" => act(Activation::Sigmoid),
             "Tanh" => act(Activation::Tanh),
@@ -1029,13 +1005,6 @@ impl Lowering<'_> {
         if x.dtype == ValueType::I64 && !matches!(op, "abs" | "neg" | "sign") {
             return Err(self.unsupported(node, format!("{op} of integers")));
         }
-        if let Some(a) = Activation::parse(op) {
-            let y = self.claim(self.onnx_name(&node.name));
-            self.builder.activation(&y, a, &x.name);
-            self.builder.set_source(&y, self.onnx_name(&node.name));
-            self.set(n, 0, Lowered::Val(Val { name: y, ..x }));
-            return Ok(());
-        }
         self.emit(n, op, &[&x.name], attrs, None)?;
         Ok(())
     }
@@ -1051,10 +1020,8 @@ impl Lowering<'_> {
             && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
             && x.dtype == ValueType::F32
         {
-            let y = self.claim(self.onnx_name(&node.name));
-            self.builder.activation(&y, Activation::Relu, &x.name);
-            self.builder.set_source(&y, self.onnx_name(&node.name));
-            self.set(n, 0, Lowered::Val(Val { name: y, ..x.clone() }));
+            let x = x.name.clone();
+            self.emit(n, Activation::Relu.as_str(), &[&x], json!({}), None)?;
             return Ok(());
         }
         let (op, swap) = match mini {
@@ -1119,11 +1086,6 @@ impl Lowering<'_> {
                 Err(self.unsupported(node, "gathering along the batch axis"))
             }
             _ => {
-                if let Lowered::Val(d) = &data
-                    && let Lowered::Val(i) = &idx
-                {
-                    let _ = (d, i);
-                }
                 let (x, i) = (self.operand(node, &data, "data")?, self.operand(node, &idx, "indices")?);
                 self.emit(n, "gather", &[&x, &i], json!({"axis": axis}), None)?;
                 Ok(())
@@ -1183,12 +1145,8 @@ impl Lowering<'_> {
         bag_shape.push(cols);
         let (shape, batch) = self.row_shape(reduce_node, &reduce_node.outputs[0].fact)?;
         let batch_axis = batch.ok_or_else(|| self.unsupported(reduce_node, "lost the batch"))?;
-        let out = if shape == bag_shape {
-            name
-        } else {
-            let r = self.claim(&format!("{name}.keepdims"));
-            self.builder.tensor_op(&r, "reshape", &[&name], json!({}), &shape, ValueType::F32)
-        };
+        let keepdims = format!("{name}.keepdims");
+        let out = self.reshaped(name, &bag_shape, &shape, ValueType::F32, &keepdims);
         self.absorbed.insert(succ.node);
         let v = Val { name: out, dtype: ValueType::F32, shape, batch_axis, outer: ids.outer };
         self.values.insert(OutletId::new(succ.node, 0), Lowered::Val(v));
@@ -1433,11 +1391,7 @@ impl Lowering<'_> {
         let transpose = perm.iter().enumerate().any(|(i, &p)| i != p) && !moves_only_unit_axes(&natural_shape, &perm);
         let mut current = shape;
         if transpose {
-            if current != natural_shape {
-                let r = self.claim(&format!("{}.split", node.name));
-                self.builder.tensor_op(&r, "reshape", &[&name], json!({}), &natural_shape, ValueType::F32);
-                name = r;
-            }
+            name = self.reshaped(name, &current, &natural_shape, ValueType::F32, &format!("{}.split", node.name));
             let ordered: Vec<usize> = perm.iter().map(|&i| natural_shape[i]).collect();
             let t = self.claim(&format!("{}.order", node.name));
             self.builder.tensor_op(&t, "transpose", &[&name], json!({"perm": perm}), &ordered, ValueType::F32);
@@ -1445,11 +1399,7 @@ impl Lowering<'_> {
             current = ordered;
         }
         // Without a transpose the elements are already in output order.
-        if current != out_shape {
-            let r = self.claim(&format!("{}.out", node.name));
-            self.builder.tensor_op(&r, "reshape", &[&name], json!({}), out_shape, ValueType::F32);
-            name = r;
-        }
+        let name = self.reshaped(name, &current, out_shape, ValueType::F32, &format!("{}.out", node.name));
         let outer = self.input_outer(node);
         let v = Val { name, dtype: ValueType::F32, shape: out_shape.to_vec(), batch_axis: out_batch, outer };
         self.set(n, 0, Lowered::Val(v.clone()));
@@ -1503,12 +1453,7 @@ impl Lowering<'_> {
             name = t;
             current = permuted;
         }
-        if current != shape {
-            let r = self.claim(&format!("{}.{hint}_r", node.name));
-            self.builder.tensor_op(&r, "reshape", &[&name], json!({}), shape, x.dtype);
-            name = r;
-        }
-        Ok(name)
+        Ok(self.reshaped(name, &current, shape, x.dtype, &format!("{}.{hint}_r", node.name)))
     }
 
     /// Like [`Self::arrange`], for a value or a constant (permuted at convert time).
