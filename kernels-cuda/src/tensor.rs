@@ -197,16 +197,8 @@ impl Gpu {
         rows: usize,
         s: &Strided,
     ) -> Result<()> {
-        let total = s.total();
-        if rows == 0 || total == 0 {
-            return Ok(());
-        }
-        let (lda, ldb, ldy, ri, ti, op) = (int(lda)?, int(ldb)?, int(ldy)?, int(rows)?, int(total)?, op as i32);
-        let mut l = stream.launch_builder(self.function("binary_strided_f32")?);
-        l.arg(&a).arg(&lda).arg(&b).arg(&ldb).arg(&y).arg(&ldy).arg(&ri).arg(&ti).arg(s).arg(&op);
-        // SAFETY: matches tensor.cu; addresses valid by contract.
-        unsafe { l.launch(grid(rows, total, 256)?) }?;
-        Ok(())
+        // SAFETY: forwarded from the caller.
+        unsafe { self.binary_kernel("binary_strided_f32", stream, op, (a, lda), (b, ldb), (y, ldy), rows, s) }
     }
 
     /// The i64 form of [`Gpu::binary_strided`]: add, sub, mul (wrapping), min and max
@@ -232,12 +224,32 @@ impl Gpu {
         if !op.has_i64_kernel() {
             return Err(CudaError::Invalid(format!("i64 {op:?} has no kernel")));
         }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.binary_kernel("binary_strided_i64", stream, op, (a, lda), (b, ldb), (y, ldy), rows, s) }
+    }
+
+    /// Launches one of the two broadcast binary kernels (they share their signature).
+    ///
+    /// # Safety
+    /// As [`Gpu::binary_strided`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn binary_kernel(
+        &self,
+        kernel: &str,
+        stream: &CudaStream,
+        op: TensorBinOp,
+        (a, lda): (u64, usize),
+        (b, ldb): (u64, usize),
+        (y, ldy): (u64, usize),
+        rows: usize,
+        s: &Strided,
+    ) -> Result<()> {
         let total = s.total();
         if rows == 0 || total == 0 {
             return Ok(());
         }
         let (lda, ldb, ldy, ri, ti, op) = (int(lda)?, int(ldb)?, int(ldy)?, int(rows)?, int(total)?, op as i32);
-        let mut l = stream.launch_builder(self.function("binary_strided_i64")?);
+        let mut l = stream.launch_builder(self.function(kernel)?);
         l.arg(&a).arg(&lda).arg(&b).arg(&ldb).arg(&y).arg(&ldy).arg(&ri).arg(&ti).arg(s).arg(&op);
         // SAFETY: matches tensor.cu; addresses valid by contract.
         unsafe { l.launch(grid(rows, total, 256)?) }?;
