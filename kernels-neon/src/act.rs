@@ -2,15 +2,16 @@
 //!
 //! Algorithm: `relu`, `add`, `mul` and `divide`-like ops are one IEEE operation per
 //! element and match the scalar reference bit for bit (`relu` keeps NaN: only lanes that
-//! compare less than zero become zero). `sigmoid` and `silu` evaluate `e^x` with a
-//! Cephes-style range reduction to `2^n · e^r` (`|r| ≤ ln2/2`, `ln 2` split in two for an
-//! exact `x − n·ln2`) and a degree-6 polynomial, a few ulp from `expf`, then divide
-//! exactly; graft's contract for them is a relative 2e-6. Tails shorter than a vector
+//! compare less than zero become zero). `sigmoid` and `silu` evaluate `e^x` with
+//! [`exp4`] (a Cephes-style range reduction and a degree-6 polynomial, a few ulp from
+//! `expf` over the whole f32 range), then divide exactly; graft's contract for them is a relative 2e-6. Tails shorter than a vector
 //! are copied into a zero-padded vector and run through the same code, so every element
 //! sees the same arithmetic. `layer_norm` sums with four lanes (pairwise `faddp` at the
 //! end) and normalizes each element with the reference's operation order.
 
 use core::arch::aarch64::*;
+
+use crate::exp::exp4;
 
 /// Applies `f` to `x` four lanes at a time (the tail padded with zeros).
 #[inline(always)]
@@ -28,25 +29,6 @@ fn map(x: &mut [f32], f: impl Fn(float32x4_t) -> float32x4_t) {
         unsafe { vst1q_f32(t.as_mut_ptr(), f(vld1q_f32(t.as_ptr()))) };
         let n = rest.len();
         rest.copy_from_slice(&t[..n]);
-    }
-}
-
-/// `e^x` per lane, inputs clamped to ±88.38.
-#[inline(always)]
-pub fn exp4(x: float32x4_t) -> float32x4_t {
-    // SAFETY: register-only NEON arithmetic (baseline on this target).
-    unsafe {
-        let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-88.376_26)), vdupq_n_f32(88.376_26));
-        let fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(core::f32::consts::LOG2_E)));
-        let r = vfmsq_f32(x, fx, vdupq_n_f32(0.693_359_4));
-        let r = vfmsq_f32(r, fx, vdupq_n_f32(-2.121_944_4e-4));
-        let mut y = vdupq_n_f32(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-            y = vfmaq_f32(vdupq_n_f32(c), y, r);
-        }
-        let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), y, vmulq_f32(r, r));
-        let pow2 = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)));
-        vmulq_f32(y, vreinterpretq_f32_s32(pow2))
     }
 }
 
