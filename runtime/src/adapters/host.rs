@@ -225,12 +225,16 @@ pub fn host_kernels(level: Level) -> HostKernelsRef {
     static NEON: OnceLock<HostKernelsRef> = OnceLock::new();
     static DOTPROD: OnceLock<HostKernelsRef> = OnceLock::new();
     static I8MM: OnceLock<HostKernelsRef> = OnceLock::new();
+    static AVX512: OnceLock<HostKernelsRef> = OnceLock::new();
+    static AVX512_VNNI: OnceLock<HostKernelsRef> = OnceLock::new();
     match level {
         Level::Scalar => *SCALAR.get_or_init(table::<0>),
         Level::Avx2 => *AVX2.get_or_init(table::<1>),
         Level::Neon => *NEON.get_or_init(table::<2>),
         Level::Dotprod => *DOTPROD.get_or_init(table::<3>),
         Level::I8mm => *I8MM.get_or_init(table::<4>),
+        Level::Avx512 => *AVX512.get_or_init(table::<5>),
+        Level::Avx512Vnni => *AVX512_VNNI.get_or_init(table::<6>),
     }
 }
 
@@ -244,6 +248,8 @@ fn kernels_of<const L: u8>() -> &'static Kernels {
         2 => Level::Neon,
         3 => Level::Dotprod,
         4 => Level::I8mm,
+        5 => Level::Avx512,
+        6 => Level::Avx512Vnni,
         _ => Level::Scalar,
     };
     // A table for a level is only built for sessions that selected it, so it exists.

@@ -6,7 +6,8 @@
 //! [`ElementwiseKernel`] (activations, add, mul), [`DotKernel`] and [`NormKernel`]. A
 //! [`Kernels`] table bundles one implementation of each; [`select`] picks the table for a
 //! [`Level`] after checking the CPU, and [`from_env`] honours `GRAFT_KERNELS`
-//! (`scalar` forces the reference; `avx2`, `neon`, `dotprod`, `i8mm` force a fast level
+//! (`scalar` forces the reference; `avx2`, `avx512`, `avx512-vnni`, `neon`, `dotprod`,
+//! `i8mm` force a fast level
 //! and are refused with [`Error::KernelUnavailable`] on a CPU that lacks it). The table is what adapter plugins will be handed, so
 //! their math runs at host speed without shipping kernels of their own.
 //!
@@ -131,6 +132,10 @@ pub enum Level {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX-512 (F, BW, DQ, VL) on top of AVX2: 16-lane f32 kernels.
+    Avx512,
+    /// x86-64 AVX-512 + AVX512-VNNI: the AVX-512 kernels with `vpdpbusd` int8 dot products.
+    Avx512Vnni,
     /// aarch64 Advanced SIMD (every aarch64 CPU): f32 FMA, q8 codes widened to f32.
     Neon,
     /// aarch64 NEON + FEAT_DotProd: q8 linears through exact SDOT sums of split
@@ -147,6 +152,8 @@ impl Level {
         match self {
             Level::Scalar => "scalar",
             Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+            Level::Avx512Vnni => "avx512-vnni",
             Level::Neon => "neon",
             Level::Dotprod => "dotprod",
             Level::I8mm => "i8mm",
@@ -158,6 +165,8 @@ impl Level {
         match s {
             "scalar" => Some(Level::Scalar),
             "avx2" => Some(Level::Avx2),
+            "avx512" => Some(Level::Avx512),
+            "avx512-vnni" => Some(Level::Avx512Vnni),
             "neon" => Some(Level::Neon),
             "dotprod" => Some(Level::Dotprod),
             "i8mm" => Some(Level::I8mm),
@@ -170,9 +179,9 @@ impl Level {
         match self {
             Level::Scalar => true,
             #[cfg(all(feature = "std", target_arch = "x86_64"))]
-            Level::Avx2 => x86_64::cpu_has_avx2(),
+            Level::Avx2 | Level::Avx512 | Level::Avx512Vnni => x86_64::cpu_has(self),
             #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
-            Level::Avx2 => false,
+            Level::Avx2 | Level::Avx512 | Level::Avx512Vnni => false,
             #[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
             Level::Neon | Level::Dotprod | Level::I8mm => aarch64::cpu_has(self),
             #[cfg(not(all(feature = "std", target_arch = "aarch64", target_feature = "neon")))]
@@ -180,9 +189,10 @@ impl Level {
         }
     }
 
-    /// The best level this CPU runs (i8mm before dotprod before neon on aarch64).
+    /// The best level this CPU runs (avx512-vnni before avx512 before avx2 on x86-64,
+    /// i8mm before dotprod before neon on aarch64).
     pub fn detect() -> Level {
-        [Level::Avx2, Level::I8mm, Level::Dotprod, Level::Neon]
+        [Level::Avx512Vnni, Level::Avx512, Level::Avx2, Level::I8mm, Level::Dotprod, Level::Neon]
             .into_iter()
             .find(|l| l.is_available())
             .unwrap_or(Level::Scalar)
@@ -193,6 +203,8 @@ impl Level {
         match self {
             Level::Scalar => "nothing",
             Level::Avx2 => "x86-64 AVX2, FMA and F16C",
+            Level::Avx512 => "x86-64 AVX2, FMA, F16C and AVX-512 F/BW/DQ/VL",
+            Level::Avx512Vnni => "x86-64 AVX2, FMA, F16C, AVX-512 F/BW/DQ/VL and AVX512-VNNI",
             Level::Neon => "aarch64 NEON",
             Level::Dotprod => "aarch64 NEON and dotprod (SDOT)",
             Level::I8mm => "aarch64 NEON and i8mm (SMMLA)",
@@ -200,7 +212,8 @@ impl Level {
     }
 
     /// Every level, reference first.
-    pub const ALL: [Level; 5] = [Level::Scalar, Level::Avx2, Level::Neon, Level::Dotprod, Level::I8mm];
+    pub const ALL: [Level; 7] =
+        [Level::Scalar, Level::Avx2, Level::Avx512, Level::Avx512Vnni, Level::Neon, Level::Dotprod, Level::I8mm];
 
     /// Whether q8 linears at this level split activations into int8 digits for exact
     /// integer dot products (`dotprod`, `i8mm`). Their results then differ from the scalar
@@ -276,7 +289,7 @@ pub fn select(level: Level) -> Result<&'static Kernels> {
     match level {
         Level::Scalar => Ok(&SCALAR),
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        Level::Avx2 => Ok(x86_64::table()),
+        Level::Avx2 | Level::Avx512 | Level::Avx512Vnni => Ok(x86_64::table(level)),
         #[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
         Level::Neon | Level::Dotprod | Level::I8mm => aarch64::table(level).ok_or_else(|| Error::KernelUnavailable {
             level: level.as_str().into(),
@@ -298,7 +311,9 @@ pub fn from_env() -> Result<&'static Kernels> {
         if !value.is_empty() && value != "auto" {
             let level = Level::parse(value).ok_or_else(|| Error::KernelUnavailable {
                 level: value.into(),
-                detail: alloc::format!("{KERNELS_ENV} must be one of auto, scalar, avx2, neon, dotprod, i8mm"),
+                detail: alloc::format!(
+                    "{KERNELS_ENV} must be one of auto, scalar, avx2, avx512, avx512-vnni, neon, dotprod, i8mm"
+                ),
             })?;
             return select(level);
         }

@@ -20,6 +20,25 @@ pub(crate) fn cpu_has_avx2() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
+/// Whether the CPU has every feature the AVX-512 tables use (on top of AVX2).
+pub(crate) fn cpu_has_avx512() -> bool {
+    cpu_has_avx2()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Whether the CPU runs the x86-64 `level`.
+pub(crate) fn cpu_has(level: Level) -> bool {
+    match level {
+        Level::Avx2 => cpu_has_avx2(),
+        Level::Avx512 => cpu_has_avx512(),
+        Level::Avx512Vnni => cpu_has_avx512() && std::is_x86_feature_detected!("avx512vnni"),
+        _ => false,
+    }
+}
+
 /// The AVX2 kernels. Constructed only in [`AVX2`], handed out only after detection.
 #[derive(Debug)]
 pub(crate) struct Avx2(());
@@ -37,9 +56,10 @@ static AVX2: Kernels = Kernels {
     unary: &Avx2(()),
 };
 
-/// The AVX2 table. Callers must have checked [`cpu_has_avx2`].
-pub(crate) fn table() -> &'static Kernels {
-    debug_assert!(cpu_has_avx2());
+/// The table for an x86-64 `level`. Callers must have checked [`cpu_has`].
+// TODO(issue 14): the AVX-512 levels get their own tables; until then they run AVX2's.
+pub(crate) fn table(level: Level) -> &'static Kernels {
+    debug_assert!(cpu_has(level));
     &AVX2
 }
 
