@@ -37,7 +37,7 @@
 /**
  * Minor version of the C ABI: bumped when functions or statuses are added.
  */
-#define GRAFT_ABI_MINOR 0
+#define GRAFT_ABI_MINOR 1
 
 /**
  * What a call did. `GRAFT_STATUS_OK` is zero; every other value is a failure, and
@@ -66,6 +66,11 @@ enum graft_status
    */
   GRAFT_STATUS_NOT_FOUND = 3,
   /**
+   * The handle is in use on another thread where the API allows one thread at a time
+   * (a session run or read while another thread runs it); nothing was done.
+   */
+  GRAFT_STATUS_BUSY = 4,
+  /**
    * A file could not be read or written.
    */
   GRAFT_STATUS_IO = 20,
@@ -87,6 +92,11 @@ enum graft_status
    */
   GRAFT_STATUS_CUDA_UNAVAILABLE = 24,
   /**
+   * Memory or worker threads sized by the model or the options could not be obtained
+   * (e.g. `threads` or `max_batch` far beyond the machine); nothing was allocated.
+   */
+  GRAFT_STATUS_RESOURCE_EXHAUSTED = 25,
+  /**
    * An input is missing, unknown, duplicated, or of the wrong dtype or shape, or the
    * inputs disagree on the batch size.
    */
@@ -103,6 +113,11 @@ enum graft_status
    * A dense input holds NaN or ±Inf and the session rejects non-finite inputs.
    */
   GRAFT_STATUS_NON_FINITE_INPUT = 43,
+  /**
+   * A row's outputs hold NaN or ±Inf from finite inputs (see `graft_row_fault`; runs
+   * report these per row and succeed).
+   */
+  GRAFT_STATUS_NON_FINITE_OUTPUT = 44,
   /**
    * An adapter kind refused an adapter's files or options, or failed running it.
    */
@@ -227,7 +242,7 @@ typedef uint32_t graft_input_kind;
 #endif // __cplusplus
 
 /**
- * What to do with NaN or ±Inf in dense inputs.
+ * What to do with NaN or ±Inf in dense inputs (and outputs).
  */
 enum graft_nan_policy
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -235,11 +250,12 @@ enum graft_nan_policy
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
   /**
-   * Refuse the batch with `GRAFT_STATUS_NON_FINITE_INPUT` naming input, row, column.
+   * Refuse the batch with `GRAFT_STATUS_NON_FINITE_INPUT` naming input, row, column,
+   * and list rows whose outputs are not finite (`graft_session_row_fault`).
    */
   GRAFT_NAN_POLICY_REJECT = 0,
   /**
-   * Compute anyway; non-finite values propagate.
+   * Compute anyway; non-finite values propagate, and outputs are not checked.
    */
   GRAFT_NAN_POLICY_PROPAGATE = 1,
 };
@@ -255,7 +271,9 @@ typedef uint32_t graft_nan_policy;
  * A model opened from a `.graft` container.
  *
  * Lifetime: valid until `graft_model_free`; sessions and registries made from it keep
- * the model (and its file mapping) alive on their own, so it may be freed first.
+ * the model (and its file mapping) alive on their own, so it may be freed first. The
+ * input and output names it hands out stay valid until the model and every session and
+ * registry made from it are freed.
  * Thread-safety: immutable; may be used from any number of threads at once.
  */
 typedef struct graft_model graft_model;
@@ -421,6 +439,30 @@ typedef struct graft_output {
   size_t cols;
 } graft_output;
 
+/**
+ * A row of the last run whose outputs hold NaN or ±Inf although its inputs were
+ * finite (the model or an adapter overflowed): answer that row with an error and serve
+ * the others. Checked under `GRAFT_NAN_POLICY_REJECT`, the default.
+ */
+typedef struct graft_row_fault {
+  /**
+   * The row of the batch.
+   */
+  size_t row;
+  /**
+   * The first output of the row that is not finite (index as in `graft_session_output`).
+   */
+  size_t output;
+  /**
+   * Its column.
+   */
+  size_t col;
+  /**
+   * The value found there (NaN, +Inf or -Inf).
+   */
+  float value;
+} graft_row_fault;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -475,7 +517,8 @@ graft_status graft_model_input_count(const struct graft_model *model, size_t *ou
 
 /**
  * Describes graph input `index` (0-based, graph order) into `*out`. The name is owned
- * by the model and valid until it is freed.
+ * by the model and stays valid until the model and every session and registry made
+ * from it are freed (handles may be freed in any order).
  *
  * # Safety
  * `model` is a live model; `out` points to writable storage.
@@ -494,7 +537,7 @@ graft_status graft_model_output_count(const struct graft_model *model, size_t *o
 
 /**
  * Writes the name of graph output `index` to `*out` (owned by the model, valid until
- * it is freed).
+ * the model and every session and registry made from it are freed).
  *
  * # Safety
  * `model` is a live model; `out` points to writable storage.
@@ -635,8 +678,10 @@ void graft_row_adapters_free(struct graft_row_adapters *rows);
 
 /**
  * Clears the rows and re-resolves against the registry's current snapshot, picking up
- * adapters swapped since (a uniform assignment keeps its stack). Allocates little once
- * warmed up; call it per request to serve the newest versions.
+ * adapters swapped since (a uniform assignment keeps its stack). Keeps the assignment's
+ * buffers (the Rust `RowAdapters::refresh`, which the counting-allocator test checks
+ * allocates nothing once warmed up) instead of building a new assignment; call it per
+ * request to serve the newest versions.
  *
  * # Safety
  * `rows` is a live assignment no other thread uses now.
@@ -709,7 +754,10 @@ void graft_session_free(struct graft_session *session);
  * graph inputs, any order). `adapters` NULL runs the base model; otherwise each row uses
  * its assigned adapters (the assignment must have as many rows as the batch, unless it
  * is uniform). On success the outputs and tickets of this run replace the previous
- * ones; on failure there are none.
+ * ones; on failure there are none. Under `GRAFT_NAN_POLICY_REJECT` a run succeeds
+ * even when some rows' outputs are not finite: check `graft_session_row_fault_count`
+ * and answer those rows with an error. A session used by another thread at the same
+ * time gives `GRAFT_STATUS_BUSY` (and nothing runs).
  *
  * # Safety
  * `session` is a live session no other thread uses now; `inputs` points to `n_inputs`
@@ -780,6 +828,25 @@ graft_status graft_session_ticket(const struct graft_session *session,
  * `session` is a live session; `out` points to writable storage.
  */
 graft_status graft_session_kernels(const struct graft_session *session, const char **out);
+
+/**
+ * Writes the number of rows of the last run whose outputs are not finite to `*out`
+ * (0 after a failed run, and always 0 under `GRAFT_NAN_POLICY_PROPAGATE`).
+ *
+ * # Safety
+ * `session` is a live session; `out` points to writable storage.
+ */
+graft_status graft_session_row_fault_count(const struct graft_session *session, size_t *out);
+
+/**
+ * Describes row fault `index` of the last run (row order, one per row) into `*out`.
+ *
+ * # Safety
+ * `session` is a live session; `out` points to writable storage.
+ */
+graft_status graft_session_row_fault(const struct graft_session *session,
+                                     size_t index,
+                                     struct graft_row_fault *out);
 
 /**
  * The message of the most recent failed call on the calling thread, or "" if none

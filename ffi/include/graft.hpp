@@ -171,6 +171,15 @@ class Session {
     for (std::size_t k = 0; k < n; k++) check(graft_session_output(handle_.get(), k, &out[k]), "graft_session_output");
     return out;
   }
+  /* Rows of the last run whose outputs are NaN or ±Inf from finite inputs (answer them
+   * with an error, serve the others); empty under GRAFT_NAN_POLICY_PROPAGATE. */
+  std::vector<graft_row_fault> row_faults() const {
+    std::size_t n = 0;
+    check(graft_session_row_fault_count(handle_.get(), &n), "graft_session_row_fault_count");
+    std::vector<graft_row_fault> out(n);
+    for (std::size_t k = 0; k < n; k++) check(graft_session_row_fault(handle_.get(), k, &out[k]), "graft_session_row_fault");
+    return out;
+  }
   graft_output output(const std::string &name) const {
     graft_output out{};
     check(graft_session_output_by_name(handle_.get(), name.c_str(), &out), "graft_session_output_by_name");

@@ -9,9 +9,18 @@
 //! - out-parameters are checked first and written last, so a failed call leaves the
 //!   caller's variables untouched (no partial successes).
 //!
-//! Handles are plain `Box`es of the `graft_*` structs, which cbindgen declares opaque.
+//! Handles are `Box`es of a [`Slot`] around the `graft_*` structs (which cbindgen
+//! declares opaque). The slot starts with a type tag, checked on every use, so a handle
+//! of another type (a session passed as a model) or a freed handle whose memory was not
+//! reused yet is refused with `GRAFT_STATUS_INVALID_ARGUMENT` instead of being read as
+//! the wrong struct; a free overwrites the tag with a poison value first. A use counter
+//! next to it detects a handle used from two threads at once where the API forbids it
+//! (a run while another thread runs or reads the same session): the late call gets
+//! `GRAFT_STATUS_BUSY` instead of a data race. Both are one atomic operation per call.
 
+use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_char};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::status::{graft_status, set_last_error, status_of};
@@ -71,7 +80,7 @@ pub(crate) fn call(name: &str, body: impl FnOnce() -> Outcome) -> graft_status {
 ///
 /// # Safety
 /// `handle` follows [`arg_ref`]'s contract; `out` points to writable storage for a `T`.
-pub(crate) unsafe fn get<H, T>(
+pub(crate) unsafe fn get<H: Handle, T>(
     name: &str,
     handle: *const H,
     what: &str,
@@ -82,7 +91,7 @@ pub(crate) unsafe fn get<H, T>(
         let out = Out::new(out, "out")?;
         // SAFETY: the caller's contract.
         let h = unsafe { arg_ref(handle, what) }?;
-        out.write(value(h)?);
+        out.write(value(&h)?);
         Ok(())
     })
 }
@@ -93,19 +102,142 @@ pub(crate) fn infallible<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
-/// Drops a handle made by [`into_handle`]; NULL is a no-op.
-pub(crate) fn free_handle<T>(handle: *mut T) {
+/// A C handle type: its tag and the name used in messages.
+pub(crate) trait Handle: Sized {
+    /// A value no other handle type (and not [`POISON`]) uses.
+    const TAG: u64;
+    /// `graft_model`, …
+    const NAME: &'static str;
+}
+
+/// The tag of a freed handle.
+const POISON: u64 = 0xdead_f7ee_dead_f7ee;
+
+/// The use counter's writer bit; below it, the number of readers.
+const WRITER: usize = 1 << (usize::BITS - 1);
+
+/// What a handle pointer points to. `repr(C)` keeps the tag at offset 0 for every `T`,
+/// so the tag of any graft handle can be read before its type is known.
+#[repr(C)]
+pub(crate) struct Slot<T> {
+    tag: AtomicU64,
+    users: AtomicUsize,
+    value: UnsafeCell<T>,
+}
+
+/// Drops a handle made by [`into_handle`]; NULL is a no-op. A handle of another type, an
+/// already freed one, or one in use on another thread is left alone (the last error
+/// says why): leaking it is the only safe answer a `void` function has.
+pub(crate) fn free_handle<T: Handle>(handle: *mut T) {
     if handle.is_null() {
         return;
     }
-    // SAFETY: non-NULL handles of type T come from `into_handle` (Box::into_raw), and
-    // the API documents that each is freed once.
-    infallible((), || drop(unsafe { Box::from_raw(handle) }));
+    infallible((), || {
+        let name = format!("{}_free", T::NAME);
+        // SAFETY: the caller's contract (a pointer from this library); `slot` reads only
+        // the tag through an atomic before trusting the type.
+        match unsafe { slot(handle.cast_const(), "handle") } {
+            Err(failure) => set_last_error(&format!("{name}: {}", failure.message)),
+            Ok(s) => {
+                if s.users.compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                    set_last_error(&format!("{name}: the {} is in use on another thread; not freed", T::NAME));
+                    return;
+                }
+                s.tag.store(POISON, Ordering::Release);
+                // SAFETY: the tag proved this is a live `Slot<T>` from `into_handle`
+                // (Box::into_raw), and no other call holds it (users was 0).
+                drop(unsafe { Box::from_raw(handle.cast::<Slot<T>>()) });
+            }
+        }
+    });
 }
 
 /// Moves `value` to the heap for C.
-pub(crate) fn into_handle<T>(value: T) -> *mut T {
-    Box::into_raw(Box::new(value))
+pub(crate) fn into_handle<T: Handle>(value: T) -> *mut T {
+    let slot = Slot { tag: AtomicU64::new(T::TAG), users: AtomicUsize::new(0), value: UnsafeCell::new(value) };
+    Box::into_raw(Box::new(slot)).cast::<T>()
+}
+
+/// The slot behind a handle pointer, after checking NULL, alignment and the tag.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to readable memory of at least 8 bytes (any live graft
+/// handle qualifies; a freed one is detected while its memory is not reused).
+unsafe fn slot<'a, T: Handle>(ptr: *const T, what: &str) -> Outcome<&'a Slot<T>> {
+    let ptr = ptr.cast::<Slot<T>>();
+    check_ptr(ptr, what)?;
+    // SAFETY: non-NULL and aligned; every graft handle starts with an `AtomicU64` tag.
+    let tag = unsafe { &*ptr.cast::<AtomicU64>() }.load(Ordering::Acquire);
+    if tag != T::TAG {
+        let found = match tag {
+            POISON => "a freed handle".to_string(),
+            t => HANDLE_NAMES
+                .iter()
+                .find(|(k, _)| *k == t)
+                .map_or_else(|| "not a graft handle".to_string(), |(_, n)| format!("a {n}")),
+        };
+        return Err(Failure::invalid(what, format!("expected a {}, found {found}", T::NAME)));
+    }
+    // SAFETY: the tag says this is a live `Slot<T>` made by `into_handle`.
+    Ok(unsafe { &*ptr })
+}
+
+/// Every handle type's tag and name, to say what was passed instead.
+const HANDLE_NAMES: [(u64, &str); 5] = [
+    (<crate::model::graft_model as Handle>::TAG, "graft_model"),
+    (<crate::session::graft_session as Handle>::TAG, "graft_session"),
+    (<crate::registry::graft_registry as Handle>::TAG, "graft_registry"),
+    (<crate::rows::graft_row_adapters as Handle>::TAG, "graft_row_adapters"),
+    (<crate::ticket::graft_ticket as Handle>::TAG, "graft_ticket"),
+];
+
+/// A shared borrow of a handle; other readers may hold one at the same time, a writer
+/// may not.
+pub(crate) struct Shared<'a, T>(&'a Slot<T>);
+
+impl<T> core::ops::Deref for Shared<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the reader count excludes writers for the borrow's lifetime.
+        unsafe { &*self.0.value.get() }
+    }
+}
+
+impl<T> Drop for Shared<'_, T> {
+    fn drop(&mut self) {
+        self.0.users.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The exclusive borrow of a handle.
+pub(crate) struct Exclusive<'a, T>(&'a Slot<T>);
+
+impl<T> core::ops::Deref for Exclusive<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the writer bit excludes every other borrow.
+        unsafe { &*self.0.value.get() }
+    }
+}
+
+impl<T> core::ops::DerefMut for Exclusive<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the writer bit excludes every other borrow.
+        unsafe { &mut *self.0.value.get() }
+    }
+}
+
+impl<T> Drop for Exclusive<'_, T> {
+    fn drop(&mut self) {
+        self.0.users.store(0, Ordering::Release);
+    }
+}
+
+fn busy<T: Handle>(what: &str) -> Failure {
+    Failure::new(
+        graft_status::Busy,
+        format!("`{what}`: this {} is in use on another thread (use one per thread, or serialize calls)", T::NAME),
+    )
 }
 
 /// A checked out-parameter: non-NULL and aligned, written once on success.
@@ -135,38 +267,61 @@ fn check_ptr<T>(ptr: *const T, what: &str) -> Outcome {
     Ok(())
 }
 
-/// Borrows `*ptr`.
+/// Borrows the handle `ptr` shared.
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a live, initialized `T` (for handles: one made by this
-/// library and not yet freed) that nothing mutates for `'a`.
-pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, what: &str) -> Outcome<&'a T> {
-    check_ptr(ptr, what)?;
-    // SAFETY: non-NULL and aligned (checked); liveness is the caller's contract.
-    Ok(unsafe { &*ptr })
+/// A non-NULL `ptr` must be a handle made by this library (see [`slot`]).
+pub(crate) unsafe fn arg_ref<'a, T: Handle>(ptr: *const T, what: &str) -> Outcome<Shared<'a, T>> {
+    // SAFETY: forwarded contract.
+    let s = unsafe { slot(ptr, what) }?;
+    let mut users = s.users.load(Ordering::Relaxed);
+    loop {
+        if users & WRITER != 0 {
+            return Err(busy::<T>(what));
+        }
+        match s.users.compare_exchange_weak(users, users + 1, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => return Ok(Shared(s)),
+            Err(now) => users = now,
+        }
+    }
 }
 
-/// Borrows `*ptr` mutably.
+/// Borrows the handle `ptr` exclusively: `GRAFT_STATUS_BUSY` if another thread uses it.
 ///
 /// # Safety
-/// As [`arg_ref`], and nothing else may access `*ptr` for `'a` (a handle is used by one
-/// thread at a time where the API says so).
-pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, what: &str) -> Outcome<&'a mut T> {
-    check_ptr(ptr.cast_const(), what)?;
-    // SAFETY: non-NULL and aligned (checked); exclusivity is the caller's contract.
-    Ok(unsafe { &mut *ptr })
+/// As [`arg_ref`].
+pub(crate) unsafe fn arg_mut<'a, T: Handle>(ptr: *mut T, what: &str) -> Outcome<Exclusive<'a, T>> {
+    // SAFETY: forwarded contract.
+    let s = unsafe { slot(ptr.cast_const(), what) }?;
+    match s.users.compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed) {
+        Ok(_) => Ok(Exclusive(s)),
+        Err(_) => Err(busy::<T>(what)),
+    }
 }
 
-/// Borrows an optional argument: NULL is `None`.
+/// Borrows an optional handle: NULL is `None`.
 ///
 /// # Safety
 /// As [`arg_ref`] for a non-NULL `ptr`.
-pub(crate) unsafe fn opt_ref<'a, T>(ptr: *const T, what: &str) -> Outcome<Option<&'a T>> {
+pub(crate) unsafe fn opt_ref<'a, T: Handle>(ptr: *const T, what: &str) -> Outcome<Option<Shared<'a, T>>> {
     if ptr.is_null() {
         return Ok(None);
     }
     // SAFETY: forwarded contract.
     unsafe { arg_ref(ptr, what) }.map(Some)
+}
+
+/// Borrows an optional plain struct (parameters): NULL is `None`.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a live, initialized `T` that nothing mutates for `'a`.
+pub(crate) unsafe fn opt_struct<'a, T>(ptr: *const T, what: &str) -> Outcome<Option<&'a T>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    check_ptr(ptr, what)?;
+    // SAFETY: non-NULL and aligned (checked); validity is the caller's contract.
+    Ok(Some(unsafe { &*ptr }))
 }
 
 /// Borrows a NUL-terminated UTF-8 string.
@@ -252,7 +407,10 @@ mod tests {
                 graft_status::InvalidArgument
             );
             assert_eq!(arg_str(c"\xff".as_ptr(), "s").unwrap_err().status, graft_status::InvalidArgument);
-            assert_eq!(arg_ref::<u64>(core::ptr::null(), "h").unwrap_err().status, graft_status::NullArgument);
+            assert_eq!(
+                arg_ref::<crate::model::graft_model>(core::ptr::null(), "h").err().map(|f| f.status),
+                Some(graft_status::NullArgument)
+            );
         }
         let mut slot = 7u32;
         assert!(Out::new(core::ptr::null_mut::<u32>(), "out").is_err());

@@ -2,23 +2,38 @@
 
 use core::ffi::{c_char, c_void};
 use std::ffi::CString;
+use std::sync::Arc;
 
 use graft_rt::Model;
 use graft_rt::graph::InputKind;
 
-use crate::boundary::{Failure, Out, Outcome, arg_slice, arg_str, call, free_handle, get, into_handle};
+use crate::boundary::{Failure, Handle, Out, Outcome, arg_slice, arg_str, call, free_handle, get, into_handle};
 use crate::status::graft_status;
 
 /// A model opened from a `.graft` container.
 ///
 /// Lifetime: valid until `graft_model_free`; sessions and registries made from it keep
-/// the model (and its file mapping) alive on their own, so it may be freed first.
+/// the model (and its file mapping) alive on their own, so it may be freed first. The
+/// input and output names it hands out stay valid until the model and every session and
+/// registry made from it are freed.
 /// Thread-safety: immutable; may be used from any number of threads at once.
 #[derive(Debug)]
 pub struct graft_model {
     pub(crate) model: Model,
+    pub(crate) names: Arc<Names>,
+}
+
+/// The C strings of a model's input and output names, shared by every handle made from
+/// the model so that a name outlives the handle it was read from.
+#[derive(Debug)]
+pub(crate) struct Names {
     inputs: Vec<CString>,
-    outputs: Vec<CString>,
+    pub(crate) outputs: Vec<CString>,
+}
+
+impl Handle for graft_model {
+    const TAG: u64 = 0x6772_6166_744d_6f64;
+    const NAME: &'static str = "graft_model";
 }
 
 impl graft_model {
@@ -31,7 +46,7 @@ impl graft_model {
         let g = model.graph();
         let inputs = g.inputs.iter().map(|i| c_name(&i.name)).collect::<Outcome<_>>()?;
         let outputs = g.outputs.iter().map(|o| c_name(&o.name)).collect::<Outcome<_>>()?;
-        Ok(graft_model { model, inputs, outputs })
+        Ok(graft_model { model, names: Arc::new(Names { inputs, outputs }) })
     }
 }
 
@@ -129,11 +144,12 @@ pub unsafe extern "C" fn graft_model_free(model: *mut graft_model) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_model_input_count(model: *const graft_model, out: *mut usize) -> graft_status {
     // SAFETY: the caller's contract.
-    unsafe { get("graft_model_input_count", model, "model", out, |m| Ok(m.inputs.len())) }
+    unsafe { get("graft_model_input_count", model, "model", out, |m| Ok(m.names.inputs.len())) }
 }
 
 /// Describes graph input `index` (0-based, graph order) into `*out`. The name is owned
-/// by the model and valid until it is freed.
+/// by the model and stays valid until the model and every session and registry made
+/// from it are freed (handles may be freed in any order).
 ///
 /// # Safety
 /// `model` is a live model; `out` points to writable storage.
@@ -157,7 +173,7 @@ pub unsafe extern "C" fn graft_model_input(
                 InputKind::BagOffsets => (graft_input_kind::BagOffsets, graft_dtype::I64, 0),
             };
             Ok(graft_input_info {
-                name: m.inputs[index].as_ptr(),
+                name: m.names.inputs[index].as_ptr(),
                 kind: kind as u32,
                 dtype: dtype as u32,
                 width,
@@ -174,11 +190,11 @@ pub unsafe extern "C" fn graft_model_input(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_model_output_count(model: *const graft_model, out: *mut usize) -> graft_status {
     // SAFETY: the caller's contract.
-    unsafe { get("graft_model_output_count", model, "model", out, |m| Ok(m.outputs.len())) }
+    unsafe { get("graft_model_output_count", model, "model", out, |m| Ok(m.names.outputs.len())) }
 }
 
 /// Writes the name of graph output `index` to `*out` (owned by the model, valid until
-/// it is freed).
+/// the model and every session and registry made from it are freed).
 ///
 /// # Safety
 /// `model` is a live model; `out` points to writable storage.
@@ -191,8 +207,8 @@ pub unsafe extern "C" fn graft_model_output_name(
     // SAFETY: the caller's contract.
     unsafe {
         get("graft_model_output_name", model, "model", out, |m| {
-            let name = m.outputs.get(index).ok_or_else(|| {
-                Failure::invalid("index", format!("{index} is past the model's {} outputs", m.outputs.len()))
+            let name = m.names.outputs.get(index).ok_or_else(|| {
+                Failure::invalid("index", format!("{index} is past the model's {} outputs", m.names.outputs.len()))
             })?;
             Ok(name.as_ptr())
         })

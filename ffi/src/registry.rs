@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use graft_rt::adapters::{LoadedAdapter, Registry};
 
-use crate::boundary::{Out, Outcome, arg_ref, arg_str, call, free_handle, get, into_handle, opt_ref, opt_str};
+use crate::boundary::{
+    Handle, Out, Outcome, arg_ref, arg_str, call, free_handle, get, into_handle, opt_str, opt_struct,
+};
 use crate::model::graft_model;
 use crate::status::graft_status;
 
@@ -23,6 +25,13 @@ use crate::status::graft_status;
 #[derive(Debug)]
 pub struct graft_registry {
     pub(crate) registry: Arc<Registry>,
+    /// Keeps the model's input and output names valid while the registry lives.
+    _names: Arc<crate::model::Names>,
+}
+
+impl Handle for graft_registry {
+    const TAG: u64 = 0x6772_6166_7452_6567;
+    const NAME: &'static str = "graft_registry";
 }
 
 /// How `graft_registry_insert` / `graft_registry_replace` read an adapter.
@@ -54,7 +63,10 @@ pub unsafe extern "C" fn graft_registry_new(model: *const graft_model, out: *mut
         let out = Out::new(out, "out")?;
         // SAFETY: the caller's contract.
         let model = unsafe { arg_ref(model, "model") }?;
-        out.write(into_handle(graft_registry { registry: Arc::new(Registry::new(&model.model)) }));
+        out.write(into_handle(graft_registry {
+            registry: Arc::new(Registry::new(&model.model)),
+            _names: model.names.clone(),
+        }));
         Ok(())
     })
 }
@@ -97,10 +109,10 @@ unsafe fn load<'a>(
     id: *const c_char,
     path: *const c_char,
     params: *const graft_adapter_params,
-) -> Outcome<(&'a graft_registry, Arc<LoadedAdapter>)> {
+) -> Outcome<(crate::boundary::Shared<'a, graft_registry>, Arc<LoadedAdapter>)> {
     // SAFETY: the caller's contract.
     let (registry, id, path, params) = unsafe {
-        (arg_ref(registry, "registry")?, arg_str(id, "id")?, arg_str(path, "path")?, opt_ref(params, "params")?)
+        (arg_ref(registry, "registry")?, arg_str(id, "id")?, arg_str(path, "path")?, opt_struct(params, "params")?)
     };
     let params = params.copied().unwrap_or_else(|| graft_adapter_default_params());
     // SAFETY: strings in the params follow the same contract as the arguments.

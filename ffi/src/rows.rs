@@ -10,7 +10,7 @@ use std::sync::Arc;
 use graft_rt::adapters::{Registry, RowAdapters};
 
 use crate::boundary::{
-    Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle,
+    Failure, Handle, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle,
 };
 use crate::registry::graft_registry;
 use crate::status::graft_status;
@@ -26,6 +26,11 @@ pub struct graft_row_adapters {
     /// The stack every row uses, for a uniform assignment (re-resolved by reset).
     uniform: Option<Vec<(String, f32)>>,
     pub(crate) rows: RowAdapters,
+}
+
+impl Handle for graft_row_adapters {
+    const TAG: u64 = 0x6772_6166_7452_6f77;
+    const NAME: &'static str = "graft_row_adapters";
 }
 
 /// Reads a stack of `n` ids with their scales (NULL scales: all 1.0).
@@ -114,8 +119,10 @@ pub unsafe extern "C" fn graft_row_adapters_free(rows: *mut graft_row_adapters) 
 }
 
 /// Clears the rows and re-resolves against the registry's current snapshot, picking up
-/// adapters swapped since (a uniform assignment keeps its stack). Allocates little once
-/// warmed up; call it per request to serve the newest versions.
+/// adapters swapped since (a uniform assignment keeps its stack). Keeps the assignment's
+/// buffers (the Rust `RowAdapters::refresh`, which the counting-allocator test checks
+/// allocates nothing once warmed up) instead of building a new assignment; call it per
+/// request to serve the newest versions.
 ///
 /// # Safety
 /// `rows` is a live assignment no other thread uses now.
@@ -123,11 +130,12 @@ pub unsafe extern "C" fn graft_row_adapters_free(rows: *mut graft_row_adapters) 
 pub unsafe extern "C" fn graft_row_adapters_reset(rows: *mut graft_row_adapters) -> graft_status {
     call("graft_row_adapters_reset", || {
         // SAFETY: the caller's contract.
-        let r = unsafe { arg_mut(rows, "rows") }?;
-        r.rows = match &r.uniform {
-            Some(set) => RowAdapters::all_stack(&r.registry, &borrowed(set))?,
-            None => RowAdapters::new(&r.registry),
-        };
+        let mut r = unsafe { arg_mut(rows, "rows") }?;
+        let r = &mut *r;
+        match &r.uniform {
+            Some(set) => r.rows.refresh_all(&r.registry, set)?,
+            None => r.rows.refresh(&r.registry),
+        }
         Ok(())
     })
 }
@@ -150,7 +158,8 @@ fn appendable(r: &graft_row_adapters) -> Outcome {
 pub unsafe extern "C" fn graft_row_adapters_push_base(rows: *mut graft_row_adapters) -> graft_status {
     call("graft_row_adapters_push_base", || {
         // SAFETY: the caller's contract.
-        let r = unsafe { arg_mut(rows, "rows") }?;
+        let mut r = unsafe { arg_mut(rows, "rows") }?;
+        let r = &mut *r;
         appendable(r)?;
         r.rows.push_base()?;
         Ok(())
@@ -165,7 +174,8 @@ pub unsafe extern "C" fn graft_row_adapters_push_base(rows: *mut graft_row_adapt
 pub unsafe extern "C" fn graft_row_adapters_push(rows: *mut graft_row_adapters, id: *const c_char) -> graft_status {
     call("graft_row_adapters_push", || {
         // SAFETY: the caller's contract.
-        let (r, id) = unsafe { (arg_mut(rows, "rows")?, arg_str(id, "id")?) };
+        let (mut r, id) = unsafe { (arg_mut(rows, "rows")?, arg_str(id, "id")?) };
+        let r = &mut *r;
         appendable(r)?;
         r.rows.push(id)?;
         Ok(())
@@ -187,7 +197,8 @@ pub unsafe extern "C" fn graft_row_adapters_push_stack(
 ) -> graft_status {
     call("graft_row_adapters_push_stack", || {
         // SAFETY: the caller's contract.
-        let (r, set) = unsafe { (arg_mut(rows, "rows")?, stack(ids, scales, n)?) };
+        let (mut r, set) = unsafe { (arg_mut(rows, "rows")?, stack(ids, scales, n)?) };
+        let r = &mut *r;
         appendable(r)?;
         r.rows.push_stack(&borrowed(&set))?;
         Ok(())

@@ -13,7 +13,8 @@ use graft_rt::kernels::Level;
 use graft_rt::{Input, NanPolicy, Session, SessionOptions};
 
 use crate::boundary::{
-    Failure, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle, opt_ref, opt_str,
+    Failure, Handle, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle, opt_ref,
+    opt_str, opt_struct,
 };
 use crate::model::{graft_dtype, graft_model};
 use crate::rows::graft_row_adapters;
@@ -28,24 +29,50 @@ use crate::ticket::graft_ticket;
 #[derive(Debug)]
 pub struct graft_session {
     session: Session,
-    names: Vec<CString>,
+    /// The model's names (output names are handed out; input names must outlive the
+    /// model handle).
+    names: Arc<crate::model::Names>,
     /// The last run's outputs, `rows × cols[k]` each.
     values: Vec<Vec<f32>>,
     cols: Vec<usize>,
     rows: usize,
     tickets: Vec<(usize, Arc<LoadedAdapter>, u64)>,
+    /// The last run's rows whose outputs are not finite (capacity `max_batch`).
+    faults: Vec<graft_row_fault>,
     kernels: CString,
     /// Emptied between runs; keeps its capacity.
     inputs: Vec<Input<'static>>,
 }
 
-/// What to do with NaN or ±Inf in dense inputs.
+impl Handle for graft_session {
+    const TAG: u64 = 0x6772_6166_7453_6573;
+    const NAME: &'static str = "graft_session";
+}
+
+/// A row of the last run whose outputs hold NaN or ±Inf although its inputs were
+/// finite (the model or an adapter overflowed): answer that row with an error and serve
+/// the others. Checked under `GRAFT_NAN_POLICY_REJECT`, the default.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct graft_row_fault {
+    /// The row of the batch.
+    pub row: usize,
+    /// The first output of the row that is not finite (index as in `graft_session_output`).
+    pub output: usize,
+    /// Its column.
+    pub col: usize,
+    /// The value found there (NaN, +Inf or -Inf).
+    pub value: f32,
+}
+
+/// What to do with NaN or ±Inf in dense inputs (and outputs).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum graft_nan_policy {
-    /// Refuse the batch with `GRAFT_STATUS_NON_FINITE_INPUT` naming input, row, column.
+    /// Refuse the batch with `GRAFT_STATUS_NON_FINITE_INPUT` naming input, row, column,
+    /// and list rows whose outputs are not finite (`graft_session_row_fault`).
     Reject = 0,
-    /// Compute anyway; non-finite values propagate.
+    /// Compute anyway; non-finite values propagate, and outputs are not checked.
     Propagate = 1,
 }
 
@@ -149,18 +176,33 @@ pub unsafe extern "C" fn graft_session_new(
     call("graft_session_new", || {
         let out = Out::new(out, "out")?;
         // SAFETY: the caller's contract.
-        let (model, params) = unsafe { (arg_ref(model, "model")?, opt_ref(params, "params")?) };
+        let (model, params) = unsafe { (arg_ref(model, "model")?, opt_struct(params, "params")?) };
         let options = options(&params.copied().unwrap_or_else(|| graft_session_default_params()))?;
         let session = Session::new(&model.model, options)?;
         let g = model.model.graph();
-        let names = (0..g.outputs.len())
-            .map(|k| {
-                // Output names were checked when the model handle was made.
-                CString::new(g.outputs[k].name.as_str()).map_err(|_| Failure::invalid("model", "output name with NUL"))
+        let names = model.names.clone();
+        let cols: Vec<usize> = g.outputs.iter().map(|o| g.value_width(o.value)).collect();
+        let values = cols
+            .iter()
+            .map(|&c| {
+                let n = c.saturating_mul(options.max_batch);
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|_| {
+                    Failure::from(graft_rt::Error::OutOfMemory {
+                        what: format!("output copies for max_batch {}", options.max_batch),
+                        bytes: n as u128 * 4,
+                    })
+                })?;
+                Ok(v)
             })
             .collect::<Outcome<Vec<_>>>()?;
-        let cols: Vec<usize> = g.outputs.iter().map(|o| g.value_width(o.value)).collect();
-        let values = cols.iter().map(|c| Vec::with_capacity(c * options.max_batch)).collect();
+        let mut faults = Vec::new();
+        faults.try_reserve_exact(options.max_batch).map_err(|_| {
+            Failure::from(graft_rt::Error::OutOfMemory {
+                what: format!("row faults for max_batch {}", options.max_batch),
+                bytes: options.max_batch as u128 * size_of::<graft_row_fault>() as u128,
+            })
+        })?;
         let kernels = CString::new(session.kernels().level.as_str()).unwrap_or_default();
         let inputs = Vec::with_capacity(g.inputs.len());
         out.write(into_handle(graft_session {
@@ -170,6 +212,7 @@ pub unsafe extern "C" fn graft_session_new(
             cols,
             rows: 0,
             tickets: Vec::new(),
+            faults,
             kernels,
             inputs,
         }));
@@ -221,6 +264,7 @@ impl graft_session {
     fn run(&mut self, raw: &[graft_input], adapters: Option<&graft_row_adapters>) -> Outcome {
         self.rows = 0;
         self.tickets.clear();
+        self.faults.clear();
         let mut inputs: Vec<Input<'_>> = core::mem::take(&mut self.inputs);
         let result = self.run_inputs(raw, adapters, &mut inputs);
         inputs.clear();
@@ -251,6 +295,12 @@ impl graft_session {
             }
         }
         self.tickets.extend(outputs.tickets().map(|t| (t.row, t.adapter.clone(), t.value)));
+        self.faults.extend(outputs.row_faults().iter().map(|f| graft_row_fault {
+            row: f.row,
+            output: f.output,
+            col: f.col,
+            value: f.value,
+        }));
         self.rows = outputs.rows();
         Ok(())
     }
@@ -260,7 +310,10 @@ impl graft_session {
 /// graph inputs, any order). `adapters` NULL runs the base model; otherwise each row uses
 /// its assigned adapters (the assignment must have as many rows as the batch, unless it
 /// is uniform). On success the outputs and tickets of this run replace the previous
-/// ones; on failure there are none.
+/// ones; on failure there are none. Under `GRAFT_NAN_POLICY_REJECT` a run succeeds
+/// even when some rows' outputs are not finite: check `graft_session_row_fault_count`
+/// and answer those rows with an error. A session used by another thread at the same
+/// time gives `GRAFT_STATUS_BUSY` (and nothing runs).
 ///
 /// # Safety
 /// `session` is a live session no other thread uses now; `inputs` points to `n_inputs`
@@ -275,10 +328,10 @@ pub unsafe extern "C" fn graft_session_run(
 ) -> graft_status {
     call("graft_session_run", || {
         // SAFETY: the caller's contract.
-        let (s, raw, adapters) = unsafe {
+        let (mut s, raw, adapters) = unsafe {
             (arg_mut(session, "session")?, arg_slice(inputs, n_inputs, "inputs")?, opt_ref(adapters, "adapters")?)
         };
-        s.run(raw, adapters)
+        s.run(raw, adapters.as_deref())
     })
 }
 
@@ -289,11 +342,11 @@ pub unsafe extern "C" fn graft_session_run(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn graft_session_output_count(session: *const graft_session, out: *mut usize) -> graft_status {
     // SAFETY: the caller's contract.
-    unsafe { get("graft_session_output_count", session, "session", out, |s| Ok(s.names.len())) }
+    unsafe { get("graft_session_output_count", session, "session", out, |s| Ok(s.names.outputs.len())) }
 }
 
 fn output(s: &graft_session, k: usize) -> graft_output {
-    graft_output { name: s.names[k].as_ptr(), data: s.values[k].as_ptr(), rows: s.rows, cols: s.cols[k] }
+    graft_output { name: s.names.outputs[k].as_ptr(), data: s.values[k].as_ptr(), rows: s.rows, cols: s.cols[k] }
 }
 
 /// Describes output `index` of the last run into `*out` (`rows` is 0 before the first
@@ -310,8 +363,9 @@ pub unsafe extern "C" fn graft_session_output(
     // SAFETY: the caller's contract.
     unsafe {
         get("graft_session_output", session, "session", out, |s| {
-            if index >= s.names.len() {
-                return Err(Failure::invalid("index", format!("{index} is past the {} outputs", s.names.len())));
+            if index >= s.names.outputs.len() {
+                let n = s.names.outputs.len();
+                return Err(Failure::invalid("index", format!("{index} is past the {n} outputs")));
             }
             Ok(output(s, index))
         })
@@ -334,11 +388,11 @@ pub unsafe extern "C" fn graft_session_output_by_name(
         let out = Out::new(out, "out")?;
         // SAFETY: the caller's contract.
         let (s, name) = unsafe { (arg_ref(session, "session")?, arg_str(name, "name")?) };
-        let k = s.names.iter().position(|n| n.to_bytes() == name.as_bytes()).ok_or_else(|| {
-            let known: Vec<_> = s.names.iter().map(|n| n.to_string_lossy()).collect();
+        let k = s.names.outputs.iter().position(|n| n.to_bytes() == name.as_bytes()).ok_or_else(|| {
+            let known: Vec<_> = s.names.outputs.iter().map(|n| n.to_string_lossy()).collect();
             Failure::new(graft_status::NotFound, format!("no output `{name}` (outputs: {})", known.join(", ")))
         })?;
-        out.write(output(s, k));
+        out.write(output(&s, k));
         Ok(())
     })
 }
@@ -385,4 +439,93 @@ pub unsafe extern "C" fn graft_session_ticket(
 pub unsafe extern "C" fn graft_session_kernels(session: *const graft_session, out: *mut *const c_char) -> graft_status {
     // SAFETY: the caller's contract.
     unsafe { get("graft_session_kernels", session, "session", out, |s| Ok(s.kernels.as_ptr())) }
+}
+
+/// Writes the number of rows of the last run whose outputs are not finite to `*out`
+/// (0 after a failed run, and always 0 under `GRAFT_NAN_POLICY_PROPAGATE`).
+///
+/// # Safety
+/// `session` is a live session; `out` points to writable storage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn graft_session_row_fault_count(session: *const graft_session, out: *mut usize) -> graft_status {
+    // SAFETY: the caller's contract.
+    unsafe { get("graft_session_row_fault_count", session, "session", out, |s| Ok(s.faults.len())) }
+}
+
+/// Describes row fault `index` of the last run (row order, one per row) into `*out`.
+///
+/// # Safety
+/// `session` is a live session; `out` points to writable storage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn graft_session_row_fault(
+    session: *const graft_session,
+    index: usize,
+    out: *mut graft_row_fault,
+) -> graft_status {
+    // SAFETY: the caller's contract.
+    unsafe {
+        get("graft_session_row_fault", session, "session", out, |s| {
+            s.faults.get(index).copied().ok_or_else(|| {
+                Failure::invalid("index", format!("{index} is past the last run's {} row faults", s.faults.len()))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{graft_model_free, graft_model_from_buffer, graft_model_input_count};
+    use graft_rt::builder::{Matrix, ModelBuilder, WeightFormats};
+
+    fn model() -> *mut graft_model {
+        let mut b = ModelBuilder::new("m");
+        let x = b.dense_input("x", 2);
+        let y = b.linear("fc", &x, Matrix::new(1, 2, vec![4.0, -4.0]), Some(vec![0.5]));
+        b.output("y", &y);
+        let bytes = b.to_bytes(WeightFormats::default()).unwrap();
+        let mut m = core::ptr::null_mut();
+        // SAFETY: a valid buffer and out-pointer.
+        assert_eq!(unsafe { graft_model_from_buffer(bytes.as_ptr().cast(), bytes.len(), &mut m) }, graft_status::Ok);
+        m
+    }
+
+    #[test]
+    fn a_session_in_use_is_busy_and_a_handle_of_another_type_is_refused() {
+        let m = model();
+        let mut s = core::ptr::null_mut();
+        // SAFETY: live handles and valid out-pointers throughout.
+        unsafe {
+            assert_eq!(graft_session_new(m, core::ptr::null(), &mut s), graft_status::Ok);
+            let x = [1.0f32, 2.0, 1e38, -1e38];
+            let input = graft_input {
+                name: c"x".as_ptr(),
+                dtype: graft_dtype::F32 as u32,
+                data: x.as_ptr().cast(),
+                rank: 2,
+                dims: [2, 2],
+            };
+            {
+                // Another thread's run in progress, as the use counter sees it.
+                let _running = crate::boundary::arg_mut(s, "session").unwrap();
+                assert_eq!(graft_session_run(s, &input, 1, core::ptr::null()), graft_status::Busy);
+                let mut n = 0usize;
+                assert_eq!(graft_session_row_fault_count(s, &mut n), graft_status::Busy);
+            }
+            assert_eq!(graft_session_run(s, &input, 1, core::ptr::null()), graft_status::Ok);
+            let (mut n, mut fault) = (0usize, graft_row_fault { row: 9, output: 9, col: 9, value: 0.0 });
+            assert_eq!(graft_session_row_fault_count(s, &mut n), graft_status::Ok);
+            assert_eq!(n, 1);
+            assert_eq!(graft_session_row_fault(s, 0, &mut fault), graft_status::Ok);
+            assert_eq!((fault.row, fault.output, fault.col), (1, 0, 0));
+            assert!(fault.value.is_infinite());
+            // A session passed as a model.
+            let mut count = 0usize;
+            let status = graft_model_input_count(s.cast_const().cast(), &mut count);
+            assert_eq!(status, graft_status::InvalidArgument);
+            graft_session_free(s);
+            graft_model_free(m);
+        }
+    }
 }

@@ -29,6 +29,9 @@ pub enum graft_status {
     InvalidArgument = 2,
     /// No output has this name.
     NotFound = 3,
+    /// The handle is in use on another thread where the API allows one thread at a time
+    /// (a session run or read while another thread runs it); nothing was done.
+    Busy = 4,
 
     // 20–39: files and models.
     /// A file could not be read or written.
@@ -42,6 +45,9 @@ pub enum graft_status {
     /// A CUDA device was requested but cannot be used: the library was built without
     /// CUDA, the driver is missing, or there is no device with that ordinal.
     CudaUnavailable = 24,
+    /// Memory or worker threads sized by the model or the options could not be obtained
+    /// (e.g. `threads` or `max_batch` far beyond the machine); nothing was allocated.
+    ResourceExhausted = 25,
 
     // 40–59: requests.
     /// An input is missing, unknown, duplicated, or of the wrong dtype or shape, or the
@@ -53,6 +59,9 @@ pub enum graft_status {
     IdOutOfRange = 42,
     /// A dense input holds NaN or ±Inf and the session rejects non-finite inputs.
     NonFiniteInput = 43,
+    /// A row's outputs hold NaN or ±Inf from finite inputs (see `graft_row_fault`; runs
+    /// report these per row and succeed).
+    NonFiniteOutput = 44,
 
     // 60–79: adapters.
     /// An adapter kind refused an adapter's files or options, or failed running it.
@@ -98,15 +107,18 @@ impl graft_status {
             graft_status::NullArgument => c"GRAFT_STATUS_NULL_ARGUMENT",
             graft_status::InvalidArgument => c"GRAFT_STATUS_INVALID_ARGUMENT",
             graft_status::NotFound => c"GRAFT_STATUS_NOT_FOUND",
+            graft_status::Busy => c"GRAFT_STATUS_BUSY",
             graft_status::Io => c"GRAFT_STATUS_IO",
             graft_status::ModelInvalid => c"GRAFT_STATUS_MODEL_INVALID",
             graft_status::InvalidOption => c"GRAFT_STATUS_INVALID_OPTION",
             graft_status::KernelUnavailable => c"GRAFT_STATUS_KERNEL_UNAVAILABLE",
             graft_status::CudaUnavailable => c"GRAFT_STATUS_CUDA_UNAVAILABLE",
+            graft_status::ResourceExhausted => c"GRAFT_STATUS_RESOURCE_EXHAUSTED",
             graft_status::InputInvalid => c"GRAFT_STATUS_INPUT_INVALID",
             graft_status::BatchTooLarge => c"GRAFT_STATUS_BATCH_TOO_LARGE",
             graft_status::IdOutOfRange => c"GRAFT_STATUS_ID_OUT_OF_RANGE",
             graft_status::NonFiniteInput => c"GRAFT_STATUS_NON_FINITE_INPUT",
+            graft_status::NonFiniteOutput => c"GRAFT_STATUS_NON_FINITE_OUTPUT",
             graft_status::AdapterInvalid => c"GRAFT_STATUS_ADAPTER_INVALID",
             graft_status::UnknownAdapter => c"GRAFT_STATUS_UNKNOWN_ADAPTER",
             graft_status::AdapterIdConflict => c"GRAFT_STATUS_ADAPTER_ID_CONFLICT",
@@ -153,7 +165,10 @@ pub(crate) fn status_of(e: &Error) -> graft_status {
         | Error::MissingTensor { .. }
         | Error::TensorMismatch { .. }
         | Error::ShapeMismatch { .. }
-        | Error::InvalidOutput { .. } => S::ModelInvalid,
+        | Error::InvalidOutput { .. }
+        | Error::NonFiniteParameter { .. } => S::ModelInvalid,
+        Error::OutOfMemory { .. } | Error::ThreadStart { .. } => S::ResourceExhausted,
+        Error::NonFiniteOutput { .. } => S::NonFiniteOutput,
         Error::UnknownInput { .. }
         | Error::MissingInput { .. }
         | Error::DuplicateInput { .. }
@@ -216,20 +231,23 @@ pub extern "C" fn graft_status_name(status: u32) -> *const c_char {
 }
 
 /// Every status, for lookups by number.
-const ALL: [graft_status; 26] = [
+const ALL: [graft_status; 29] = [
     graft_status::Ok,
     graft_status::NullArgument,
     graft_status::InvalidArgument,
     graft_status::NotFound,
+    graft_status::Busy,
     graft_status::Io,
     graft_status::ModelInvalid,
     graft_status::InvalidOption,
     graft_status::KernelUnavailable,
     graft_status::CudaUnavailable,
+    graft_status::ResourceExhausted,
     graft_status::InputInvalid,
     graft_status::BatchTooLarge,
     graft_status::IdOutOfRange,
     graft_status::NonFiniteInput,
+    graft_status::NonFiniteOutput,
     graft_status::AdapterInvalid,
     graft_status::UnknownAdapter,
     graft_status::AdapterIdConflict,
@@ -246,6 +264,6 @@ const ALL: [graft_status; 26] = [
 ];
 
 #[cfg(test)]
-pub(crate) fn tests_all() -> [graft_status; 26] {
+pub(crate) fn tests_all() -> [graft_status; 29] {
     ALL
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use graft_rt::adapters::LoadedAdapter;
 
-use crate::boundary::{Failure, arg_ref, call, free_handle, get};
+use crate::boundary::{Failure, Handle, arg_ref, call, free_handle, get};
 use crate::status::graft_status;
 
 /// One row's feedback ticket from `graft_session_ticket`. The label reaches the adapter
@@ -17,6 +17,11 @@ pub struct graft_ticket {
     row: usize,
     adapter: Arc<LoadedAdapter>,
     value: u64,
+}
+
+impl Handle for graft_ticket {
+    const TAG: u64 = 0x6772_6166_7454_6b74;
+    const NAME: &'static str = "graft_ticket";
 }
 
 impl graft_ticket {

@@ -217,6 +217,37 @@ pub enum Error {
     /// The ONNX file could not be read or is inconsistent.
     #[error("onnx: {detail}")]
     Onnx { detail: String },
+
+    // === Files under a live model or adapter, and files graft writes ===
+    /// A file a live model maps changed on disk (truncated, rewritten in place, or read
+    /// past its end): the run's outputs are discarded and the model stays refused until
+    /// it is opened again (README, "Files under a live model"). A file replaced by
+    /// rename is not a change: the model keeps the version it opened.
+    #[error("{path}: {detail}; the run's outputs were discarded — open the file again to use the new version")]
+    FileChanged { path: String, detail: String },
+    /// A write target exists and is not a regular file (a device, FIFO, socket or
+    /// directory): graft only writes regular files and never renames over anything else.
+    #[cfg(feature = "std")]
+    #[error("{path}: {source}")]
+    NotRegularFile { path: String, source: std::io::Error },
+
+    // === Resources and numerical containment ===
+    /// Memory sized by the input or the options could not be obtained (`what` names the
+    /// buffer); nothing was allocated in part.
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    OutOfMemory { what: String, bytes: u128 },
+    /// Worker threads could not be started (a thread limit, or memory for their stacks).
+    #[error("cannot start {threads} worker thread(s): {detail}")]
+    ThreadStart { threads: usize, detail: String },
+    /// A model or adapter parameter is NaN or ±Inf, or a scale would make finite
+    /// parameters overflow: the file is refused at open/load.
+    #[error("tensor `{tensor}`: {detail}")]
+    NonFiniteParameter { tensor: String, detail: String },
+    /// A row of the outputs holds NaN or ±Inf although the inputs were finite (an overflow
+    /// inside the model or an adapter); reported per row by
+    /// [`Outputs::row_faults`](crate::Outputs::row_faults).
+    #[error("output `{output}`: non-finite value {value} at row {row}, column {col} (from finite inputs)")]
+    NonFiniteOutput { output: String, row: usize, col: usize, value: f32 },
 }
 
 /// Where an adapter of a plugin kind wrote NaN or ±Inf (see [`Error::PluginFault`]).

@@ -45,8 +45,10 @@ pub mod builder;
 pub mod container;
 pub mod engine;
 pub mod error;
+mod finite;
 pub mod format;
 pub mod graph;
+pub mod hash;
 pub mod kernels;
 pub mod model;
 #[cfg(feature = "std")]
@@ -60,7 +62,7 @@ pub mod view;
 #[cfg(feature = "std")]
 pub mod writer;
 
-pub use engine::{Device, Input, NanPolicy, Outputs, Session, SessionOptions, Shape, TensorView};
+pub use engine::{Device, Input, MAX_THREADS, NanPolicy, Outputs, RowFault, Session, SessionOptions, Shape, TensorView};
 pub use error::{Error, Result};
 pub use format::{DType, WeightFormat};
 pub use model::Model;

@@ -28,33 +28,73 @@ pub struct NpyArray {
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Reads a `.npy` file.
-pub fn read(path: &Path) -> Result<NpyArray> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse(&bytes).map_err(|detail| Error::Npy { path: path.display().to_string(), detail })
-}
+/// The largest `.npy` header [`read`] accepts (NumPy itself writes a few hundred bytes).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
-/// Parses `.npy` bytes.
-pub fn parse(bytes: &[u8]) -> core::result::Result<NpyArray, String> {
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err("not a .npy file (bad magic)".into());
+/// The largest array [`read`] accepts, in bytes of data.
+pub const MAX_DATA_BYTES: u64 = 1 << 36;
+
+/// Reads a `.npy` file: the header first, then exactly the bytes its shape needs, so a
+/// device (`/dev/zero`), a pipe or a file whose header promises more than it holds is
+/// refused with [`Error::Npy`] instead of being read until memory runs out.
+pub fn read(path: &Path) -> Result<NpyArray> {
+    use std::io::Read;
+    let npy = |detail: String| Error::Npy { path: path.display().to_string(), detail };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    let mut bytes = Vec::new();
+    let mut take = |bytes: &mut Vec<u8>, n: usize| -> Result<()> {
+        let before = bytes.len();
+        bytes
+            .try_reserve_exact(n)
+            .map_err(|_| Error::OutOfMemory { what: path.display().to_string(), bytes: n as u128 })?;
+        (&mut file).take(n as u64).read_to_end(bytes).map_err(|e| Error::io(path, e))?;
+        if bytes.len() - before < n {
+            return Err(npy(format!("truncated: {} bytes, the header needs {}", bytes.len(), before + n)));
+        }
+        Ok(())
+    };
+    take(&mut bytes, 10)?;
+    if &bytes[..6] != MAGIC {
+        return Err(npy("not a .npy file (bad magic)".into()));
     }
-    let major = bytes[6];
-    let (header_len, start) = match major {
+    let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 => {
-            let b = bytes.get(8..12).ok_or("truncated header length")?;
-            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+            take(&mut bytes, 2)?;
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
         }
-        v => return Err(format!("unsupported .npy version {v}")),
+        v => return Err(npy(format!("unsupported .npy version {v}"))),
     };
-    let header = bytes.get(start..start + header_len).ok_or("truncated header")?;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(npy(format!("header of {header_len} bytes (limit {MAX_HEADER_BYTES})")));
+    }
+    take(&mut bytes, header_len)?;
+    let (descr, shape) = header_fields(&bytes[start..]).map_err(npy)?;
+    let item = match descr.as_str() {
+        "<f4" | "<i4" => 4u64,
+        "<i8" => 8,
+        other => return Err(npy(format!("dtype `{other}` is not supported (use float32 or int64)"))),
+    };
+    let data = shape.iter().try_fold(item, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= MAX_DATA_BYTES);
+    let data =
+        data.ok_or_else(|| npy(format!("shape {shape:?} of {descr} exceeds the {MAX_DATA_BYTES}-byte limit")))?;
+    if let Some(size) = size
+        && size < (start + header_len) as u64 + data
+    {
+        return Err(npy(format!(
+            "file holds {size} bytes, shape {shape:?} of {descr} needs {}",
+            start + header_len + data as usize
+        )));
+    }
+    take(&mut bytes, data as usize)?;
+    parse(&bytes).map_err(npy)
+}
+
+/// The dtype and shape of a header (the text after the length field).
+fn header_fields(header: &[u8]) -> core::result::Result<(String, Vec<usize>), String> {
     let header = std::str::from_utf8(header).map_err(|_| "header is not UTF-8")?;
     let descr = dict_value(header, "descr").ok_or("header has no 'descr'")?;
-    let fortran = dict_value(header, "fortran_order").ok_or("header has no 'fortran_order'")?;
-    if fortran.trim() != "False" {
-        return Err("Fortran-order arrays are not supported".into());
-    }
     let shape_str = dict_value(header, "shape").ok_or("header has no 'shape'")?;
     let shape = shape_str
         .trim()
@@ -65,9 +105,33 @@ pub fn parse(bytes: &[u8]) -> core::result::Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry `{s}`")))
         .collect::<core::result::Result<Vec<_>, _>>()?;
+    Ok((descr.trim().trim_matches(|c| c == '\'' || c == '"').to_string(), shape))
+}
+
+/// Parses `.npy` bytes.
+pub fn parse(bytes: &[u8]) -> core::result::Result<NpyArray, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (bad magic)".into());
+    }
+    let major = bytes[6];
+    let (header_len, start): (usize, usize) = match major {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            let b = bytes.get(8..12).ok_or("truncated header length")?;
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header_bytes = bytes.get(start..start.saturating_add(header_len)).ok_or("truncated header")?;
+    let (descr, shape) = header_fields(header_bytes)?;
+    let header = std::str::from_utf8(header_bytes).map_err(|_| "header is not UTF-8")?;
+    let fortran = dict_value(header, "fortran_order").ok_or("header has no 'fortran_order'")?;
+    if fortran.trim() != "False" {
+        return Err("Fortran-order arrays are not supported".into());
+    }
     let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     let body = &bytes[start + header_len..];
-    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let descr = descr.as_str();
     let need = |size: usize| -> core::result::Result<&[u8], String> {
         let n = count.checked_mul(size).ok_or("size overflows")?;
         body.get(..n).ok_or_else(|| format!("data holds {} bytes, shape {shape:?} needs {n}", body.len()))
@@ -143,6 +207,33 @@ mod tests {
         let a = read(&p).expect("read");
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.data, NpyData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn devices_and_lying_headers_are_refused_without_reading_them_whole() {
+        // /dev/zero never ends: the magic check stops the read after 10 bytes.
+        let e = read(Path::new("/dev/zero")).expect_err("/dev/zero is no .npy");
+        assert!(e.to_string().contains("bad magic"), "{e}");
+        let dir = std::env::temp_dir().join(format!("graft-npy-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        // A header promising 2^40 floats over a file of a few bytes.
+        let p = dir.join("huge.npy");
+        let header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }\n";
+        let mut lying = MAGIC.to_vec();
+        lying.extend_from_slice(&[1, 0]);
+        lying.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        lying.extend_from_slice(header);
+        lying.extend_from_slice(&[0; 8]);
+        std::fs::write(&p, &lying).expect("write");
+        let e = read(&p).expect_err("lying header");
+        assert!(e.to_string().contains("exceeds") || e.to_string().contains("needs"), "{e}");
+        // A header within the limit but longer than the file: truncated, typed.
+        write_f32(&p, &[4], &[1.0, 2.0, 3.0, 4.0]).expect("write");
+        let bytes = std::fs::read(&p).expect("read back");
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).expect("truncate");
+        let e = read(&p).expect_err("truncated");
+        assert!(matches!(e, Error::Npy { .. }) && e.to_string().contains("needs"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -4,8 +4,9 @@
 //! exactly its bytes, so a multi-gigabyte table can be generated and quantized row by row
 //! without ever being held in memory. Filler `__pad.N` tensors keep every real tensor at
 //! a 64-byte file offset; the JSON header is padded with spaces so the data section itself
-//! starts on a 64-byte boundary. Files are written to a temporary name, synced and renamed,
-//! so a crash never leaves a truncated model under the final name.
+//! starts on a 64-byte boundary. Files are written to a unique temporary name, synced and
+//! renamed (`graft_plugin_abi::files`), so a crash never leaves a truncated model under the
+//! final name, and only regular files are ever replaced.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -81,10 +82,18 @@ impl Write for Counting<'_> {
     }
 }
 
-/// Writes a container with `graph_json` in its metadata to `out`. Returns bytes written.
-pub fn write_container(out: &mut dyn Write, graph_json: &str, mut tensors: Vec<TensorOut<'_>>) -> Result<u64> {
-    // Lay out data offsets, inserting fillers so each tensor starts 64-byte aligned
-    // relative to the data section (which itself starts aligned).
+/// The layout of a container about to be written: padded header and fillers.
+struct Plan {
+    json: String,
+    /// Filler bytes before tensor `i`.
+    pads: BTreeMap<usize, u64>,
+    /// Total file size.
+    total: u64,
+}
+
+/// Lays out data offsets, inserting fillers so each tensor starts 64-byte aligned
+/// relative to the data section (which itself starts aligned).
+fn plan(graph_json: &str, tensors: &[TensorOut<'_>]) -> Result<Plan> {
     let mut header = Map::new();
     let mut metadata = Map::new();
     metadata.insert(GRAPH_KEY.into(), Value::String(graph_json.into()));
@@ -105,17 +114,27 @@ pub fn write_container(out: &mut dyn Write, graph_json: &str, mut tensors: Vec<T
             pads.insert(i, gap);
             cursor += gap;
         }
-        let len = t
-            .byte_len()
-            .ok_or_else(|| Error::TensorEntry { tensor: t.name.clone(), detail: "shape overflows".into() })?;
+        let overflow = || Error::TensorEntry { tensor: t.name.clone(), detail: "shape overflows".into() };
+        let len = t.byte_len().ok_or_else(overflow)?;
         header.insert(t.name.clone(), entry(t.dtype, &t.shape, cursor, cursor + len));
-        cursor += len;
+        cursor = cursor.checked_add(len).ok_or_else(overflow)?;
     }
     let mut json = serde_json::to_string(&Value::Object(header))
         .map_err(|e| Error::HeaderJson { detail: format!("cannot serialize header: {e}") })?;
     let unpadded = 8 + json.len();
     json.extend(std::iter::repeat_n(' ', unpadded.next_multiple_of(TENSOR_ALIGN) - unpadded));
+    let total = (8 + json.len() as u64).saturating_add(cursor);
+    Ok(Plan { json, pads, total })
+}
 
+/// Writes a container with `graph_json` in its metadata to `out`. Returns bytes written.
+pub fn write_container(out: &mut dyn Write, graph_json: &str, tensors: Vec<TensorOut<'_>>) -> Result<u64> {
+    let plan = plan(graph_json, &tensors)?;
+    emit(out, plan, tensors)
+}
+
+fn emit(out: &mut dyn Write, plan: Plan, mut tensors: Vec<TensorOut<'_>>) -> Result<u64> {
+    let Plan { json, pads, .. } = plan;
     let io_err = |e: io::Error| Error::Io { path: "<container>".into(), source: e };
     let mut w = Counting { inner: out, written: 0 };
     w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io_err)?;
@@ -143,23 +162,47 @@ fn entry(dtype: DType, shape: &[usize], begin: u64, end: u64) -> Value {
     serde_json::json!({ "dtype": dtype.as_str(), "shape": shape, "data_offsets": [begin, end] })
 }
 
-/// Writes a container file atomically (temporary file, fsync, rename).
+/// Writes a container file atomically (unique temporary file, fsync, rename, directory
+/// fsync; see `graft_plugin_abi::files`). A `path` that exists and is not a regular file
+/// is refused with [`Error::NotRegularFile`]; on any error the temporary file is removed
+/// and `path` is untouched.
 pub fn write_file(path: &Path, graph_json: &str, tensors: Vec<TensorOut<'_>>) -> Result<u64> {
-    let tmp = path.with_extension("graft.tmp");
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut buf = io::BufWriter::with_capacity(1 << 20, file);
-        let n = write_container(&mut buf, graph_json, tensors).map_err(|e| match e {
-            Error::Io { source, .. } => Error::io(&tmp, source),
-            e => e,
-        })?;
-        let file = buf.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    graft_plugin_abi::files::check_target(path)
+        .map_err(|source| Error::NotRegularFile { path: path.display().to_string(), source })?;
+    let plan = plan(graph_json, &tensors)?;
+    // A size the file system cannot hold fails now, not after writing terabytes.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Some(free) = graft_plugin_abi::files::available_space(dir)
+        && plan.total > free
+    {
+        return Err(Error::io(
+            path,
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("the container needs {} bytes; the file system has {free} free", plan.total),
+            ),
+        ));
     }
-    result
+    // Errors of the container itself (not I/O) travel through the io::Error untouched.
+    let mut inner: Option<Error> = None;
+    let result = graft_plugin_abi::files::write_atomic(path, |file| {
+        let mut buf = io::BufWriter::with_capacity(1 << 20, file);
+        let n = emit(&mut buf, plan, tensors).map_err(|e| match e {
+            Error::Io { source, .. } => source,
+            e => {
+                inner = Some(e);
+                io::Error::other("container error")
+            }
+        })?;
+        buf.flush()?;
+        Ok(n)
+    });
+    match (result, inner) {
+        (_, Some(e)) => Err(e),
+        (Ok(n), None) => Ok(n),
+        (Err(e), None) => Err(Error::io(path, e)),
+    }
 }

@@ -1,7 +1,10 @@
 //! `Session::run` allocates nothing: a counting global allocator watches repeated runs of
 //! a model that uses every op, on one thread and on a pool of three. `run_with` neither,
 //! once the session has seen adapters of that size: mixed rows (gathered groups), DoRA
-//! and stacks included.
+//! and stacks included. Nor does building the rows per request: between requests an
+//! adapter is swapped (outside the count), and each request refreshes one reused
+//! `RowAdapters` to the new snapshot, assigns its 64 rows, runs and sends feedback —
+//! every request must see the version swapped in just before it.
 //!
 //! The counter is process-wide, so this file runs without libtest (`harness = false`):
 //! libtest's own thread allocates lazily the first time it blocks on its channel, and
@@ -160,19 +163,19 @@ fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Inpu
         registry.insert(registry.load_path(id, dir.join(format!("{id}.safetensors")), "").unwrap()).unwrap();
     }
     let mut mixed = RowAdapters::new(&registry);
-    for r in 0..64 {
-        match r % 8 {
-            0 => mixed.push("lora").unwrap(),
-            1 => mixed.push("dora").unwrap(),
-            2 => mixed.push_stack(&[("lora", 0.5), ("dora", 1.5)]).unwrap(),
-            3 => mixed.push("pool").unwrap(),
-            4 => mixed.push_stack(&[("pool-prefix", 1.0), ("memory", 1.0)]).unwrap(),
-            5 => mixed.push("route").unwrap(),
-            6 => mixed.push("memory").unwrap(),
-            _ => mixed.push_base().unwrap(),
-        }
-    }
+    assign_mixed(&mut mixed);
     let one = RowAdapters::all(&registry, "dora").unwrap();
+    // Two versions of `lora`, swapped in turn before every per-request build below.
+    let versions: Vec<_> = [11, 12]
+        .iter()
+        .map(|&seed| {
+            let path = dir.join(format!("lora-v{seed}"));
+            write_peft_lora(model, &path, &LoraSpec::every_linear(8, seed)).unwrap();
+            registry.load_peft("lora", &path).unwrap()
+        })
+        .collect();
+    let mut request = RowAdapters::new(&registry);
+    let mut request_one = RowAdapters::new(&registry);
     for threads in [1, 3] {
         let mut s = Session::new(model, SessionOptions { max_batch: 64, threads, ..Default::default() }).unwrap();
         s.run_with(big, &mixed).unwrap();
@@ -195,6 +198,60 @@ fn assert_no_alloc_with_adapters(model: &Model, big: &[Input<'_>], small: &[Inpu
         assert!(checksum.is_finite());
         assert_eq!(tickets, 20 * 16, "two rows in eight carry the memory");
         assert_eq!(n, 0, "{label}, {threads} thread(s): {n} allocations in 40 runs and {tickets} feedbacks");
+
+        // Per request: swap, then refresh + assign + run + feedback, counted. The first
+        // two requests (one per version) warm the buffers up.
+        let mut counted = 0;
+        for k in 0..22 {
+            let current = &versions[k % 2];
+            registry.replace(current.clone()).unwrap();
+            let count = k >= 2;
+            if count {
+                ALLOCATIONS.store(0, Ordering::SeqCst);
+                COUNTING.store(true, Ordering::SeqCst);
+            }
+            request.refresh(&registry);
+            assign_mixed(&mut request);
+            let out = s.run_with(big, &request).unwrap();
+            checksum += out.get("logit").map_or(0.0, |v| v[0]);
+            for t in out.tickets() {
+                t.feedback((t.row % 2) as f32).unwrap();
+            }
+            request_one.refresh_all(&registry, &[("lora", 0.5), ("dora", 1.0)]).unwrap();
+            checksum += s.run_with(small, &request_one).unwrap().get("prob").map_or(0.0, |v| v[0]);
+            COUNTING.store(false, Ordering::SeqCst);
+            if count {
+                counted += ALLOCATIONS.load(Ordering::SeqCst);
+            }
+            // Each build saw the version published just before it, and only that one.
+            let served = |rows: &RowAdapters| {
+                rows.groups()
+                    .iter()
+                    .flat_map(|g| &g.members)
+                    .filter(|m| m.adapter.id() == "lora")
+                    .all(|m| std::sync::Arc::ptr_eq(&m.adapter, current))
+            };
+            assert!(served(&request) && served(&request_one), "{label}: request {k} missed the swap");
+            assert_eq!(request.groups().len(), 7, "{label}: seven distinct sets in the mixed rows");
+        }
+        assert!(checksum.is_finite());
+        assert_eq!(counted, 0, "{label}, {threads} thread(s): {counted} allocations in 20 per-request builds and runs");
+    }
+}
+
+/// The mixed assignment of every kind used above (rows cycle through eight sets).
+fn assign_mixed(rows: &mut RowAdapters) {
+    for r in 0..64 {
+        match r % 8 {
+            0 => rows.push("lora").unwrap(),
+            1 => rows.push("dora").unwrap(),
+            2 => rows.push_stack(&[("lora", 0.5), ("dora", 1.5)]).unwrap(),
+            3 => rows.push("pool").unwrap(),
+            4 => rows.push_stack(&[("pool-prefix", 1.0), ("memory", 1.0)]).unwrap(),
+            5 => rows.push("route").unwrap(),
+            6 => rows.push("memory").unwrap(),
+            _ => rows.push_base().unwrap(),
+        }
     }
 }
 

@@ -108,3 +108,26 @@ def simulate_loop(keys, base_prob, labels, L, p, lam, rho, seed):
         S[t, b[i]] += labels[i] - base_prob[i]
         C[t, b[i]] += 1.0
     return out
+
+
+# The selection protocol (shared by train.py and select_error_memory.py). The held-out
+# stream is split in time: the first VALIDATION_ROWS rows choose the settings, the rest is
+# the report window, on which every variant is reported. The memory starts empty at the
+# first held-out row and runs over the whole held-out stream (it learns online from the
+# labels of rows already predicted, the validation slice's included); only the choice of
+# settings is restricted to the validation slice, so nothing in the report window takes
+# part in it.
+VALIDATION_ROWS = 5000
+
+
+def select(keys, base_prob, labels, grid, seeds, logloss, validation_rows=VALIDATION_ROWS):
+    """Settings with the lowest mean validation logloss over `seeds`.
+
+    Returns (best (L, p, lam, rho), ranked [((L, p, lam, rho), [validation logloss per seed])]).
+    Row t's simulated prediction depends on rows < t only, so simulating just the validation
+    slice gives exactly the predictions the full run makes there.
+    """
+    v = slice(0, validation_rows)
+    scores = search(keys[v], base_prob[v], labels[v], grid, seeds, lambda q: logloss(q, labels[v]))
+    ranked = sorted(scores.items(), key=lambda kv: (float(np.mean(kv[1])), kv[0]))
+    return ranked[0][0], ranked

@@ -384,36 +384,21 @@ def main():
             rt[f"cluster.{j}.{l}.weight"] = w.detach().contiguous()
     save_file(rt, os.path.join(out, "routing.safetensors"), metadata=adapter_meta(routing_cfg))
 
-    # ---- error memory: choose parameters by simulating the replay
+    # ---- error memory: choose parameters on the validation slice, report on the rest
     print("error memory")
     for L, p, lam, rho in ((4, 6, 0.5, 1.0), (8, 4, 0.75, 0.95)):
         em_check = error_memory.simulate(key_rp[:3000], p_rp[:3000], lab_rp[:3000], L, p, lam, rho, SEED_EM_SIM)
         em_loop = error_memory.simulate_loop(key_rp[:3000], p_rp[:3000], lab_rp[:3000], L, p, lam, rho, SEED_EM_SIM)
         check(f"error memory: vectorised simulation vs row-by-row loop (3000 rows, L={L} p={p} rho={rho})",
               em_check, em_loop, 1e-9, checks)
-    sim_seeds = [SEED_EM_SIM + i for i in range(EM_SEEDS)]
-    scores = error_memory.search(key_rp, p_rp, lab_rp, EM_GRID, sim_seeds, lambda q: metrics.logloss(q, lab_rp))
-    ranked = sorted(scores.items(), key=lambda kv: (float(np.mean(kv[1])), kv[0]))
-    (L, p, lam, rho), per_seed = ranked[0]
-    q = error_memory.simulate(key_rp, p_rp, lab_rp, L, p, lam, rho, SEED_EM_SIM)
-    results["error_memory_sim"] = {
-        "replay": metrics.both(q, lab_rp),
-        "params": {"L": L, "p": p, "lambda": lam, "rho": rho},
-        "replay_logloss_per_projection_seed": dict(zip(map(str, sim_seeds), per_seed)),
-        "replay_logloss_mean_over_seeds": float(np.mean(per_seed)),
-        "top5_by_mean_logloss": [{"L": k[0], "p": k[1], "lambda": k[2], "rho": k[3], "mean_logloss": float(np.mean(v)),
-                                  "max_logloss": float(np.max(v))} for k, v in ranked[:5]],
-        "grid": EM_GRID,
-        "protocol": "start empty at the first replay row; per row: predict with the pooled estimate, then insert "
-                    "(h, y - base prob); keys = ReLU(fc2) output of the base; decay before every insertion; "
-                    f"parameters = lowest mean replay logloss over projection seeds {sim_seeds} (chosen on the "
-                    "replay itself); 'replay' reports the first seed",
-    }
-    print("  ", {k: results["error_memory_sim"][k] for k in ("replay", "params", "replay_logloss_per_projection_seed")})
-    best = {"L": L, "p": p, "lambda": lam, "rho": rho}
-    em_cfg = {"kind": "error-memory", "format_version": 1, "key_node": NODE_RELU2, "output_node": NODE_SIGMOID,
-              "output_is": "prob", "tables": best["L"], "bits": best["p"], "seed": SEED_EM_GRAFT, "estimate": "pooled",
-              "lambda": best["lambda"], "space": "prob", "decay": best["rho"], "threshold": 0.0}
+    import select_error_memory  # the protocol: validation slice, then the report window
+
+    results["error_memory_sim"], best = select_error_memory.selection(key_rp, p_rp, lab_rp)
+    v = error_memory.VALIDATION_ROWS
+    results["report_window"] = {"rows": [s.n_train + v, s.n], "base": metrics.both(p_rp[v:], lab_rp[v:]),
+                                "error_memory_sim": results["error_memory_sim"]["report"]}
+    print("  ", {k: results["error_memory_sim"][k] for k in ("params", "validation", "report")})
+    em_cfg = select_error_memory.em_config(best)
     save_file({}, os.path.join(out, "error_memory.safetensors"), metadata=adapter_meta(em_cfg))
 
     # ---- synthetic parity rows and expected outputs
@@ -477,7 +462,8 @@ def main():
         "seeds": {"base": SEED_BASE, "shuffle": SEED_SHUFFLE, "lora": f"{SEED_LORA} + group", "ssf": SEED_SSF,
                   "routing": SEED_ROUTING, "synthetic_rows": SEED_SYNTH, "error_memory_sim": SEED_EM_SIM,
                   "error_memory_graft_seed": SEED_EM_GRAFT},
-        "hyperparameters": {"base": BASE, "lora": LORA, "ssf_pool": SSF, "routing": ROUTING, "error_memory_grid": EM_GRID},
+        "hyperparameters": {"base": BASE, "lora": LORA, "ssf_pool": SSF, "routing": ROUTING, "error_memory_grid": EM_GRID,
+                            "error_memory_selection": results["error_memory_sim"]["protocol"]},
         "nodes": {"concat": NODE_CONCAT, "fc1": NODE_FC1, "fc2": NODE_FC2, "fc2_relu": NODE_RELU2, "fc3": NODE_FC3,
                   "sigmoid": NODE_SIGMOID},
         "parity_sample": sample_stats,

@@ -5,7 +5,8 @@
 //!   (≤ 1e-5 on logits) in one batch, mixed with base rows, and at 3 threads;
 //! - the error memory learns from tickets through `Ticket::feedback`, saves its state
 //!   and restores it into a fresh registry with the same estimates;
-//! - routing replaces the logit with the routed tower's output.
+//! - routing replaces the logit with the routed tower's output, checked against an f64
+//!   reference computed from the fixture's torch weights and the routing file alone.
 
 mod common_adapters;
 
@@ -117,6 +118,61 @@ fn error_memory_learns_from_tickets_and_restores_its_state() -> TestResult {
     Ok(())
 }
 
+/// The f32 tensors of a safetensors file by name, widened to f64.
+fn tensors_f64(path: &std::path::Path) -> TestResult<std::collections::HashMap<String, Vec<f64>>> {
+    let bytes = std::fs::read(path)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(format!("{name}: not f32").into());
+            }
+            let v = view.data().chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            Ok((name, v.collect()))
+        })
+        .collect()
+}
+
+/// The routed logit of every row, computed here in f64 from the two files alone
+/// (algorithms.md §4.1, hard routing, no bias): the base MLP's `/Relu` value
+/// `h = relu(W₁x + b₁)` from the fixture's torch state dict, `κ = argmax_j ⟨h, c_j⟩`
+/// (ties to the lower index), then `a ← relu(a (W⁰_ℓ ⊙ W^κ_ℓ))` on the hidden layer and
+/// `a (W⁰ ⊙ W^κ)` on the last, with the tower weights stored `(in, out)`. Also returns
+/// each row's gap between its best and second-best center score.
+fn routing_reference(x: &[f32], routing: &std::path::Path, dims: &[usize]) -> TestResult<Vec<(f64, f64)>> {
+    let base = tensors_f64(&fixture("mlp_ssf_pool/weights.safetensors"))?;
+    let route = tensors_f64(routing)?;
+    let get = |m: &std::collections::HashMap<String, Vec<f64>>, k: &str| m.get(k).cloned().ok_or(format!("no `{k}`"));
+    let (w1, b1, centers) = (get(&base, "fc1.weight")?, get(&base, "fc1.bias")?, get(&route, "centers")?);
+    let (d, k) = (dims[0], centers.len() / dims[0]);
+    let mut out = Vec::new();
+    for row in x.chunks_exact(IN) {
+        // fc1 is stored torch-style [out, in].
+        let h: Vec<f64> = (0..d)
+            .map(|o| (b1[o] + (0..IN).map(|i| w1[o * IN + i] * f64::from(row[i])).sum::<f64>()).max(0.0))
+            .collect();
+        let scores: Vec<f64> = (0..k).map(|j| (0..d).map(|i| h[i] * centers[j * d + i]).sum()).collect();
+        let kappa = (0..k).fold(0, |best, j| if scores[j] > scores[best] { j } else { best });
+        let second = (0..k).filter(|&j| j != kappa).map(|j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
+        let mut a = h;
+        for l in 0..dims.len() - 1 {
+            let (i_n, o_n) = (dims[l], dims[l + 1]);
+            let (w0, wk) =
+                (get(&route, &format!("shared.{l}.weight"))?, get(&route, &format!("cluster.{kappa}.{l}.weight"))?);
+            let last = l + 2 == dims.len();
+            a = (0..o_n)
+                .map(|o| {
+                    let z: f64 = (0..i_n).map(|i| a[i] * w0[i * o_n + o] * wk[i * o_n + o]).sum();
+                    if last { z } else { z.max(0.0) }
+                })
+                .collect();
+        }
+        out.push((a[0], scores[kappa] - second));
+    }
+    Ok(out)
+}
+
 #[test]
 fn routing_replaces_the_logit_per_row() -> TestResult {
     let dir = scratch("kinds_routing")?;
@@ -127,17 +183,28 @@ fn routing_replaces_the_logit_per_row() -> TestResult {
     registry.insert(registry.load_path("route", &path, "")?)?;
     let x = read_f32(&fixture("mlp_ssf_pool/inputs.f32"))?;
     let base = read_f32(&fixture("mlp_ssf_pool/out_base_logits.f32"))?;
+    // The expectation comes from the files, not from graft: routed rows get the f64
+    // tower output, base rows torch's logit.
+    let reference = routing_reference(&x, &path, &[48, 8, 1])?;
+    let clear = reference.iter().filter(|(_, gap)| *gap > 1e-4).count();
+    assert_eq!(clear, ROWS, "every row's routing decision is clear (so f32 rounding cannot flip it)");
+    assert!(reference.iter().zip(&base).filter(|((r, _), b)| (r - f64::from(**b)).abs() > 1e-3).count() > ROWS / 2);
     let all = logits(&model, &x, &RowAdapters::all(&registry, "route")?, 1)?;
-    assert!(all.iter().zip(&base).filter(|(a, b)| (*a - *b).abs() > 1e-3).count() > ROWS / 2);
     let mut mixed = RowAdapters::new(&registry);
     for r in 0..ROWS {
         if r % 2 == 0 { mixed.push("route")? } else { mixed.push_base()? }
     }
     let got = logits(&model, &x, &mixed, 2)?;
+    let mut worst = 0.0f64;
     for r in 0..ROWS {
-        let want = if r % 2 == 0 { all[r] } else { base[r] };
-        assert!((got[r] - want).abs() <= 1e-5, "row {r}: {} vs {want}", got[r]);
+        let routed = reference[r].0;
+        let err = (f64::from(all[r]) - routed).abs();
+        worst = worst.max(err);
+        assert!(err <= 1e-5, "row {r}, every row routed: {} vs f64 reference {routed}", all[r]);
+        let want = if r % 2 == 0 { routed } else { f64::from(base[r]) };
+        assert!((f64::from(got[r]) - want).abs() <= 1e-5, "row {r}, mixed at 2 threads: {} vs {want}", got[r]);
     }
+    println!("routing vs the f64 reference: max |Δlogit| {worst:.2e}");
     Ok(())
 }
 

@@ -6,9 +6,14 @@
 //! - Replay (needs the data; a SKIP line locally, a failure under `GRAFT_CI=1`): the last
 //!   20 % of the click stream in timestamp order through the base, per-user-group LoRA,
 //!   the FedIns pool, routing, and the ReLoop2 error memory with each row's label fed back
-//!   right after its prediction (batches of one). Logloss and AUC of each are printed as
-//!   a table; the trained adapters' metrics must equal torch's (`reference_metrics.json`),
-//!   and the error memory must lower the base model's logloss.
+//!   right after its prediction (batches of one). The error memory's settings were chosen
+//!   on the first 5 000 held-out rows (`scripts/movielens/select_error_memory.py`), so the
+//!   table reports every variant on the other 15 000 rows only (the report window, from
+//!   `reference_metrics.json`). Asserted: graft's metrics of the trained adapters equal
+//!   torch's on the whole replay, the base's also on the report window; the error memory
+//!   lowers the base's report-window logloss by at least 0.02 and lands within 0.003 of
+//!   the numpy simulation (graft draws its own projections; the simulation's spread over
+//!   three projection seeds is 0.0027).
 
 #![allow(clippy::unwrap_used)]
 
@@ -107,7 +112,8 @@ fn trained_adapters_match_torch_on_the_parity_rows() -> TestResult {
             let got = out.get("logit").ok_or("no logit output")?;
             let err = worst(got, &read_f32(&dir(expected))?);
             println!("{name:<14} {threads} thread(s): max |Δlogit| vs torch {err:.2e}");
-            assert!(err <= 1e-5, "{name}: {err}");
+            // Measured ≤ 4.8e-7 (AVX2 and scalar kernels); the README states both numbers.
+            assert!(err <= 1e-6, "{name}: max |Δlogit| {err} > 1e-6");
         }
     }
     Ok(())
@@ -142,6 +148,7 @@ fn replay_through_graft() -> TestResult {
 
     // Stateless variants: batches in timestamp order.
     let mut results: Vec<(&str, &str, Metrics)> = Vec::new();
+    let mut all_probs: Vec<Vec<f32>> = Vec::new();
     for (name, key) in [
         ("base", "base"),
         ("per-group LoRA", "lora_per_group"),
@@ -167,6 +174,7 @@ fn replay_through_graft() -> TestResult {
             probs.extend_from_slice(out.get("prob").ok_or("no prob output")?);
         }
         results.push((name, key, metrics(&probs, &labels)));
+        all_probs.push(probs);
     }
 
     // The error memory: one row at a time, its label fed back right after.
@@ -181,21 +189,43 @@ fn replay_through_graft() -> TestResult {
         tickets[0].feedback(stream.labels[row])?;
     }
     results.push(("ReLoop2 error memory", "error_memory", metrics(&probs, &labels)));
+    all_probs.push(probs);
 
-    println!("MovieLens-100K replay ({} rows, timestamp order):", labels.len());
-    println!("  {:<22} {:>9} {:>8} {:>16}", "variant", "logloss", "AUC", "torch logloss");
-    for (name, key, m) in &results {
+    // The report window: the held-out rows after the validation slice that chose the
+    // error memory's settings.
+    let window = &reference["report_window"];
+    let bounds = window["rows"].as_array().ok_or("report_window.rows")?;
+    let (lo, hi) = (bounds[0].as_u64().ok_or("rows[0]")? as usize, bounds[1].as_u64().ok_or("rows[1]")? as usize);
+    assert!(replay.start < lo && hi == replay.end, "report window {lo}..{hi} inside the replay {replay:?}");
+    let cut = lo - replay.start;
+    let report: Vec<Metrics> = all_probs.iter().map(|probs| metrics(&probs[cut..], &labels[cut..])).collect::<Vec<_>>();
+
+    println!(
+        "MovieLens-100K replay, timestamp order: report window rows {lo}..{hi} ({} rows; the {cut} rows before it \
+         chose the error memory's settings)",
+        hi - lo
+    );
+    println!("  {:<22} {:>9} {:>8}   {:>14} {:>14}", "variant", "logloss", "AUC", "whole replay", "torch (whole)");
+    for ((name, key, m), r) in results.iter().zip(&report) {
         let torch = reference[*key]["replay"]["logloss"].as_f64();
         let torch = torch.map_or("-".to_string(), |t| format!("{t:.6}"));
-        println!("  {name:<22} {:>9.6} {:>8.4} {torch:>16}", m.logloss, m.auc);
+        println!("  {name:<22} {:>9.6} {:>8.4}   {:>14.6} {torch:>14}", r.logloss, r.auc, m.logloss);
     }
+    let mut worst = (0.0f64, 0.0f64);
     for (name, key, m) in &results[..4] {
         let want = &reference[*key]["replay"];
         let (ll, a) = (want["logloss"].as_f64().ok_or("logloss")?, want["auc"].as_f64().ok_or("auc")?);
-        assert!((m.logloss - ll).abs() < 1e-5, "{name}: logloss {} vs torch {ll}", m.logloss);
-        assert!((m.auc - a).abs() < 1e-4, "{name}: AUC {} vs torch {a}", m.auc);
+        worst = (worst.0.max((m.logloss - ll).abs()), worst.1.max((m.auc - a).abs()));
+        assert!((m.logloss - ll).abs() < 1e-6, "{name}: logloss {} vs torch {ll}", m.logloss);
+        assert!((m.auc - a).abs() < 1e-5, "{name}: AUC {} vs torch {a}", m.auc);
     }
-    let (base, memory) = (&results[0].2, &results[4].2);
-    assert!(memory.logloss < base.logloss - 0.01, "error memory {} vs base {}", memory.logloss, base.logloss);
+    println!("  graft vs torch on the whole replay: max |Δlogloss| {:.1e}, max |ΔAUC| {:.1e}", worst.0, worst.1);
+    let (ll, a) = (window["base"]["logloss"].as_f64().ok_or("logloss")?, window["base"]["auc"].as_f64().ok_or("auc")?);
+    assert!((report[0].logloss - ll).abs() < 1e-6, "base, report window: logloss {} vs torch {ll}", report[0].logloss);
+    assert!((report[0].auc - a).abs() < 1e-5, "base, report window: AUC {} vs torch {a}", report[0].auc);
+    let (base, memory) = (&report[0], &report[4]);
+    assert!(memory.logloss < base.logloss - 0.02, "error memory {} vs base {}", memory.logloss, base.logloss);
+    let sim = window["error_memory_sim"]["logloss"].as_f64().ok_or("error_memory_sim")?;
+    assert!((memory.logloss - sim).abs() < 0.003, "error memory {} vs numpy simulation {sim}", memory.logloss);
     Ok(())
 }

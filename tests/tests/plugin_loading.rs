@@ -418,6 +418,43 @@ fn a_plugin_directory_loads_each_library_and_reports_each_refusal() -> TestResul
     Ok(())
 }
 
+/// A plugin copied into the directory only in part (cut inside its segments, where
+/// `dlopen` used to die of SIGBUS, or only in its trailing section headers) is reported
+/// with a typed refusal and skipped; the complete plugin beside it loads and serves.
+#[test]
+fn a_truncated_plugin_in_the_directory_is_refused_and_skipped() -> TestResult {
+    let Some(plugins) = c_plugins("a_truncated_plugin_in_the_directory_is_refused_and_skipped") else {
+        return Ok(());
+    };
+    let dir = scratch("plugin_dir_truncated")?;
+    let good = std::fs::read(lib(plugins, "good"))?;
+    for (name, len) in [("a_third", good.len() / 3), ("b_most", good.len() - 100)] {
+        std::fs::write(dir.join(format!("{name}.{LIB}")), &good[..len])?;
+    }
+    std::fs::write(dir.join(format!("c_good.{LIB}")), &good)?;
+    let mut kinds = Kinds::empty();
+    let loads = kinds.load_dir(&dir)?;
+    assert_eq!(loads.len(), 3);
+    for load in &loads[..2] {
+        let (detail, fix) = refusal(load.result.as_ref().map(|_| ()).map_err(clone_plugin_error), &load.path)?;
+        assert!(detail.starts_with("a truncated or corrupt ELF file"), "{detail}");
+        assert!(fix.contains("rename"), "{fix}");
+    }
+    assert!(matches!(&loads[2].result, Ok(info) if info.name == "add-vector"));
+    assert_eq!(kinds.names(), ["add-vector"]);
+    Ok(())
+}
+
+/// `PluginLoad::result` borrowed as an owned result for [`refusal`].
+fn clone_plugin_error(e: &Error) -> Error {
+    match e {
+        Error::Plugin { path, detail, fix } => {
+            Error::Plugin { path: path.clone(), detail: detail.clone(), fix: fix.clone() }
+        }
+        other => Error::InvalidOption { detail: other.to_string() },
+    }
+}
+
 /// The routing and ssf-pool kinds built as plugins.
 fn rust_plugins(dir: &Path) -> TestResult<(PathBuf, PathBuf)> {
     let packages = ["graft-plugin-routing", "graft-plugin-ssf-pool"];

@@ -144,6 +144,9 @@ static void test_session_params(const graft_model *model) {
   p.max_batch = 0;
   EXPECT(graft_session_new(model, &p, &session), GRAFT_STATUS_INVALID_OPTION);
   p = graft_session_default_params();
+  p.threads = 100000;
+  EXPECT(graft_session_new(model, &p, &session), GRAFT_STATUS_INVALID_OPTION);
+  p = graft_session_default_params();
   p.nan_policy = 77;
   EXPECT(graft_session_new(model, &p, &session), BAD);
   p = graft_session_default_params();
@@ -267,6 +270,17 @@ static void test_run_errors(const graft_model *model) {
   EXPECT(graft_session_ticket_count(session, NULL), NUL);
   EXPECT(graft_session_ticket_count(session, &n), OK);
   REQUIRE(n == 0);
+  {
+    size_t faults = 99;
+    graft_row_fault fault;
+    EXPECT(graft_session_row_fault_count(NULL, &faults), NUL);
+    EXPECT(graft_session_row_fault_count(session, NULL), NUL);
+    EXPECT(graft_session_row_fault_count(session, &faults), OK);
+    REQUIRE(faults == 0);
+    EXPECT(graft_session_row_fault(NULL, 0, &fault), NUL);
+    EXPECT(graft_session_row_fault(session, 0, NULL), NUL);
+    EXPECT(graft_session_row_fault(session, 0, &fault), BAD);
+  }
   example_inputs_free(&in);
   graft_session_free(session);
 }

@@ -29,6 +29,8 @@
 #![allow(non_local_definitions)]
 
 mod error;
+pub mod files;
+pub mod mapguard;
 mod kind;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -225,8 +227,9 @@ pub trait ModelView {
     /// The node's base bias, if it has one.
     fn base_bias(&self, node: u32) -> ROption<RSlice<'_, f32>>;
 
-    /// A fingerprint of the model (its graph and tensor index). Persistent adapter state
-    /// records it and refuses to restore against another model.
+    /// A fingerprint of the model: graft's host returns XXH64 of every byte of the
+    /// container (graph, tensor index and all weights), computed on first call. Persistent
+    /// adapter state records it and refuses to restore against another model.
     #[sabi(last_prefix_field)]
     fn fingerprint(&self) -> u64;
 }

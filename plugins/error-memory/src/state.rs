@@ -3,8 +3,10 @@
 //! The state file is a safetensors file (F32 tensors, see the crate docs for names and
 //! shapes) with one metadata key, [`STATE_METADATA_KEY`], holding a JSON object
 //! `{format_version, model_fingerprint, config_hash, inserts, weight, checksum}`.
-//! It is written to `<path>.tmp.<pid>`, fsynced, renamed over `path` and the directory
-//! fsynced, so a crash leaves either the old file or the new one. Restoring refuses, with
+//! It is written to a unique `<path>.tmp.<pid>.<n>`, fsynced, renamed over `path` and the
+//! directory fsynced (`graft_plugin_abi::files`), so a crash leaves either the old file or
+//! the new one; only regular files are replaced, and temporary files of killed savers are
+//! removed by the next save or restore. Restoring refuses, with
 //! a `STATE` error that says which, a file that is torn (truncated, unparsable), whose
 //! tensor data does not match its checksum, that was saved against another model
 //! (fingerprint) or another configuration (config hash), or whose tensors do not fit.
@@ -12,9 +14,9 @@
 //! Both hashes are 64-bit FNV-1a: fast, dependency-free, and stable forever (it is part of
 //! the file format). It detects corruption, not tampering; state files are trusted input.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use graft_plugin_abi::{ErrorCode, PluginError};
 use safetensors::tensor::TensorView;
@@ -135,39 +137,13 @@ fn data_of<'a>(data: &'a SketchData, name: &str) -> &'a [f32] {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename, fsync of the directory. The temporary file is removed on failure.
+/// Writes `bytes` to `path` atomically (`graft_plugin_abi::files`): a unique temporary
+/// file in the same directory, fsync, rename, fsync of the directory. Only regular files
+/// are replaced; the temporary file is removed on failure, and ones left by killed savers
+/// are removed first.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], field: &str) -> Result<(), PluginError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| io_err(field, &tmp, "create", e))?;
-        file.write_all(bytes).map_err(|e| io_err(field, &tmp, "write", e))?;
-        file.sync_all().map_err(|e| io_err(field, &tmp, "fsync", e))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| io_err(field, path, "rename the temporary file onto", e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    sync_dir(path, field)
-}
-
-#[cfg(unix)]
-fn sync_dir(path: &Path, field: &str) -> Result<(), PluginError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(field, dir, "fsync directory", e))
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_path: &Path, _field: &str) -> Result<(), PluginError> {
-    Ok(()) // directories cannot be opened for fsync here; the rename is still atomic
+    graft_plugin_abi::files::write_atomic(path, |file| file.write_all(bytes))
+        .map_err(|e| PluginError::new(ErrorCode::IO, field, format!("cannot save {}: {e}", path.display())))
 }
 
 /// Saves `data` to `path`.
@@ -205,6 +181,8 @@ pub(crate) fn save(path: &str, data: &SketchData, layout: &Layout, id: &Identity
 /// Reads the state at `path`, checking it against `layout` and `id`.
 pub(crate) fn load(path: &str, layout: &Layout, id: &Identity) -> Result<SketchData, PluginError> {
     let p = Path::new(path);
+    // Start-up is when a killed saver's temporary file is found; only dead pids' go.
+    let _ = graft_plugin_abi::files::remove_stale_temps(p);
     let len = fs::metadata(p).map_err(|e| io_err("state", p, "read", e))?.len();
     let limit = layout.max_data_bytes() + HEADER_ALLOWANCE;
     if len > limit {

@@ -210,3 +210,86 @@ fn save_errors_and_overwrite() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+/// A pid no process has (Linux: no `/proc/<pid>`), for a killed saver's leftovers.
+#[cfg(target_os = "linux")]
+fn dead_pid() -> u32 {
+    (4_000_000..4_194_304).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap()
+}
+
+/// A save killed mid-write leaves `<path>.tmp.<pid>`; the next restore (start-up) or save
+/// removes it once that pid is gone, and keeps a live process's temporary file.
+#[test]
+#[cfg(target_os = "linux")]
+fn killed_save_leftovers_are_removed() {
+    let dir = TempDir::new("stale");
+    let model = memory_model(D);
+    let a = build(&dir, "a.safetensors", &model, &config(Estimate::Pooled), &[], "").unwrap();
+    fill(&a, &mut Rng(1), 3);
+    let path = dir.file("s.state");
+    save(&a, &path).unwrap();
+    let stale = format!("{path}.tmp.{}", dead_pid());
+    let stale_numbered = format!("{path}.tmp.{}.4", dead_pid());
+    let live = format!("{path}.tmp.1"); // init never exits
+    for p in [&stale, &stale_numbered, &live] {
+        std::fs::write(p, vec![0u8; 4096]).unwrap();
+    }
+    load(&model, &dir.file("a.safetensors"), &options(&path)).unwrap();
+    assert!(!std::path::Path::new(&stale).exists() && !std::path::Path::new(&stale_numbered).exists());
+    assert!(std::path::Path::new(&live).exists(), "a live pid's file is not ours to remove");
+    std::fs::write(&stale, b"again").unwrap();
+    save(&a, &path).unwrap();
+    assert!(!std::path::Path::new(&stale).exists(), "a save removes leftovers too");
+    std::fs::remove_file(&live).unwrap();
+}
+
+/// Two memories of one process saving to one path at the same time (the same pid, so
+/// the old `<path>.tmp.<pid>` name collided and one save failed) both succeed, every
+/// time, and the file is always one of them, whole.
+#[test]
+fn concurrent_saves_to_one_path_both_succeed() {
+    let dir = TempDir::new("concurrent");
+    let model = memory_model(D);
+    let a = build(&dir, "a.safetensors", &model, &config(Estimate::Pooled), &[], "").unwrap();
+    let b = build(&dir, "b.safetensors", &model, &config(Estimate::Pooled), &[], "").unwrap();
+    fill(&a, &mut Rng(1), 5);
+    fill(&b, &mut Rng(2), 9);
+    let path = dir.file("shared.state");
+    std::thread::scope(|s| {
+        for memory in [&a, &b] {
+            let path = &path;
+            s.spawn(move || {
+                for _ in 0..25 {
+                    save(memory, path).unwrap();
+                }
+            });
+        }
+    });
+    let restored = load(&model, &dir.file("a.safetensors"), &options(&path)).unwrap();
+    assert!([5, 9].contains(&restored.stats().inserts), "{}", restored.stats().inserts);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 3, "temporary files left: {names:?}");
+}
+
+/// Only regular files are written: a device (through a symlink too) or a FIFO is refused
+/// with an `IO` error and left as it was.
+#[test]
+#[cfg(unix)]
+fn device_targets_are_refused() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = TempDir::new("device");
+    let model = memory_model(D);
+    let a = build(&dir, "a.safetensors", &model, &config(Estimate::Pooled), &[], "").unwrap();
+    fill(&a, &mut Rng(1), 3);
+    let link = dir.path().join("null");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    for target in ["/dev/null", link.to_str().unwrap()] {
+        let err = save(&a, target).unwrap_err();
+        assert_eq!(err.code, ErrorCode::IO, "{target}");
+        assert!(err.message.as_str().contains("not a regular file"), "{}", err.message);
+    }
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

@@ -13,9 +13,9 @@ use graft_plugin_abi::{
     PluginError, Target, TargetInfo, WeightView, guard,
 };
 
-use crate::KIND;
 use crate::dora::Dora;
 use crate::tensors::{Backing, Tensor};
+use crate::{KIND, TENSOR_FILE};
 
 /// One adapted linear module.
 #[derive(Debug)]
@@ -151,6 +151,12 @@ impl LoraAdapter {
         let (f_buf, kscratch) = rest.split_at_mut(f_len);
 
         let c = m.scale * f64::from(call.scale);
+        if !c.is_finite() || c.abs() > f64::from(f32::MAX) {
+            return Err(bad_call(
+                field,
+                format!("scale {:e} × row scale {:e} = {c:e} overflows f32", m.scale, call.scale),
+            ));
+        }
         let cf = c as f32;
         let t = MatViewMut::new(t_buf, rows, r, r).ok_or_else(|| internal(field, "t view"))?;
         linear(call.x, wa, cf, false, t, RSliceMut::from_mut_slice(kscratch)).check(field, "x·Aᵀ")?;
@@ -274,11 +280,20 @@ impl Adapter for LoraAdapter {
     }
 
     fn linear_delta(&self, call: LinearDelta<'_>) -> RResult<(), PluginError> {
-        guard(KIND, "linear_delta", || self.delta(call))
+        guard(KIND, "linear_delta", || {
+            let result = self.delta(call);
+            // A mapped file that changed during the call: its output is discarded.
+            self.backing.check(TENSOR_FILE)?;
+            result
+        })
     }
 
     fn merge(&self, target: u32, weight: MatViewMut<'_>, bias: RSliceMut<'_, f32>) -> RResult<(), PluginError> {
-        guard(KIND, "merge", || self.merge_into(target, weight, bias))
+        guard(KIND, "merge", || {
+            let result = self.merge_into(target, weight, bias);
+            self.backing.check(TENSOR_FILE)?;
+            result
+        })
     }
 
     fn device_params(&self, target: u32) -> RResult<DeviceParams, PluginError> {

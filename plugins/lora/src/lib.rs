@@ -25,9 +25,13 @@
 //!   the host's kernels, in the adapter's stored f32/f16/bf16), so one base model serves
 //!   many adapters and quantized bases are never re-quantized. [`merge`](graft_plugin_abi::Adapter::merge)
 //!   exists for explicit merges (`W += s·BA`; DoRA `W_o ← f_o·(W_o + s·(BA)_o)`).
-//! - **Memory-mapped tensors.** The safetensors file is mapped, not read; tensors are used
-//!   in place and only a tensor misaligned in the file is copied (`owned_bytes` counts
-//!   it). Headers are parsed by the `safetensors` crate, which checks lengths and offsets
+//! - **Files read once, or mapped.** A safetensors file of at most
+//!   [`COPY_LIMIT`] (16 MiB) is read into memory at load and verified,
+//!   so later changes to the file cannot reach the adapter; a larger one is memory-mapped
+//!   under the SIGBUS guard and checked after every hook (a truncated or rewritten file is
+//!   an `IO` error for that call, never a fault or a mix). Either way tensors are used in
+//!   place and only a tensor misaligned in the file is copied (`owned_bytes` counts
+//!   copies, `mapped_bytes` the mapped case). Headers are parsed by the `safetensors` crate, which checks lengths and offsets
 //!   with overflow-checked arithmetic, so hostile headers fail with `TENSOR` errors.
 //! - **DoRA norms for any multiplier.** At load the kind keeps, per output row,
 //!   `‖W_o‖²`, `⟨W_o, (BA)_o⟩` and `‖(BA)_o‖²` (f64, from the host's dequantized base
@@ -72,6 +76,7 @@ pub use adapter::LoraAdapter;
 pub use config::{MAX_CONFIG_BYTES, REJECTED_KEYS};
 pub use inspect::inspect_dir;
 pub use load::{CONFIG_FILE, LEGACY_FILE, TENSOR_FILE, load_bytes, load_dir};
+pub use tensors::COPY_LIMIT;
 
 /// The kind's name.
 pub const KIND: &str = "lora";

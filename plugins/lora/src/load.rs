@@ -48,7 +48,7 @@ pub fn load_dir(request: &LoadRequest<'_>, model: &ModelViewRef<'_>) -> Result<L
     if !tensor_path.exists() {
         return Err(PluginError::new(ErrorCode::IO, TENSOR_FILE, format!("missing in {source}")));
     }
-    let backing = Backing::map(&tensor_path, TENSOR_FILE)?;
+    let backing = Backing::open(&tensor_path, TENSOR_FILE)?;
     build(source, backing, &config, &options, model)
 }
 
@@ -230,6 +230,16 @@ fn build(
         }
 
         let scale = override_scale.unwrap_or_else(|| config.scale_for(&path, r_cfg));
+        // The delta is computed in f32: a scale beyond its range (`lora_alpha: 1e300`,
+        // `scaling: 1e39`) would turn every output into ±Inf or NaN.
+        if !scale.is_finite() || scale.abs() > f64::from(f32::MAX) {
+            let field = if override_scale.is_some() { "scaling" } else { "lora_alpha" };
+            return Err(PluginError::new(
+                ErrorCode::CONFIG,
+                field,
+                format!("module `{path}`: scale {scale:e} is outside the f32 range (|s| ≤ {:e})", f32::MAX),
+            ));
+        }
         let module_bytes =
             [Some(&a), Some(&b), bias.as_ref(), magnitude.as_ref()].into_iter().flatten().map(Tensor::bytes).sum();
         let unreadable = |t: &Tensor| PluginError::new(ErrorCode::INTERNAL, t.key.as_str(), "tensor data unreadable");

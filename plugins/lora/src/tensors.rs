@@ -1,10 +1,19 @@
-//! The adapter's parameter storage: the safetensors file stays memory-mapped and f32 /
-//! f16 / bf16 tensors are used in place, so loading an adapter costs page-table entries,
-//! not copies. A tensor whose bytes are not aligned for its element type inside the
-//! mapping (possible when a writer does not pad the header) is copied into an owned,
-//! aligned vector; that is the only copy the loader makes of a matrix.
+//! The adapter's parameter storage. f32 / f16 / bf16 tensors are used in place in the
+//! file's bytes; a tensor whose bytes are not aligned for its element type (possible when
+//! a writer does not pad the header) is copied into an owned, aligned vector.
+//!
+//! Files that change after load (README, "Files under a live model"): a file of at most
+//! [`COPY_LIMIT`] bytes — every recommender LoRA and most LLM ones — is read into memory
+//! once and verified (the same inode, size and mtime before and after the read, and every
+//! byte read), so the adapter never sees the file again: a later truncation, rewrite or NaN
+//! written into it changes nothing until the adapter is loaded again. A larger file stays
+//! memory-mapped (page-table entries, not a copy) under the SIGBUS guard
+//! (`graft_plugin_abi::mapguard`); every hook call then checks the guard's flag and the
+//! file's `fstat`, and a truncation or in-place rewrite fails the call (and so the run)
+//! with an `IO` error instead of faulting or mixing versions.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use graft_plugin_abi::{ElemFormat, ErrorCode, PluginError, WeightView};
@@ -12,33 +21,97 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-/// The bytes of a safetensors file: a read-only mapping or a buffer handed to us.
+/// Files up to this size are copied into memory at load; larger ones are mapped.
+pub const COPY_LIMIT: u64 = 16 << 20;
+
+/// The bytes of a safetensors file: a copy, a guarded read-only mapping, or a buffer
+/// handed to us.
 #[derive(Debug)]
 pub enum Backing {
-    /// A read-only memory map of the file.
-    Mapped(Mmap),
-    /// An owned buffer (`load_bytes`).
+    /// A read-only memory map of a file larger than [`COPY_LIMIT`].
+    Mapped(Mapped),
+    /// An owned buffer (a file read at load, or `load_bytes`).
     Owned(Vec<u8>),
 }
 
+/// A mapped adapter file and what is needed to notice it changing.
+#[derive(Debug)]
+pub struct Mapped {
+    /// Unregisters before `map` is unmapped (fields drop in declaration order).
+    guard: Option<graft_plugin_abi::mapguard::Guard>,
+    map: Mmap,
+    file: File,
+    stamp: Stamp,
+    path: String,
+}
+
+/// Size, inode and modification time: what changes when a file's contents do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    inode: (u64, u64),
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(file: &File) -> std::io::Result<Stamp> {
+        let meta = file.metadata()?;
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let inode = (0, 0);
+        Ok(Stamp { len: meta.len(), inode, modified: meta.modified().ok() })
+    }
+}
+
 impl Backing {
-    /// Maps `path` read-only.
-    pub fn map(path: &Path, field: &str) -> Result<Backing, PluginError> {
-        let file = File::open(path)
-            .map_err(|e| PluginError::new(ErrorCode::IO, field, format!("cannot open {}: {e}", path.display())))?;
-        // SAFETY: the mapping is read-only and private to this adapter. Another process
-        // truncating or rewriting the file while it is mapped would change the bytes under
-        // us (or fault); that is the documented contract of adapter files (they are
-        // immutable once published), the same one every mmap-based loader relies on.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| PluginError::new(ErrorCode::IO, field, format!("cannot map {}: {e}", path.display())))?;
-        Ok(Backing::Mapped(map))
+    /// Opens `path`: copies (and verifies) a file of at most [`COPY_LIMIT`] bytes, maps a
+    /// larger one read-only under the SIGBUS guard (module docs).
+    pub fn open(path: &Path, field: &str) -> Result<Backing, PluginError> {
+        let io = |what: &str, e: std::io::Error| {
+            PluginError::new(ErrorCode::IO, field, format!("cannot {what} {}: {e}", path.display()))
+        };
+        let mut file = File::open(path).map_err(|e| io("open", e))?;
+        let stamp = Stamp::of(&file).map_err(|e| io("stat", e))?;
+        if stamp.len <= COPY_LIMIT {
+            let mut bytes = Vec::new();
+            bytes
+                .try_reserve_exact(stamp.len as usize)
+                .map_err(|e| io("allocate memory for", std::io::Error::other(e)))?;
+            // One byte more than the size: a file that grew during the read shows.
+            (&mut file).take(stamp.len + 1).read_to_end(&mut bytes).map_err(|e| io("read", e))?;
+            let after = Stamp::of(&file).map_err(|e| io("stat", e))?;
+            if after != stamp || bytes.len() as u64 != stamp.len {
+                return Err(PluginError::new(
+                    ErrorCode::IO,
+                    field,
+                    format!(
+                        "{} changed while it was being read ({} bytes at open, {} read, {} now); load it again                          once it is complete (publish adapter files by rename)",
+                        path.display(),
+                        stamp.len,
+                        bytes.len(),
+                        after.len
+                    ),
+                ));
+            }
+            return Ok(Backing::Owned(bytes));
+        }
+        // SAFETY: the mapping is read-only. Another process may truncate or rewrite the
+        // file while it is mapped: the bytes are plain data (every bit pattern is a valid
+        // f32/u16), a read past a new end of file is caught by the SIGBUS guard registered
+        // below, and `check` fails every hook call after a change (module docs).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| io("map", e))?;
+        let guard = graft_plugin_abi::mapguard::register(map.as_ptr(), map.len());
+        Ok(Backing::Mapped(Mapped { guard, map, file, stamp, path: path.display().to_string() }))
     }
 
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) => &m.map,
             Backing::Owned(v) => v,
         }
     }
@@ -46,6 +119,31 @@ impl Backing {
     /// Whether tensors living in these bytes count as mapped (not allocated).
     pub fn is_mapped(&self) -> bool {
         matches!(self, Backing::Mapped(_))
+    }
+
+    /// `Ok` unless a mapped file was truncated (the guard's flag) or rewritten (its
+    /// `fstat`) since load; a copied or handed-over buffer never changes. Called after
+    /// every hook that read the bytes, so a call that may have seen a change fails.
+    pub fn check(&self, field: &str) -> Result<(), PluginError> {
+        let Backing::Mapped(m) = self else { return Ok(()) };
+        let changed = |what: String| {
+            PluginError::new(
+                ErrorCode::IO,
+                field,
+                format!("{}: {what} since the adapter was loaded; load it again to use the new file", m.path),
+            )
+        };
+        if m.guard.as_ref().is_some_and(graft_plugin_abi::mapguard::Guard::faulted) {
+            return Err(changed("the file was truncated (a read past its new end returned zeros)".into()));
+        }
+        match Stamp::of(&m.file) {
+            Ok(now) if now == m.stamp => Ok(()),
+            Ok(now) if now.len != m.stamp.len => {
+                Err(changed(format!("the file changed size from {} to {} bytes", m.stamp.len, now.len)))
+            }
+            Ok(_) => Err(changed("the file was modified in place".into())),
+            Err(e) => Err(changed(format!("the file cannot be examined ({e})"))),
+        }
     }
 }
 

@@ -146,20 +146,9 @@ pub fn save(
     write_atomically(path, &out).map_err(|e| PluginError::new(ErrorCode::IO, field, format!("cannot write: {e}")))
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it, and renames it into place.
+/// Writes `bytes` to a unique temporary file next to `path`, syncs it, and renames it
+/// into place (`graft_plugin_abi::files`: regular files only, temporary file removed on
+/// every error path).
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("the path has no file name"))?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    graft_plugin_abi::files::write_atomic(path, |file| file.write_all(bytes))
 }

@@ -13,15 +13,15 @@ use crate::report::{Latencies, micros};
 pub struct Args {
     /// The `.graft` file.
     model: PathBuf,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 1)]
+    /// Rows per batch (at least 1).
+    #[arg(long, default_value = "1", value_parser = crate::parse_positive)]
     batch: usize,
-    /// Threads per batch.
-    #[arg(long, default_value_t = 1)]
+    /// Threads per batch (0: one per CPU; at most 1024).
+    #[arg(long, default_value = "1", value_parser = crate::parse_threads)]
     threads: usize,
-    /// Seconds to measure (after a short warm-up).
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    /// Seconds to measure after a short warm-up (above 0, at most a year).
+    #[arg(long, default_value = "3", value_parser = crate::parse_seconds)]
+    seconds: Duration,
     /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
@@ -30,13 +30,13 @@ pub struct Args {
 pub fn main(args: Args) -> Result<()> {
     let model = Model::open(&args.model)?;
     let options = SessionOptions {
-        max_batch: args.batch.max(1),
+        max_batch: args.batch,
         threads: args.threads,
         kernels: crate::parse_level(&args.kernels)?,
         ..Default::default()
     };
     let mut session = Session::new(&model, options)?;
-    let data = GraphInputs::new(model.graph(), args.batch.max(1), 42);
+    let data = GraphInputs::try_new(model.graph(), args.batch, 42)?;
     let inputs = data.inputs();
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(300) {
@@ -44,7 +44,7 @@ pub fn main(args: Args) -> Result<()> {
     }
     let mut lat = Latencies::default();
     let start = Instant::now();
-    let budget = Duration::from_secs_f64(args.seconds.max(0.01));
+    let budget = args.seconds;
     while start.elapsed() < budget {
         let t = Instant::now();
         session.run(&inputs)?;

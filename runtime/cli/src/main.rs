@@ -86,6 +86,36 @@ fn parse_device(s: &str) -> Result<graft::Device, String> {
     })
 }
 
+/// Parses a count that must be at least 1 (`--batch`): clap reports 0, negatives and
+/// non-numbers with the usage line instead of the command quietly running something else.
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number ({e})")),
+    }
+}
+
+/// Parses a `--threads` value: 0 (one per CPU) up to [`graft::MAX_THREADS`].
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= graft::MAX_THREADS => Ok(n),
+        Ok(n) => Err(format!("{n} threads is more than graft runs ({} at most; 0 is one per CPU)", graft::MAX_THREADS)),
+        Err(e) => Err(format!("`{s}` is not a whole number ({e})")),
+    }
+}
+
+/// Parses a duration in seconds: finite, positive, and at most a year (NaN, ±Inf, 0,
+/// negatives and `1e300` are refused rather than turned into a panic or a no-op).
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    const YEAR: f64 = 365.0 * 86_400.0;
+    let v: f64 = s.trim().parse().map_err(|e| format!("`{s}` is not a number ({e})"))?;
+    if !v.is_finite() || v <= 0.0 || v > YEAR {
+        return Err(format!("`{s}`: expected a number of seconds above 0 and at most {YEAR}"));
+    }
+    std::time::Duration::try_from_secs_f64(v).map_err(|e| format!("`{s}`: {e}"))
+}
+
 /// Parses a `--kernels` value: `auto` (honour `GRAFT_KERNELS`, else detect) or a level.
 fn parse_level(s: &str) -> graft::Result<Option<graft::kernels::Level>> {
     match s {

@@ -31,11 +31,11 @@ pub struct Args {
     /// Directory for `<output-name>.npy` files.
     #[arg(long, default_value = "out")]
     output_dir: PathBuf,
-    /// Threads per batch.
-    #[arg(long, default_value_t = 1)]
+    /// Threads per batch (0: one per CPU; at most 1024).
+    #[arg(long, default_value = "1", value_parser = crate::parse_threads)]
     threads: usize,
-    /// Rows per batch (default: all rows in one batch).
-    #[arg(long)]
+    /// Rows per batch, at least 1 (default: all rows in one batch).
+    #[arg(long, value_parser = crate::parse_positive)]
     batch: Option<usize>,
     /// Where the graph runs: cpu, cuda or cuda:N (CUDA needs a build with the `cuda`
     /// feature and a machine with the CUDA driver).
@@ -44,7 +44,8 @@ pub struct Args {
     /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
-    /// Run even if dense inputs hold NaN or ±Inf (they propagate to the outputs).
+    /// Run even if dense inputs hold NaN or ±Inf, and write outputs even where a row is
+    /// not finite (by default such a row is an error naming the row, output and column).
     #[arg(long)]
     allow_non_finite: bool,
     #[command(flatten)]
@@ -60,6 +61,17 @@ struct Loaded {
 pub fn main(args: Args) -> Result<()> {
     let model = Model::open(&args.model)?;
     let g = model.graph();
+    // Outputs of an earlier run in the same directory must never pass for this run's:
+    // they go before anything is computed, so a failure below leaves none behind.
+    for o in &g.outputs {
+        let path = output_path(&args.output_dir, &o.name)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io { path: path.display().to_string(), source: e });
+            }
+            _ => {}
+        }
+    }
     let mut loaded: Vec<Loaded> = Vec::new();
     for spec in &args.inputs {
         let (name, file) = spec
@@ -84,7 +96,13 @@ pub fn main(args: Args) -> Result<()> {
         }
     }
     let rows = total_rows(&loaded)?;
-    let batch = args.batch.unwrap_or(rows).max(1);
+    if rows == 0 {
+        let first = loaded.iter().find(|l| l.kind != InputKind::BagIndices).map_or("", |l| l.name.as_str());
+        return Err(Error::InvalidOption {
+            detail: format!("input `{first}` has 0 rows: there is nothing to run (no outputs were written)"),
+        });
+    }
+    let batch = args.batch.unwrap_or(rows);
     let options = SessionOptions {
         max_batch: batch.min(rows.max(1)),
         threads: args.threads,
@@ -96,6 +114,7 @@ pub fn main(args: Args) -> Result<()> {
     let mut session = Session::new(&model, options)?;
     let mut outputs: Vec<(String, usize, Vec<f32>)> = Vec::new();
     let mut latencies = Latencies::default();
+    let mut faults: Vec<Error> = Vec::new();
     let start = Instant::now();
     let mut row = 0;
     while row < rows {
@@ -109,6 +128,11 @@ pub fn main(args: Args) -> Result<()> {
             None => session.run(&inputs)?,
         };
         latencies.push(t.elapsed());
+        for f in out.row_faults() {
+            if let Some(Error::NonFiniteOutput { output, col, value, .. }) = out.row_error(f.row) {
+                faults.push(Error::NonFiniteOutput { output, row: row + f.row, col, value });
+            }
+        }
         if outputs.is_empty() {
             outputs = out.iter().map(|(n, v)| (n.to_string(), v.cols(), Vec::new())).collect();
         }
@@ -120,6 +144,17 @@ pub fn main(args: Args) -> Result<()> {
         row = end;
     }
     let elapsed = start.elapsed();
+    if !faults.is_empty() {
+        for f in faults.iter().skip(1).take(9) {
+            eprintln!("row error: {f}");
+        }
+        eprintln!(
+            "{} of {rows} rows produced NaN or ±Inf from finite inputs; no outputs were written \
+             (--allow-non-finite writes them as computed)",
+            faults.len()
+        );
+        return Err(faults.swap_remove(0));
+    }
     std::fs::create_dir_all(&args.output_dir)
         .map_err(|e| Error::Io { path: args.output_dir.display().to_string(), source: e })?;
     println!(
@@ -135,13 +170,26 @@ pub fn main(args: Args) -> Result<()> {
     }
     println!("batch latency: {}", latencies.summary());
     for (name, width, data) in &outputs {
-        let path = args.output_dir.join(format!("{name}.npy"));
+        let path = output_path(&args.output_dir, name)?;
         npy::write_f32(&path, &[rows, *width], data)?;
         let mean = data.iter().map(|&v| v as f64).sum::<f64>() / data.len().max(1) as f64;
         let head: Vec<String> = data.iter().take(4).map(|v| format!("{v:.6}")).collect();
         println!("  {name:<16} [{rows}, {width}]  mean {mean:.6}  first [{}]  -> {}", head.join(", "), path.display());
     }
     Ok(())
+}
+
+/// `DIR/<output>.npy`, for an output name that is one plain file name: a model's output
+/// called `../x` must not make `run` write (or remove) a file outside `--output-dir`.
+fn output_path(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let file = format!("{name}.npy");
+    let mut parts = std::path::Path::new(&file).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(_)), None) => Ok(dir.join(file)),
+        _ => Err(Error::InvalidOption {
+            detail: format!("output `{name}` is not a plain file name; graft run writes `<output>.npy` files"),
+        }),
+    }
 }
 
 /// The batch size implied by the inputs (dense/ids rows, or offsets length).

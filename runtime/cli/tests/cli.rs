@@ -242,7 +242,7 @@ fn other_kinds_inspect_and_run() {
     for (name, needles) in [
         ("ssf_pool.safetensors", &["kind ssf-pool", "pool_size=8", "top_k=2", "fedins-query"][..]),
         ("routing.safetensors", &["kind routing", "clusters=3", "route-input", "route-output"][..]),
-        ("error_memory.safetensors", &["kind error-memory", "tables=16", "bits=8", "compensate"][..]),
+        ("error_memory.safetensors", &["kind error-memory", "tables=16", "bits=6", "compensate"][..]),
     ] {
         let listing = ok(graft(&["adapter", "inspect", &file(name)]));
         for needle in needles {
@@ -465,13 +465,18 @@ fn device_flag() {
 
     let (o, gpu_out) = run("cuda:0", "gpu");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    if std::env::var("GRAFT_GPU").is_ok_and(|v| v == "1") && o.status.success() {
+    if std::env::var("GRAFT_GPU").is_ok_and(|v| v == "1") {
+        // On the GPU machine a failure is a failure, not a skip.
+        assert!(o.status.success(), "GRAFT_GPU=1 but `graft run --device cuda:0` failed: {err}");
         let (c, g) = (f32s(&cpu_out.join("score.npy")), f32s(&gpu_out.join("score.npy")));
         assert_eq!(c.len(), g.len());
         for (a, b) in g.iter().zip(&c) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "gpu {a} vs cpu {b}");
         }
     } else {
+        println!(
+            "SKIP: device_flag (GPU half: --device cuda:0 vs cpu): hardware CI only (needs a CUDA GPU; kernels-cuda/gpu-check.sh runs it with GRAFT_GPU=1); the refusal half runs here"
+        );
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains("error: CUDA unavailable: "), "{err}");
         assert!(!err.contains("panicked"), "{err}");

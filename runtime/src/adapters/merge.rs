@@ -7,7 +7,9 @@
 //! same rounding), and merged weights are written in f32 whatever the float base format
 //! was, so the merged model computes exactly what the unmerged f32 adapter path computes
 //! instead of rounding the sum back to f16/bf16. Every tensor that is not merged is
-//! copied byte for byte.
+//! copied byte for byte; a model whose file changed on disk (see `Model::check_file`) is
+//! refused, before and after the copy. The output is written through
+//! `graft_plugin_abi::files` (regular files only, unique temporary name).
 
 use std::path::Path;
 
@@ -41,6 +43,7 @@ pub fn merge_to_file(model: &Model, adapter: &LoadedAdapter, path: &Path) -> Res
     if !adapter.model().same_as(model) {
         return Err(Error::AdapterModel { id: adapter.id().into() });
     }
+    model.check_file()?;
     let g = model.graph();
     let json = model.envelope().metadata.get(GRAPH_KEY).ok_or_else(|| refuse("the model has no graph".into()))?;
     let mut graph: Value = serde_json::from_str(json).map_err(|e| refuse(format!("graph JSON: {e}")))?;
@@ -136,5 +139,11 @@ pub fn merge_to_file(model: &Model, adapter: &LoadedAdapter, path: &Path) -> Res
         tensors.push(TensorOut::bytes(name, DType::F32, shape, bytemuck::cast_slice(&values).to_vec()));
     }
     let bytes = write_file(path, &graph.to_string(), tensors)?;
+    // Tensors were streamed from the mapping: if the model's file changed meanwhile, the
+    // merged file may mix versions, so it is removed and the merge fails.
+    if let Err(e) = model.check_file() {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     Ok(MergeReport { nodes, bytes })
 }

@@ -86,7 +86,7 @@ fn check_magic(path: &Path) -> Result<()> {
             _ => return Err(not_library("a truncated ELF header")),
         };
         return match e_type {
-            3 => Ok(()), // ET_DYN
+            3 => check_elf_extent(path, &mut file), // ET_DYN
             1 => Err(refused(path, "an object file, not a shared library", "link it with `-shared`")),
             2 => Err(refused(path, "an executable, not a shared library", "build the plugin as a shared library")),
             other => Err(not_library(&format!("ELF file type {other}"))),
@@ -103,6 +103,152 @@ fn check_magic(path: &Path) -> Result<()> {
         return Ok(());
     }
     Err(not_library("no ELF, Mach-O or PE header"))
+}
+
+/// Checks that every program header segment and every section with file contents lies
+/// inside the file, before `dlopen` maps it. The loader maps segments by their declared
+/// offsets; a truncated file (a copy into the plugin directory still in progress) maps
+/// pages past end-of-file, and touching them kills the process with SIGBUS. Checked here,
+/// it is a typed refusal. (A file truncated *after* this check is the one case left:
+/// plugin files must not be rewritten while a process may load them — copy, then rename.)
+fn check_elf_extent(path: &Path, file: &mut std::fs::File) -> Result<()> {
+    let size = file.metadata().map_err(|e| refused(path, format!("cannot stat: {e}"), "check the file"))?.len();
+    let truncated = |what: String| {
+        refused(
+            path,
+            format!("a truncated or corrupt ELF file ({what}; the file has {size} bytes)"),
+            "copy the complete library again (copy to a temporary name, then rename into the plugin directory)",
+        )
+    };
+    let header = read_at(file, 0, 64).ok_or_else(|| truncated("the ELF header is cut short".into()))?;
+    let elf = Elf::new(&header).ok_or_else(|| truncated("unknown ELF class or byte order".into()))?;
+    let (phoff, shoff) = (elf.word(&header, elf.off(0x20, 0x1c)), elf.word(&header, elf.off(0x28, 0x20)));
+    let field16 = |at64: usize, at32: usize| u64::from(elf.half(&header, elf.off(at64, at32)));
+    let (phentsize, mut phnum) = (field16(0x36, 0x2a), field16(0x38, 0x2c));
+    let (shentsize, mut shnum) = (field16(0x3a, 0x2e), field16(0x3c, 0x30));
+    let table_end = |off: u64, entsize: u64, num: u64| off.checked_add(entsize.checked_mul(num)?);
+    let check_table = |what: &str, off: u64, entsize: u64, num: u64| match table_end(off, entsize, num) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(truncated(format!("its {what} table ends at byte {off} + {num} × {entsize}"))),
+    };
+    let (min_ph, min_sh) = if elf.is64 { (56, 64) } else { (32, 40) };
+    // Extended numbering: counts that do not fit 16 bits live in section header 0.
+    if shoff != 0 && (shnum == 0 || phnum == 0xffff) {
+        if shentsize < min_sh {
+            return Err(truncated(format!("section header entries of {shentsize} bytes")));
+        }
+        check_table("section header", shoff, shentsize, 1)?;
+        let s0 = read_at(file, shoff, shentsize as usize).ok_or_else(|| truncated("section header 0".into()))?;
+        if shnum == 0 {
+            shnum = elf.word(&s0, elf.off(0x20, 0x14));
+        }
+        if phnum == 0xffff {
+            phnum = u64::from(elf.u32(&s0, elf.off(0x2c, 0x1c)));
+        }
+    }
+    if phnum > 0 {
+        if phentsize < min_ph {
+            return Err(truncated(format!("program header entries of {phentsize} bytes")));
+        }
+        check_table("program header", phoff, phentsize, phnum)?;
+        let table = read_at(file, phoff, (phentsize * phnum) as usize)
+            .ok_or_else(|| truncated("the program header table cannot be read".into()))?;
+        for (i, ph) in table.chunks_exact(phentsize as usize).enumerate() {
+            let (offset, filesz) = (elf.word(ph, elf.off(0x08, 0x04)), elf.word(ph, elf.off(0x20, 0x10)));
+            if offset.checked_add(filesz).is_none_or(|end| end > size) {
+                return Err(truncated(format!(
+                    "segment {i} declares bytes {offset}..{}",
+                    offset.saturating_add(filesz)
+                )));
+            }
+        }
+    }
+    if shoff != 0 && shnum > 0 {
+        if shentsize < min_sh {
+            return Err(truncated(format!("section header entries of {shentsize} bytes")));
+        }
+        check_table("section header", shoff, shentsize, shnum)?;
+        let table = read_at(file, shoff, (shentsize * shnum) as usize)
+            .ok_or_else(|| truncated("the section header table cannot be read".into()))?;
+        const SHT_NOBITS: u32 = 8;
+        for (i, sh) in table.chunks_exact(shentsize as usize).enumerate() {
+            if elf.u32(sh, 4) == SHT_NOBITS {
+                continue; // .bss and friends occupy no file bytes
+            }
+            let (offset, len) = (elf.word(sh, elf.off(0x18, 0x10)), elf.word(sh, elf.off(0x20, 0x14)));
+            if offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(truncated(format!("section {i} declares bytes {offset}..{}", offset.saturating_add(len))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `len` bytes of `file` at `offset`, or `None` if the file is shorter.
+fn read_at(file: &mut std::fs::File, offset: u64, len: usize) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).ok()?;
+    buf.resize(len, 0);
+    file.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// Field access for one ELF file's class (32/64-bit) and byte order.
+struct Elf {
+    is64: bool,
+    little: bool,
+}
+
+impl Elf {
+    fn new(header: &[u8]) -> Option<Elf> {
+        let is64 = match header.get(4)? {
+            1 => false,
+            2 => true,
+            _ => return None,
+        };
+        let little = match header.get(5)? {
+            1 => true,
+            2 => false,
+            _ => return None,
+        };
+        Some(Elf { is64, little })
+    }
+
+    /// The offset of a field in this class.
+    fn off(&self, at64: usize, at32: usize) -> usize {
+        if self.is64 { at64 } else { at32 }
+    }
+
+    fn bytes<const N: usize>(&self, b: &[u8], at: usize) -> [u8; N] {
+        // Callers pass offsets inside tables whose length was checked; a short slice
+        // reads as zeros rather than panicking.
+        let mut out = [0u8; N];
+        if let Some(src) = b.get(at..at + N) {
+            out.copy_from_slice(src);
+        }
+        out
+    }
+
+    fn half(&self, b: &[u8], at: usize) -> u16 {
+        let v = self.bytes::<2>(b, at);
+        if self.little { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) }
+    }
+
+    fn u32(&self, b: &[u8], at: usize) -> u32 {
+        let v = self.bytes::<4>(b, at);
+        if self.little { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) }
+    }
+
+    /// An address-sized field (`Elf64_Off`/`Elf64_Xword`, or their 32-bit forms).
+    fn word(&self, b: &[u8], at: usize) -> u64 {
+        if !self.is64 {
+            return u64::from(self.u32(b, at));
+        }
+        let v = self.bytes::<8>(b, at);
+        if self.little { u64::from_le_bytes(v) } else { u64::from_be_bytes(v) }
+    }
 }
 
 /// Every library [`open`] loaded, for the life of the process.
@@ -279,6 +425,52 @@ mod tests {
         let (detail, fix) = detail_and_fix(LibraryError::Many(vec![one(), one()].into()));
         assert_eq!(detail.matches("built against").count(), 2, "{detail}");
         assert_eq!(fix, rebuild_rust());
+    }
+
+    /// A shared library this process has mapped (libc, or whatever comes first).
+    #[cfg(target_os = "linux")]
+    fn some_shared_library() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let lib = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.starts_with('/') && p.contains(".so"))
+            .unwrap();
+        PathBuf::from(lib)
+    }
+
+    /// A library cut short anywhere — inside its segments (where `dlopen` would map pages
+    /// past end-of-file and the process would die of SIGBUS) or only in its trailing
+    /// section headers — is refused before `dlopen` with a typed error; the whole file
+    /// passes the same check.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn truncated_libraries_are_refused_before_dlopen() {
+        let dir = std::env::temp_dir().join(format!("graft-plugin-truncated-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = std::fs::read(some_shared_library()).unwrap();
+        let whole = dir.join("whole.so");
+        std::fs::write(&whole, &bytes).unwrap();
+        let mut file = std::fs::File::open(&whole).unwrap();
+        check_elf_extent(&whole, &mut file).unwrap();
+        let n = bytes.len();
+        for cut in [64, 200, n / 3, n / 2, n * 9 / 10, n - 1] {
+            let path = dir.join(format!("cut{cut}.so"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let err = open(&path).err().unwrap();
+            assert!(
+                matches!(&err, Error::Plugin { detail, fix, .. }
+                    if detail.contains("truncated or corrupt ELF") && fix.contains("rename")),
+                "cut at {cut} of {n}: {err}"
+            );
+        }
+        // A section table pointing past the end (a corrupt, not short, header) too.
+        let mut corrupt = bytes.clone();
+        corrupt[0x28..0x30].copy_from_slice(&(n as u64).to_le_bytes()); // e_shoff (ELF64 LE)
+        let path = dir.join("corrupt.so");
+        std::fs::write(&path, &corrupt).unwrap();
+        assert!(matches!(open(&path), Err(Error::Plugin { detail, .. }) if detail.contains("section header table")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -31,4 +31,4 @@ pub(crate) type OutputAdapters<'a> = &'a crate::adapters::RowAdapters;
 /// The row sets a run's outputs keep (none without `std`).
 #[cfg(not(feature = "std"))]
 pub(crate) type OutputAdapters<'a> = (core::convert::Infallible, core::marker::PhantomData<&'a ()>);
-pub use session::{Device, Outputs, Session, SessionOptions};
+pub use session::{Device, MAX_THREADS, Outputs, RowFault, Session, SessionOptions};

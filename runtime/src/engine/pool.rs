@@ -84,16 +84,22 @@ impl Pool {
             running: Mutex::new(()),
             ready: AtomicUsize::new(0),
         });
-        let mut workers = Vec::with_capacity(threads.saturating_sub(1));
+        let mut workers = Vec::new();
+        workers.try_reserve_exact(threads.saturating_sub(1)).map_err(std::io::Error::other)?;
+        let mut pool = Pool { shared, workers };
         for i in 1..threads.max(1) {
-            let s = Arc::clone(&shared);
-            workers.push(std::thread::Builder::new().name(format!("graft-worker-{i}")).spawn(move || worker(&s))?);
+            let s = Arc::clone(&pool.shared);
+            // On failure `pool` drops here: the workers already started are shut down and
+            // joined, so a refused session leaves no thread behind.
+            let handle = std::thread::Builder::new().name(format!("graft-worker-{i}")).spawn(move || worker(&s))?;
+            pool.workers.push(handle);
         }
+        let Pool { shared, workers } = &pool;
         // Thread start-up allocates (name, thread-locals): finish it here, not in `run`.
         while shared.ready.load(Ordering::Acquire) < workers.len() {
             std::thread::yield_now();
         }
-        Ok(Pool { shared, workers })
+        Ok(pool)
     }
 
     /// Threads that execute tasks, the caller included.

@@ -123,6 +123,9 @@ pub struct Session {
     /// `threads × plan.scratch_len` floats.
     scratch: Vec<f32>,
     binding: Vec<usize>,
+    /// The last run's rows whose outputs are not finite (at most one entry per row;
+    /// capacity `max_batch`, so checking allocates nothing).
+    faults: Vec<RowFault>,
     #[cfg(feature = "std")]
     pool: Option<super::pool::Pool>,
     /// Hook scratch, per-row adapter state and tickets, grown (rarely) when a run's
@@ -145,7 +148,15 @@ impl Session {
         if let Device::Cuda(_) = options.device {
             return Err(cuda_not_built());
         }
-        let threads = resolve_threads(options.threads);
+        if options.threads > MAX_THREADS {
+            return Err(Error::InvalidOption {
+                detail: alloc::format!(
+                    "threads {} is more than {MAX_THREADS} (0 starts one per available CPU)",
+                    options.threads
+                ),
+            });
+        }
+        let threads = resolve_threads(options.threads).min(MAX_THREADS);
         let kernels = match options.kernels {
             Some(level) => kernels::select(level)?,
             None => kernels::from_env()?,
@@ -154,25 +165,21 @@ impl Session {
         let floats =
             plan.buffers.iter().map(|b| b.offset + b.width * options.max_batch).max().unwrap_or(0).max(plan.arena_len);
         // Fallible: the widths come from the file, so an absurd model must not abort.
-        let mut arena = Vec::new();
-        arena.try_reserve_exact(floats + 16).map_err(|_| Error::InvalidOption {
-            detail: alloc::format!(
-                "cannot allocate {floats} floats of activations for max_batch {}",
-                options.max_batch
-            ),
-        })?;
-        arena.resize(floats + 16, 0.0f32);
+        let arena =
+            zeroed(floats.saturating_add(16), || alloc::format!("activations of max_batch {}", options.max_batch))?;
         let arena_start = arena.as_ptr().align_offset(64).min(15);
-        let scratch = vec![0.0f32; plan.scratch_len.max(1) * threads];
+        let scratch = zeroed(plan.scratch_len.max(1).saturating_mul(threads), || {
+            alloc::format!("kernel scratch of {threads} thread(s)")
+        })?;
         #[cfg(feature = "std")]
-        let pool =
-            if threads > 1 {
-                Some(super::pool::Pool::new(threads).map_err(|e| Error::InvalidOption {
-                    detail: alloc::format!("cannot start {threads} threads: {e}"),
-                })?)
-            } else {
-                None
-            };
+        let pool = if threads > 1 {
+            Some(
+                super::pool::Pool::new(threads)
+                    .map_err(|e| Error::ThreadStart { threads: threads - 1, detail: alloc::format!("{e}") })?,
+            )
+        } else {
+            None
+        };
         #[cfg(feature = "cuda")]
         let gpu = match options.device {
             Device::Cpu => None,
@@ -192,9 +199,15 @@ impl Session {
             kernels.level,
             threads
         );
+        let mut faults = Vec::new();
+        faults.try_reserve_exact(options.max_batch).map_err(|_| Error::OutOfMemory {
+            what: alloc::format!("row fault list of max_batch {}", options.max_batch),
+            bytes: options.max_batch as u128 * core::mem::size_of::<RowFault>() as u128,
+        })?;
         Ok(Session {
             model: model.clone(),
             binding: vec![0; model.graph().inputs.len()],
+            faults,
             plan,
             kernels,
             options: SessionOptions { threads, ..options },
@@ -250,16 +263,22 @@ impl Session {
     }
 
     /// Runs one batch. Inputs are matched to graph inputs by name; the outputs borrow the
-    /// session until dropped.
+    /// session until dropped. Under [`NanPolicy::Reject`] rows whose outputs are NaN or
+    /// ±Inf are listed by [`Outputs::row_faults`]: the run succeeds so the other rows can
+    /// be served (use [`Outputs::check`] to treat the batch as one answer).
     pub fn run(&mut self, inputs: &[Input<'_>]) -> Result<Outputs<'_>> {
         let rows = self.bind(inputs)?;
         #[cfg(feature = "cuda")]
         if let Some(gpu) = self.gpu.as_mut() {
             gpu.run(&self.model, &self.plan, inputs, &self.binding, rows, None, &mut self.arena[self.arena_start..])?;
+            self.model.check_file()?;
             return Ok(self.outputs(rows, None));
         }
         // SAFETY: `bind` validated the inputs for this batch.
         unsafe { self.walk(inputs, rows, None, self.plan.steps.len())? };
+        // The model's file changed on disk since open (README, "Files under a live
+        // model"): outputs may mix versions or read zeros; discard them. One fstat.
+        self.model.check_file()?;
         Ok(self.outputs(rows, None))
     }
 
@@ -282,6 +301,7 @@ impl Session {
             // Kinds that issue tickets never run on the device, so there are none to expose.
             let host = &mut self.arena[self.arena_start..];
             gpu.run(&self.model, &self.plan, inputs, &self.binding, rows, Some(adapters), host)?;
+            self.model.check_file()?;
             return Ok(self.outputs(rows, None));
         }
         let kernels = crate::adapters::host_kernels(self.kernels.level);
@@ -293,11 +313,43 @@ impl Session {
         }
         // SAFETY: as above.
         unsafe { self.walk(inputs, rows, Some((adapters, PassKind::Main)), self.plan.steps.len())? };
+        // The model's file changed on disk since open (README, "Files under a live
+        // model"): outputs may mix versions or read zeros; discard them. One fstat.
+        self.model.check_file()?;
         Ok(self.outputs(rows, Some(adapters)))
     }
 
-    fn outputs<'s>(&'s self, rows: usize, adapters: Option<super::OutputAdapters<'s>>) -> Outputs<'s> {
+    fn outputs<'s>(&'s mut self, rows: usize, adapters: Option<super::OutputAdapters<'s>>) -> Outputs<'s> {
+        self.check_outputs(rows);
         Outputs { session: self, rows, adapters }
+    }
+
+    /// Records the rows whose outputs hold NaN or ±Inf (under [`NanPolicy::Reject`], whose
+    /// inputs were all finite: an overflow inside the model or an adapter). Rows are
+    /// screened with a branch-free exponent test; only a flagged row is searched.
+    fn check_outputs(&mut self, rows: usize) {
+        self.faults.clear();
+        if self.options.nan_policy != NanPolicy::Reject {
+            return;
+        }
+        const EXPONENT: u32 = 0x7f80_0000;
+        let base = &self.arena[self.arena_start..];
+        for row in 0..rows {
+            for (output, slot) in self.plan.outputs.iter().enumerate() {
+                let buf = &self.plan.buffers[slot.place.buffer];
+                let start = buf.offset + row * buf.width + slot.place.col;
+                let Some(values) = base.get(start..start + slot.place.width) else { continue };
+                if !values.iter().fold(false, |acc, v| acc | (v.to_bits() & EXPONENT == EXPONENT)) {
+                    continue;
+                }
+                if let Some(col) = values.iter().position(|v| !v.is_finite())
+                    && self.faults.len() < self.faults.capacity()
+                {
+                    self.faults.push(RowFault { row, output, col, value: values[col] });
+                    break;
+                }
+            }
+        }
     }
 
     /// Binds and validates inputs; returns the batch size.
@@ -437,6 +489,22 @@ fn check_activation_size(g: &Graph, max_batch: usize) -> Result<()> {
     }
 }
 
+/// The most threads one session runs (`SessionOptions::threads`); more is refused with
+/// [`Error::InvalidOption`] rather than attempted (each worker costs a stack and a
+/// scratch block, and no CPU graft targets has this many cores).
+pub const MAX_THREADS: usize = 1024;
+
+/// `len` zeroed floats, or [`Error::OutOfMemory`] naming `what` (sizes come from the
+/// model file and the options, so an absurd one must not abort the process).
+pub(crate) fn zeroed(len: usize, what: impl FnOnce() -> alloc::string::String) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    if len > isize::MAX as usize / 4 || v.try_reserve_exact(len).is_err() {
+        return Err(Error::OutOfMemory { what: what(), bytes: len as u128 * 4 });
+    }
+    v.resize(len, 0.0f32);
+    Ok(v)
+}
+
 fn resolve_threads(threads: usize) -> usize {
     if threads > 0 {
         return threads;
@@ -449,6 +517,23 @@ fn resolve_threads(threads: usize) -> usize {
     {
         1
     }
+}
+
+/// A row of a run whose outputs hold NaN or ±Inf although its inputs were finite (the
+/// model or an adapter overflowed). The other rows of the batch are valid; answer this
+/// one with [`Outputs::row_error`]. Checked under [`NanPolicy::Reject`] (the default);
+/// [`NanPolicy::Propagate`] turns the check off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RowFault {
+    /// The row of the batch.
+    pub row: usize,
+    /// The index of the first output of the row that is not finite (graph order).
+    pub output: usize,
+    /// Its column.
+    pub col: usize,
+    /// The value found there.
+    pub value: f32,
 }
 
 /// The outputs of one run, borrowed from the session's arena.
@@ -494,6 +579,34 @@ impl<'s> Outputs<'s> {
     /// Iterates `(name, view)` over all outputs in graph order.
     pub fn iter(&self) -> impl Iterator<Item = (&'s str, MatRef<'s>)> + '_ {
         (0..self.len()).filter_map(|i| self.get_index(i))
+    }
+
+    /// The rows whose outputs hold NaN or ±Inf, in row order, one entry per row (empty
+    /// under [`NanPolicy::Propagate`]). A serving loop answers these rows with
+    /// [`Outputs::row_error`] and the others with their values.
+    pub fn row_faults(&self) -> &'s [RowFault] {
+        &self.session.faults
+    }
+
+    /// The typed error of `row` ([`Error::NonFiniteOutput`]) if its outputs are not finite.
+    pub fn row_error(&self, row: usize) -> Option<Error> {
+        let faults = &self.session.faults;
+        let i = faults.binary_search_by_key(&row, |f| f.row).ok()?;
+        Some(self.fault_error(&faults[i]))
+    }
+
+    /// `Ok` when every row is finite, else the first faulty row's error — for callers that
+    /// treat a batch as one answer.
+    pub fn check(&self) -> Result<()> {
+        match self.session.faults.first() {
+            Some(f) => Err(self.fault_error(f)),
+            None => Ok(()),
+        }
+    }
+
+    fn fault_error(&self, f: &RowFault) -> Error {
+        let output = self.session.plan.outputs.get(f.output).map(|o| o.name.clone()).unwrap_or_default();
+        Error::NonFiniteOutput { output, row: f.row, col: f.col, value: f.value }
     }
 
     /// The feedback tickets adapters issued in this run (rows served by an error memory),

@@ -352,8 +352,18 @@ impl GraphInputs {
         GraphInputs { names: graph.inputs.iter().map(|d| d.name.clone()).collect(), data }
     }
 
-    /// `rows` rows of random inputs for `graph` from `seed`.
+    /// `rows` rows of random inputs for `graph` from `seed`. Panics if memory runs out;
+    /// [`GraphInputs::try_new`] returns an error instead.
     pub fn new(graph: &crate::graph::Graph, rows: usize, seed: u64) -> GraphInputs {
+        match Self::try_new(graph, rows, seed) {
+            Ok(inputs) => inputs,
+            Err(e) => panic!("GraphInputs::new: {e}"),
+        }
+    }
+
+    /// `rows` rows of random inputs for `graph` from `seed`, or [`crate::Error::OutOfMemory`]
+    /// when the graph's input widths times `rows` cannot be allocated.
+    pub fn try_new(graph: &crate::graph::Graph, rows: usize, seed: u64) -> crate::Result<GraphInputs> {
         use crate::graph::InputKind;
         let mut rng = Rng::new(seed);
         let vocab = |k: usize| graph.id_bound(k).map_or(1, |v| v as u64);
@@ -362,22 +372,43 @@ impl GraphInputs {
         let mut data = Vec::with_capacity(graph.inputs.len());
         for (k, def) in graph.inputs.iter().enumerate() {
             names.push(def.name.clone());
+            let per_row = match def.kind {
+                InputKind::Dense { width } => width,
+                InputKind::Ids { slots } => slots,
+                InputKind::BagIndices => BAG,
+                InputKind::BagOffsets => 1,
+            };
+            let len = rows.checked_mul(per_row);
+            let out_of_memory = || crate::Error::OutOfMemory {
+                what: format!("{rows} rows of synthetic input `{}`", def.name),
+                bytes: rows as u128 * per_row as u128 * 8,
+            };
+            let len = len.filter(|&n| n <= isize::MAX as usize / 8).ok_or_else(out_of_memory)?;
             data.push(match def.kind {
                 InputKind::Dense { width } => {
-                    InputData::Dense((0..rows * width).map(|_| rng.normal()).collect(), width)
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(len).map_err(|_| out_of_memory())?;
+                    v.extend((0..len).map(|_| rng.normal()));
+                    InputData::Dense(v, width)
                 }
-                InputKind::Ids { slots } => {
-                    let v = vocab(k);
-                    InputData::Ids((0..rows * slots).map(|_| rng.below(v) as i64).collect(), slots)
+                kind => {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(len).map_err(|_| out_of_memory())?;
+                    match kind {
+                        InputKind::BagOffsets => v.extend((0..rows).map(|r| (r * BAG) as i64)),
+                        _ => {
+                            let bound = vocab(k);
+                            v.extend((0..len).map(|_| rng.below(bound) as i64));
+                        }
+                    }
+                    match kind {
+                        InputKind::Ids { slots } => InputData::Ids(v, slots),
+                        _ => InputData::Flat(v),
+                    }
                 }
-                InputKind::BagIndices => {
-                    let v = vocab(k);
-                    InputData::Flat((0..rows * BAG).map(|_| rng.below(v) as i64).collect())
-                }
-                InputKind::BagOffsets => InputData::Flat((0..rows).map(|r| (r * BAG) as i64).collect()),
             });
         }
-        GraphInputs { names, data }
+        Ok(GraphInputs { names, data })
     }
 
     /// The inputs, borrowed.

@@ -43,6 +43,28 @@ fn rand(rng: &mut Rng, n: usize, s: f32) -> Vec<f32> {
     (0..n).map(|_| s * rng.normal()).collect()
 }
 
+impl Params {
+    /// The parameters with every weight matrix the weight formats store (the linears'
+    /// and the cross layer's weights, the embedding tables) passed row by row through
+    /// `round_trip` — a storage format's encode/decode, written independently of graft —
+    /// and everything else (biases, norms, scales) kept in f32.
+    pub fn stored_as(&self, round_trip: impl Fn(&[f32]) -> Vec<f32>) -> Params {
+        let rows = |w: &[f32], cols: usize| w.chunks(cols).flat_map(&round_trip).collect::<Vec<f32>>();
+        Params {
+            fc1_w: rows(&self.fc1_w, DENSE),
+            fc1_b: self.fc1_b.clone(),
+            tables: self.tables.iter().map(|t| rows(t, DIM)).collect(),
+            cross_w: rows(&self.cross_w, CAT),
+            cross_b: self.cross_b.clone(),
+            gamma: self.gamma.clone(),
+            beta: self.beta.clone(),
+            scale: self.scale.clone(),
+            head_w: rows(&self.head_w, ALL),
+            head_b: self.head_b,
+        }
+    }
+}
+
 /// Builds the model with parameters from `seed`.
 pub fn everything(seed: u64) -> (ModelBuilder, Params) {
     let mut rng = Rng::new(seed);

@@ -82,7 +82,7 @@ pub fn stage(s: &AdapterStage<'_>) -> Result<()> {
     let v1 = registry.snapshot().require("user0")?.clone();
     let v2 = registry.load_peft("user0", root.join(format!("user{users}")))?;
     println!(
-        "load    {users} adapters ({} of tensors, mapped) in {} ({} each; files written in {:.2?})",
+        "load    {users} adapters ({} of tensors, read and verified) in {} ({} each; files written in {:.2?})",
         bytes(file_bytes as usize * users / (users + 1)),
         micros(load),
         micros(load / users as u32),
