@@ -32,7 +32,7 @@ use core::ffi::c_char;
 /// incompatibly.
 pub const GRAFT_ABI_MAJOR: u32 = 1;
 /// Minor version of the C ABI: bumped when functions or statuses are added.
-pub const GRAFT_ABI_MINOR: u32 = 0;
+pub const GRAFT_ABI_MINOR: u32 = 1;
 
 /// The library version, e.g. `"0.1.0"` (the header's `GRAFT_VERSION` is what the
 /// application was compiled against). Static storage.

@@ -61,6 +61,7 @@ pub mod view;
 pub mod writer;
 
 pub use engine::{Device, Input, NanPolicy, Outputs, Session, SessionOptions, Shape, TensorView};
+pub use kernels::Q8Math;
 pub use error::{Error, Result};
 pub use format::{DType, WeightFormat};
 pub use model::Model;

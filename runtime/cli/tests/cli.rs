@@ -107,6 +107,31 @@ fn kernel_override_from_the_environment() {
 }
 
 #[test]
+fn q8_math_flag_is_parsed() {
+    let dir = scratch("q8_math");
+    let model = dir.join("m.graft");
+    ok(graft(&[
+        "convert",
+        fixtures().join("model.onnx").to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+        "--weights",
+        "q8",
+    ]));
+    for (math, good) in [("int8", true), ("exact", true), ("fast", false)] {
+        let mut args = run_args(model.to_str().unwrap(), dir.join(math).to_str().unwrap());
+        args.extend(["--q8-math".to_string(), math.to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = graft(&refs);
+        assert_eq!(o.status.success(), good, "--q8-math {math}: {}", String::from_utf8_lossy(&o.stderr));
+        if !good {
+            assert!(String::from_utf8_lossy(&o.stderr).contains("fast"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_arguments_fail_with_a_message() {
     let o = graft(&["convert", "/nonexistent.onnx", "-o", "/tmp/x.graft", "--weights", "q3"]);
     assert!(!o.status.success());

@@ -6,7 +6,14 @@
 //! (and dequantizes) `NR` weight vectors once and reuses each across the `MR` rows.
 //!
 //! - Small batches (< 4 rows, the memory-bound GEMV case) dequantize weights on the fly
-//!   inside the tile, so each quantized byte is read exactly once from memory.
+//!   inside the tile, so each quantized byte is read exactly once from memory. One input
+//!   row runs against 6 weight rows at a time: more concurrent weight streams and
+//!   independent accumulators than a square tile, which keeps the prefetchers and the FMA
+//!   pipes busy when every weight is used once.
+//! - q4 is decoded a block at a time ([`Loader::load32`]): the block's scale is read from
+//!   a table of every f16 widened to f32 (a scalar load and a broadcast from memory, no
+//!   vector conversion), and its 32 codes are split and re-centred with byte operations
+//!   on 16 bytes before widening, instead of per 8 weights. The values are unchanged.
 //! - Larger batches dequantize a panel of weight rows into scratch (L2-sized) and run the
 //!   f32 tile over it, amortizing the conversion over all rows of the batch.
 //!
@@ -42,7 +49,7 @@ pub(super) const PANEL_MIN_ROWS: usize = 4;
 /// Target size of a dequantized panel, in floats (256 KiB: fits L2).
 const PANEL_FLOATS: usize = 1 << 16;
 /// Reductions up to this length put outputs in the lanes (see the module docs).
-const SMALL_K: usize = 32;
+pub(super) const SMALL_K: usize = 32;
 /// Weight rows transposed at once by the short-reduction path (a multiple of 8).
 const SHORT_PANEL: usize = 256;
 
@@ -55,6 +62,21 @@ trait Loader {
     unsafe fn load8(&self, o: usize, k: usize) -> __m256;
     /// Weight `o, k`, dequantized exactly as `load8` would.
     fn scalar(&self, o: usize, k: usize) -> f32;
+
+    /// Whether [`Loader::load32`] decodes a whole block at once (cheaper than four
+    /// `load8`s), so the GEMV tile should step 32 columns at a time.
+    const BLOCKS: bool = false;
+
+    /// Weights `o, k..k+32` as four vectors, the same values as four `load8`s
+    /// (`k` is a multiple of 32, `k + 32 <= cols`).
+    ///
+    /// # Safety
+    /// As for `load8`.
+    #[inline(always)]
+    unsafe fn load32(&self, o: usize, k: usize) -> [__m256; 4] {
+        // SAFETY: forwarded.
+        unsafe { [self.load8(o, k), self.load8(o, k + 8), self.load8(o, k + 16), self.load8(o, k + 24)] }
+    }
 
     /// Weights `o, k..k+n` (`n < 8`, `k + n <= cols`) in the low lanes, zeros above.
     ///
@@ -166,7 +188,28 @@ impl Loader for Q8Rows<'_> {
 struct Q4Rows<'a> {
     data: &'a [u8],
     row_bytes: usize,
+    /// [`f16_table`], fetched once per call.
+    f16: &'static F16Table,
 }
+
+/// Every f16 bit pattern widened to f32 (256 KiB, built on first use). A q4 block's scale
+/// then costs one scalar load and a broadcast from memory instead of a broadcast and a
+/// conversion on the vector ports the decode is bound by. Scales of real weights span a
+/// few binades, so the entries in use stay cache-resident.
+pub(super) fn f16_table() -> &'static F16Table {
+    static TABLE: std::sync::OnceLock<Box<F16Table>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = vec![0.0f32; 1 << 16].into_boxed_slice();
+        for (bits, v) in table.iter_mut().enumerate() {
+            *v = quant::f16_to_f32(bits as u16);
+        }
+        #[allow(clippy::expect_used)]
+        table.try_into().expect("2^16 entries")
+    })
+}
+
+/// f32 values indexed by f16 bit patterns (any `u16` indexes it without a bounds check).
+pub(super) type F16Table = [f32; 1 << 16];
 
 impl Loader for Q4Rows<'_> {
     #[inline(always)]
@@ -183,6 +226,29 @@ impl Loader for Q4Rows<'_> {
             let nib = if j < 16 { bytes } else { _mm256_srli_epi32(bytes, 4) };
             let code = _mm256_sub_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(0x0f)), _mm256_set1_epi32(8));
             _mm256_mul_ps(_mm256_cvtepi32_ps(code), d)
+        }
+    }
+
+    const BLOCKS: bool = true;
+
+    /// One whole block: the scale is widened once and the 32 codes are split and
+    /// re-centred with byte operations on 16 bytes, instead of once per 8 weights.
+    #[inline(always)]
+    unsafe fn load32(&self, o: usize, k: usize) -> [__m256; 4] {
+        let block = o * self.row_bytes + (k / Q4_BLOCK) * Q4_BLOCK_BYTES;
+        debug_assert!(k.is_multiple_of(Q4_BLOCK) && block + Q4_BLOCK_BYTES <= self.data.len());
+        // SAFETY: the block's 18 bytes lie inside row `o` (caller); the table holds the
+        // exact widenings; register-only after.
+        unsafe {
+            let p = self.data.as_ptr().add(block);
+            let d = _mm256_set1_ps(self.f16[u16::from_le_bytes([*p, *p.add(1)]) as usize]);
+            let q = _mm_loadu_si128(p.add(2).cast());
+            let (mask, eight) = (_mm_set1_epi8(0x0f), _mm_set1_epi8(8));
+            // Elements 0..16 are the low nibbles, 16..32 the high ones; codes − 8 fit i8.
+            let lo = _mm_sub_epi8(_mm_and_si128(q, mask), eight);
+            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), mask), eight);
+            let widen = |b: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d);
+            [widen(lo), widen(_mm_unpackhi_epi64(lo, lo)), widen(hi), widen(_mm_unpackhi_epi64(hi, hi))]
         }
     }
 
@@ -214,6 +280,8 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// One `MR × NR` tile: `out[i][j] = x[m0+i] · w[o0+j]` in canonical order (no bias).
+// Index loops over the register tile read clearer than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
     x: &MatRef<'_>,
@@ -233,6 +301,21 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
         let mut acc = [[_mm256_setzero_ps(); NR]; MR];
         let k8 = k - k % 8;
         let mut kk = 0;
+        if L::BLOCKS {
+            // One block of each weight row at a time, decoded once and used by every
+            // input row while in registers; each lane still sees columns 8c + l in order.
+            while kk + 32 <= k8 {
+                for j in 0..NR {
+                    let wv = w.load32(o0 + j, kk);
+                    for i in 0..MR {
+                        for (c, v) in wv.iter().enumerate() {
+                            acc[i][j] = _mm256_fmadd_ps(*v, _mm256_loadu_ps(xp[i].add(kk + 8 * c)), acc[i][j]);
+                        }
+                    }
+                }
+                kk += 32;
+            }
+        }
         while kk < k8 {
             let mut wv = [_mm256_setzero_ps(); NR];
             for (j, v) in wv.iter_mut().enumerate() {
@@ -262,12 +345,12 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
 /// it is stored at output column `col0 + o`: row scale, bias, activation — or, for
 /// adapter steps, `y += alpha · dot` instead of a store.
 #[derive(Clone, Copy)]
-struct Epilogue<'a> {
-    col0: usize,
-    scales: Option<&'a [f32]>,
-    bias: Option<&'a [f32]>,
-    act: Option<Activation>,
-    accumulate: Option<f32>,
+pub(super) struct Epilogue<'a> {
+    pub(super) col0: usize,
+    pub(super) scales: Option<&'a [f32]>,
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) act: Option<Activation>,
+    pub(super) accumulate: Option<f32>,
 }
 
 impl<'a> Epilogue<'a> {
@@ -284,7 +367,7 @@ impl<'a> Epilogue<'a> {
 
     /// Stores (or, for adapter steps, adds `alpha ·`) the finished dot product of row `o`.
     #[inline(always)]
-    fn finish(&self, o: usize, dot: f32, dst: &mut f32) {
+    pub(super) fn finish(&self, o: usize, dot: f32, dst: &mut f32) {
         let v = self.apply(o, dot);
         *dst = match self.accumulate {
             Some(alpha) => *dst + alpha * v,
@@ -293,7 +376,7 @@ impl<'a> Epilogue<'a> {
     }
 
     /// The epilogue of weight rows `o..o + n` as a grid of their own.
-    fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
+    pub(super) fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
         Epilogue {
             col0: self.col0 + o,
             scales: self.scales.map(|s| &s[o..o + n]),
@@ -306,7 +389,7 @@ impl<'a> Epilogue<'a> {
 
 /// Writes a finished tile: tile column `j` is weight row `o0 + j` of the grid.
 #[inline(always)]
-fn store<const MR: usize, const NR: usize>(
+pub(super) fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
     y: &mut MatMut<'_>,
     m0: usize,
@@ -347,9 +430,14 @@ unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
     }
 }
 
-/// Calls the `tile` monomorph for runtime sizes `mr ≤ 4`, `nr ≤ 4`.
+/// Calls the `tile` monomorph for runtime sizes `mr ≤ 4`, `nr ≤ 4` (`nr ≤ 6` for `mr = 1`).
+///
+/// A function of its own (not forced inline): every arm's tile is inlined here, and
+/// debug builds give each arm its own stack slots, so inlining all of them into the
+/// caller for every format would overflow a test thread's stack.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
 unsafe fn dispatch_tile<L: Loader>(
     x: &MatRef<'_>,
     m0: usize,
@@ -374,6 +462,8 @@ unsafe fn dispatch_tile<L: Loader>(
         (1, 2) => go!(1, 2),
         (1, 3) => go!(1, 3),
         (1, 4) => go!(1, 4),
+        (1, 5) => go!(1, 5),
+        (1, 6) => go!(1, 6),
         (2, 1) => go!(2, 1),
         (2, 2) => go!(2, 2),
         (2, 3) => go!(2, 3),
@@ -400,7 +490,7 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
 
-fn panel_rows(w: &WeightMatrix<'_>) -> usize {
+pub(super) fn panel_rows(w: &WeightMatrix<'_>) -> usize {
     (PANEL_FLOATS / w.cols.max(1)).clamp(3, w.rows.max(3)).div_ceil(3) * 3
 }
 
@@ -435,9 +525,15 @@ pub(super) unsafe fn linear(
                 WeightData::F16(data) => short_reduction(&x, &F16Rows { data, cols: k }, n, k, &ep, y, scratch),
                 WeightData::Bf16(data) => short_reduction(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y, scratch),
                 WeightData::Q8 { codes, .. } => short_reduction(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y, scratch),
-                WeightData::Q4(data) => {
-                    short_reduction(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y, scratch)
-                }
+                WeightData::Q4(data) => short_reduction(
+                    &x,
+                    &Q4Rows { data, row_bytes: w.row_bytes(), f16: f16_table() },
+                    n,
+                    k,
+                    &ep,
+                    y,
+                    scratch,
+                ),
                 WeightData::Q8Rowwise(_) => {}
             }
             return;
@@ -471,7 +567,9 @@ pub(super) unsafe fn linear(
             WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
             WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
             WeightData::Q8 { codes, .. } => gemv(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
-            WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y),
+            WeightData::Q4(data) => {
+                gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes(), f16: f16_table() }, n, k, &ep, y)
+            }
             WeightData::Q8Rowwise(_) => {
                 // Rejected for linears at validation; fall back to the reference rather
                 // than guess.
@@ -688,12 +786,15 @@ unsafe fn vector_epilogue(ep: &Epilogue<'_>, o: usize, sums: __m256, dst: *mut f
     true
 }
 
-/// Fewer than 4 rows: tiles of (rows × 4) or (3 × 3) straight from the stored weights.
+/// Fewer than 4 rows: tiles straight from the stored weights — one row against 6 weight
+/// rows (more concurrent weight streams and independent accumulators keep a memory-bound
+/// GEMV fed; 13 of the 16 registers), else (2 × 4) or (3 × 3).
 #[inline(always)]
 unsafe fn gemv<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
     // SAFETY: forwarded from `linear`.
     unsafe {
         match x.rows() {
+            1 => grid::<1, 6, L>(x, w, n, k, ep, y),
             3 => grid::<3, 3, L>(x, w, n, k, ep, y),
             _ => grid::<2, 4, L>(x, w, n, k, ep, y),
         }
@@ -705,26 +806,41 @@ unsafe fn gemv<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilog
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
     let k = w.cols;
-    let k8 = k - k % 8;
-    macro_rules! run {
-        ($loader:expr) => {{
-            let l = $loader;
-            let mut c = 0;
-            while c < k8 {
-                // SAFETY: c + 8 <= k8 <= cols; out has k elements.
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), l.load8(r, c)) };
-                c += 8;
-            }
-            for c in k8..k {
-                out[c] = l.scalar(r, c);
-            }
-        }};
+    // SAFETY: AVX2/FMA/F16C per this function's contract; row `r` exists.
+    unsafe {
+        match w.data {
+            WeightData::F16(data) => expand(&F16Rows { data, cols: k }, r, k, out),
+            WeightData::Bf16(data) => expand(&Bf16Rows { data, cols: k }, r, k, out),
+            WeightData::Q8 { codes, .. } => expand(&Q8Rows { codes, cols: k }, r, k, out),
+            WeightData::Q4(data) => expand(&Q4Rows { data, row_bytes: w.row_bytes(), f16: f16_table() }, r, k, out),
+            WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
+        }
     }
-    match w.data {
-        WeightData::F16(data) => run!(F16Rows { data, cols: k }),
-        WeightData::Bf16(data) => run!(Bf16Rows { data, cols: k }),
-        WeightData::Q8 { codes, .. } => run!(Q8Rows { codes, cols: k }),
-        WeightData::Q4(data) => run!(Q4Rows { data, row_bytes: w.row_bytes() }),
-        WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
+}
+
+/// `out[..k]` = row `r` of `l`, a block at a time where the loader decodes blocks.
+#[inline(always)]
+unsafe fn expand<L: Loader>(l: &L, r: usize, k: usize, out: &mut [f32]) {
+    let k8 = k - k % 8;
+    let out = &mut out[..k];
+    let mut c = 0;
+    // SAFETY: every store is at c + 8 <= k8 <= k = out.len(); loads stay in row `r`
+    // (the caller guarantees the features).
+    unsafe {
+        if L::BLOCKS {
+            while c + 32 <= k8 {
+                for (i, v) in l.load32(r, c).into_iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), v);
+                }
+                c += 32;
+            }
+        }
+        while c < k8 {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), l.load8(r, c));
+            c += 8;
+        }
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(k8) {
+        *o = l.scalar(r, c);
     }
 }

@@ -1,11 +1,15 @@
-//! x86-64 fast paths (AVX2 + FMA + F16C), selected at runtime.
+//! x86-64 fast paths, selected at runtime: AVX2 + FMA + F16C here, AVX-512 in
+//! [`avx512`] (which reuses the AVX2 kernels it does not widen).
 //!
 //! The only way to reach these kernels is [`table`], and the only caller of `table` is
-//! `kernels::select`, which first checks [`cpu_has_avx2`]. That check is what makes every
-//! `unsafe` call into a `#[target_feature]` function below sound.
+//! `kernels::select`, which first checks [`cpu_has`] for the level (every level includes
+//! AVX2, FMA and F16C). That check is what makes every `unsafe` call into a
+//! `#[target_feature]` function below sound.
 
+mod avx512;
 mod bag;
 mod elementwise;
+pub(super) mod int8;
 mod linear;
 mod tensor;
 
@@ -54,13 +58,17 @@ static AVX2: Kernels = Kernels {
     reduce: &super::scalar::Scalar,
     matmul: &Avx2(()),
     unary: &Avx2(()),
+    int8: Some(&int8::AVX2),
 };
 
 /// The table for an x86-64 `level`. Callers must have checked [`cpu_has`].
-// TODO(issue 14): the AVX-512 levels get their own tables; until then they run AVX2's.
 pub(crate) fn table(level: Level) -> &'static Kernels {
     debug_assert!(cpu_has(level));
-    &AVX2
+    match level {
+        Level::Avx512 => &avx512::AVX512,
+        Level::Avx512Vnni => &avx512::AVX512_VNNI,
+        _ => &AVX2,
+    }
 }
 
 impl LinearKernel for Avx2 {
