@@ -185,6 +185,14 @@ pub struct AdapterInfo {
     pub notes: RVec<RString>,
 }
 
+/// Whether the operands of a host linear call agree: `x` is `rows × k` and `y` is
+/// `rows × n`, for a weight `W` of `n × k` ([`HostKernels::linear`]) or a transposed
+/// weight `Wt` of `k × n` ([`HostKernelsExt::linear_t`]). Kernels answer
+/// [`KernelStatus::SHAPE_MISMATCH`] when not.
+pub fn linear_shapes_agree(x: &MatView<'_>, n: usize, k: usize, y: &MatViewMut<'_>) -> bool {
+    x.cols() == k && y.cols() == n && x.rows() == y.rows()
+}
+
 /// Host kernels handed to adapters, already dispatched to the best instruction set.
 /// Calls are single-threaded and allocation-free: the host parallelizes across row
 /// chunks and hands each call its own scratch.

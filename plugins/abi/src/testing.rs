@@ -21,7 +21,7 @@ use half::{bf16, f16};
 
 use crate::{
     ElemFormat, ErrorCode, HostKernels, HostKernelsExt, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView,
-    ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, WeightView,
+    ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, WeightView, linear_shapes_agree,
 };
 
 /// One node of a [`FakeModel`].
@@ -261,7 +261,7 @@ extern "C" fn scalar_linear<const PER_ROW: bool>(
     mut y: MatViewMut<'_>,
     mut scratch: RSliceMut<'_, f32>,
 ) -> KernelStatus {
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
+    if !linear_shapes_agree(&x, w.rows(), w.cols(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     let scratch = scratch.as_mut_slice();
@@ -289,7 +289,7 @@ extern "C" fn scalar_linear_t<const FUSED: bool>(
     accumulate: bool,
     mut y: MatViewMut<'_>,
 ) -> KernelStatus {
-    if x.cols() != wt.rows() || y.cols() != wt.cols() || x.rows() != y.rows() {
+    if !linear_shapes_agree(&x, wt.cols(), wt.rows(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     for i in 0..x.rows() {
@@ -357,7 +357,7 @@ extern "C" fn fma8_linear(
     _scratch: RSliceMut<'_, f32>,
 ) -> KernelStatus {
     let Some(wf) = w.as_f32() else { return KernelStatus::SHAPE_MISMATCH };
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
+    if !linear_shapes_agree(&x, w.rows(), w.cols(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     let cols = w.cols();

@@ -15,7 +15,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use graft_plugin_abi::{
     ElemFormat, ErrorCode, HostKernelsExt, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView, NodeInfo,
-    NodeOp, PluginError, WeightView,
+    NodeOp, PluginError, WeightView, linear_shapes_agree,
 };
 
 use crate::error::{Error, Result};
@@ -292,7 +292,7 @@ extern "C" fn linear<const L: u8>(
 ) -> KernelStatus {
     let kernel = kernels_of::<L>().linear;
     let wm = matrix(&w);
-    if x.cols() != wm.cols || y.rows() != x.rows() || y.cols() != wm.rows {
+    if !linear_shapes_agree(&x, wm.rows, wm.cols, &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     if scratch.len() < kernel.scratch_len(&wm, x.rows()) {
@@ -327,7 +327,7 @@ extern "C" fn linear_transposed<const L: u8>(
     accumulate: bool,
     mut y: MatViewMut<'_>,
 ) -> KernelStatus {
-    if x.cols() != wt.rows() || y.rows() != x.rows() || y.cols() != wt.cols() {
+    if !linear_shapes_agree(&x, wt.cols(), wt.rows(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     let level = kernels_of::<L>().level;

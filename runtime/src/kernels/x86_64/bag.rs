@@ -18,16 +18,25 @@ use crate::graph::BagMode;
 use crate::kernels::{WeightData, WeightMatrix};
 use crate::quant::{self, Q4_BLOCK, Q4_BLOCK_BYTES};
 
+/// The blocks of a stored q4 row that hold its `cols` columns, as (first column, columns
+/// in the block, the block's bytes); every x86-64 level walks q4 rows this way.
+pub(super) fn q4_blocks(row: &[u8], cols: usize) -> impl Iterator<Item = (usize, usize, &[u8])> {
+    (0..cols)
+        .step_by(Q4_BLOCK)
+        .zip(row.chunks_exact(Q4_BLOCK_BYTES))
+        .map(move |(start, block)| (start, (cols - start).min(Q4_BLOCK), block))
+}
+
 /// Where a table's rows live: the stored rows, and for q8 the separate row scales.
 #[derive(Clone, Copy)]
-struct Storage {
+pub(super) struct Storage {
     base: *const u8,
-    row_bytes: usize,
+    pub(super) row_bytes: usize,
     scales: *const f32,
 }
 
 impl Storage {
-    fn of(table: &WeightMatrix<'_>) -> Storage {
+    pub(super) fn of(table: &WeightMatrix<'_>) -> Storage {
         let cols = table.cols;
         let (base, row_bytes, scales) = match table.data {
             WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4, core::ptr::null()),
@@ -40,7 +49,7 @@ impl Storage {
 
     /// Prefetches up to 4 cache lines of row `id`, and its q8 scale.
     #[inline(always)]
-    fn prefetch_row(&self, id: usize) {
+    pub(super) fn prefetch_row(&self, id: usize) {
         let lines = self.row_bytes.div_ceil(64).min(4);
         for l in 0..lines {
             // SAFETY: a prefetch is a hint that never faults, whatever the address
@@ -156,15 +165,9 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
                     }
                 }
                 WeightData::Q4(d) => {
-                    let row = &d[r * row_bytes..(r + 1) * row_bytes];
-                    for (b, block) in row.chunks_exact(Q4_BLOCK_BYTES).enumerate() {
-                        let start = b * Q4_BLOCK;
-                        if start >= cols {
-                            break;
-                        }
+                    for (start, n, block) in q4_blocks(&d[r * row_bytes..(r + 1) * row_bytes], cols) {
                         let dv8 = f16_splat(u16::from_le_bytes([block[0], block[1]]));
                         let dv = _mm256_cvtss_f32(dv8);
-                        let n = (cols - start).min(Q4_BLOCK);
                         if n == Q4_BLOCK {
                             let q = _mm_loadu_si128(block.as_ptr().add(2).cast());
                             let mask = _mm_set1_epi8(0x0f);

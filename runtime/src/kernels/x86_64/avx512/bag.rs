@@ -10,20 +10,12 @@
 use core::arch::x86_64::*;
 
 use super::linear::q4_block;
+// Prefetching is the same baseline instruction at every x86-64 level: the AVX2 policy.
+pub(super) use super::super::bag::prefetch;
+use super::super::bag::{Storage, q4_blocks};
 use crate::graph::BagMode;
 use crate::kernels::{WeightData, WeightMatrix};
-use crate::quant::{self, Q4_BLOCK, Q4_BLOCK_BYTES};
-
-/// The start of a table's storage and the bytes of one stored row.
-fn storage(table: &WeightMatrix<'_>) -> (*const u8, usize) {
-    let cols = table.cols;
-    match table.data {
-        WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4),
-        WeightData::F16(d) | WeightData::Bf16(d) => (d.as_ptr().cast::<u8>(), cols * 2),
-        WeightData::Q8 { codes, .. } => (codes.as_ptr().cast::<u8>(), cols),
-        WeightData::Q8Rowwise(d) | WeightData::Q4(d) => (d.as_ptr(), table.row_bytes()),
-    }
-}
+use crate::quant;
 
 /// `out[c..c+16] += v` (only the lanes in `mask`).
 #[inline(always)]
@@ -56,19 +48,12 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
     out.fill(0.0);
     // All writes below go through `o` (not `out`), so the pointer stays valid throughout.
     let o = out.as_mut_ptr();
-    let (base, row_bytes) = storage(table);
+    let storage = Storage::of(table);
+    let row_bytes = storage.row_bytes;
     for (i, &id) in ids.iter().enumerate() {
         let r = id as usize;
         if let Some(&next) = ids.get(i + 1) {
-            let lines = row_bytes.div_ceil(64).min(4);
-            for l in 0..lines {
-                // A hint that never faults; the address is in the table for valid ids.
-                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(next as usize * row_bytes + l * 64).cast());
-            }
-            if let WeightData::Q8 { scales, .. } = table.data {
-                // A q8 row's scale lives in a separate array: a second random line.
-                _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().wrapping_add(next as usize).cast());
-            }
+            storage.prefetch_row(next as usize);
         }
         // SAFETY: in every arm, row `r` is in bounds (ids validated by the caller); each
         // step's masked lanes stay below `cols`, inside both the row and `out`.
@@ -109,14 +94,8 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
                     });
                 }
                 WeightData::Q4(d) => {
-                    let row = &d[r * row_bytes..(r + 1) * row_bytes];
-                    for (b, block) in row.chunks_exact(Q4_BLOCK_BYTES).enumerate() {
-                        let start = b * Q4_BLOCK;
-                        if start >= cols {
-                            break;
-                        }
+                    for (start, n, block) in q4_blocks(&d[r * row_bytes..(r + 1) * row_bytes], cols) {
                         let (lut, bytes) = q4_block(block.as_ptr());
-                        let n = (cols - start).min(Q4_BLOCK);
                         let lo = if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
                         add_into(o.add(start), lo, _mm512_permutexvar_ps(bytes, lut));
                         if n > 16 {

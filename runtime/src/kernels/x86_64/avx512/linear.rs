@@ -29,7 +29,12 @@
 
 use core::arch::x86_64::*;
 
-use super::super::linear::{self as avx2, Epilogue, F16Table, PANEL_MIN_ROWS, SMALL_K, f16_table, panel_rows, store};
+use super::super::linear::{
+    self as avx2, Bf16Rows, Epilogue, F16Rows, F32Rows, Q4Rows, Q8Rows, Tiles, drive, f16_table, level_linear, store,
+    with_loader,
+};
+// Scratch: the same panels as the AVX2 kernel.
+pub(super) use super::super::linear::scratch_len;
 use crate::graph::Activation;
 use crate::kernels::{WeightData, WeightMatrix};
 use crate::quant::{Q4_BLOCK, Q4_BLOCK_BYTES};
@@ -72,10 +77,7 @@ fn low(n: usize) -> u16 {
     (1u16 << n) - 1
 }
 
-struct F32Rows<'a> {
-    data: &'a [f32],
-    stride: usize,
-}
+// The AVX2 kernel's row loaders, read 16 lanes at a time.
 
 impl Loader for F32Rows<'_> {
     #[inline(always)]
@@ -93,11 +95,6 @@ impl Loader for F32Rows<'_> {
     }
 }
 
-struct F16Rows<'a> {
-    data: &'a [u16],
-    cols: usize,
-}
-
 impl Loader for F16Rows<'_> {
     #[inline(always)]
     unsafe fn load16(&self, o: usize, k: usize) -> __m512 {
@@ -111,11 +108,6 @@ impl Loader for F16Rows<'_> {
         // SAFETY: as for `load16`; masked-off halves are not read and widen to +0.
         unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(low(n), self.data.as_ptr().add(o * self.cols + k).cast())) }
     }
-}
-
-struct Bf16Rows<'a> {
-    data: &'a [u16],
-    cols: usize,
 }
 
 /// bf16 → f32 is a 16-bit shift of the bits.
@@ -140,12 +132,6 @@ impl Loader for Bf16Rows<'_> {
     }
 }
 
-/// q8 codes as f32, unscaled: the row scale is applied by the epilogue.
-struct Q8Rows<'a> {
-    codes: &'a [i8],
-    cols: usize,
-}
-
 impl Loader for Q8Rows<'_> {
     #[inline(always)]
     unsafe fn load16(&self, o: usize, k: usize) -> __m512 {
@@ -165,13 +151,6 @@ impl Loader for Q8Rows<'_> {
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
         }
     }
-}
-
-pub(super) struct Q4Rows<'a> {
-    pub(super) data: &'a [u8],
-    pub(super) row_bytes: usize,
-    /// The AVX2 kernel's `f16_table`, fetched once per call.
-    pub(super) f16: &'static F16Table,
 }
 
 /// `(c − 8)` for c = 0..16, the table every q4 block scales by its `d`.
@@ -321,182 +300,21 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
     }
 }
 
-/// Runs the tile grid over all rows of `x` × weight rows `0..n` of loader `w`,
-/// finishing each dot product with `ep`.
-#[inline(always)]
-unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
-    x: &MatRef<'_>,
-    w: &L,
-    n: usize,
-    k: usize,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-) {
-    let m = x.rows();
-    let mut m0 = 0;
-    while m0 < m {
-        let mr = (m - m0).min(MR);
-        let mut o = 0;
-        while o < n {
-            let nr = (n - o).min(NR);
-            // SAFETY: forwarded; (mr, nr) bound the tile inside x and the loader's rows.
-            unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, ep, y) };
-            o += nr;
-        }
-        m0 += mr;
-    }
-}
-
-/// Calls the `tile` monomorph for runtime sizes `mr ≤ 4`, `nr ≤ 4` (`nr ≤ 8` for `mr = 1`).
-///
-/// A function of its own (not forced inline): every arm's tile is inlined here, and
-/// debug builds give each arm its own stack slots, so inlining all of them into the
-/// caller for every format would overflow a test thread's stack.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn dispatch_tile<L: Loader>(
-    x: &MatRef<'_>,
-    m0: usize,
-    mr: usize,
-    w: &L,
-    o0: usize,
-    nr: usize,
-    k: usize,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-) {
-    macro_rules! go {
-        ($mr:literal, $nr:literal) => {{
-            let mut out = [[0.0f32; $nr]; $mr];
-            // SAFETY: forwarded from the caller.
-            unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
-            store::<$mr, $nr>(&out, y, m0, o0, ep);
-        }};
-    }
-    match (mr, nr) {
-        (1, 1) => go!(1, 1),
-        (1, 2) => go!(1, 2),
-        (1, 3) => go!(1, 3),
-        (1, 4) => go!(1, 4),
-        (1, 5) => go!(1, 5),
-        (1, 6) => go!(1, 6),
-        (1, 7) => go!(1, 7),
-        (1, 8) => go!(1, 8),
-        (2, 1) => go!(2, 1),
-        (2, 2) => go!(2, 2),
-        (2, 3) => go!(2, 3),
-        (2, 4) => go!(2, 4),
-        (3, 1) => go!(3, 1),
-        (3, 2) => go!(3, 2),
-        (3, 3) => go!(3, 3),
-        (3, 4) => go!(3, 4),
-        (4, 1) => go!(4, 1),
-        (4, 2) => go!(4, 2),
-        (4, 3) => go!(4, 3),
-        (4, 4) => go!(4, 4),
-        _ => unreachable!("tile {mr}x{nr}"),
-    }
-}
-
-/// Floats of scratch `linear` needs: the same panels as the AVX2 kernel.
-pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
-    avx2::scratch_len(w, rows)
-}
-
-/// `y = act(x · Wᵀ + b)`, or `y += accumulate · (x · Wᵀ)` when `accumulate` is set
-/// (then `bias` and `act` must be `None`).
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/DQ/VL, AVX2, FMA and F16C; shapes must satisfy the
-/// `LinearKernel` contract (`x.cols == w.cols`, `y` is `x.rows × w.rows`, scratch per
-/// [`scratch_len`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-pub(super) unsafe fn linear(
-    x: MatRef<'_>,
-    w: &WeightMatrix<'_>,
-    bias: Option<&[f32]>,
-    act: Option<Activation>,
-    accumulate: Option<f32>,
-    mut y: MatMut<'_>,
-    scratch: &mut [f32],
-) {
-    let (n, k, m) = (w.rows, w.cols, x.rows());
-    debug_assert_eq!(x.cols(), k);
-    debug_assert!(y.rows() == m && y.cols() == n);
-    if k <= SMALL_K || matches!(w.data, WeightData::Q8Rowwise(_)) {
-        // SAFETY: AVX2/FMA/F16C are part of this function's contract.
-        unsafe { avx2::linear(x, w, bias, act, accumulate, y, scratch) };
-        return;
-    }
-    let y = &mut y;
-    let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
-    let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
-    // SAFETY: for all calls below, the features are available per this function's
-    // contract; the loaders cover exactly rows 0..n of `w` and `k` columns, which the
-    // grids stay inside.
-    unsafe {
-        if m >= PANEL_MIN_ROWS {
-            // Cache blocking as at AVX2: one L2-sized panel of weight rows (f32 in place,
-            // other formats expanded into scratch) serves every input row.
-            let nb = panel_rows(w);
-            let mut o = 0;
-            while o < n {
-                let rows = nb.min(n - o);
-                let panel: &[f32] = match w.data {
-                    WeightData::F32(data) => &data[o * k..(o + rows) * k],
-                    _ => {
-                        let panel = &mut scratch[..rows * k];
-                        let sub = w.rows_range(o..o + rows);
-                        for r in 0..rows {
-                            panel_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
-                        }
-                        panel
-                    }
-                };
-                grid::<4, 4, _>(&x, &F32Rows { data: panel, stride: k }, rows, k, &ep.rows(o, rows), y);
-                o += rows;
-            }
-            return;
-        }
-        match w.data {
-            WeightData::F32(data) => gemv(&x, &F32Rows { data, stride: k }, n, k, &ep, y),
-            WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
-            WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
-            WeightData::Q8 { codes, .. } => gemv(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
-            WeightData::Q4(data) => {
-                gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes(), f16: f16_table() }, n, k, &ep, y)
-            }
-            WeightData::Q8Rowwise(_) => unreachable!("handed to the AVX2 kernel above"),
-        }
-    }
-}
-
-/// Fewer than 4 rows, straight from the stored weights: one row against 8 weight rows
-/// (more concurrent weight streams and independent accumulators keep a memory-bound GEMV
-/// fed), or up to 3 rows × 4 weight rows.
-#[inline(always)]
-unsafe fn gemv<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
-    // SAFETY: forwarded from `linear`.
-    unsafe { if x.rows() == 1 { grid::<1, 8, L>(x, w, n, k, ep, y) } else { grid::<3, 4, L>(x, w, n, k, ep, y) } }
-}
-
-/// Expands row `r` into f32 panel values, exactly as the loaders produce them (q8 rows
-/// stay unscaled codes; the epilogue scales them).
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
-unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
-    let k = w.cols;
-    // SAFETY: features per this function's contract; row `r` exists.
-    unsafe {
-        match w.data {
-            WeightData::F16(data) => expand(&F16Rows { data, cols: k }, r, k, out),
-            WeightData::Bf16(data) => expand(&Bf16Rows { data, cols: k }, r, k, out),
-            WeightData::Q8 { codes, .. } => expand(&Q8Rows { codes, cols: k }, r, k, out),
-            WeightData::Q4(data) => expand(&Q4Rows { data, row_bytes: w.row_bytes(), f16: f16_table() }, r, k, out),
-            WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
-        }
-    }
-}
+// Batches of 4 or more: 4 × 4 tiles over f32 panels. Fewer rows, straight from the
+// stored weights: one row against 8 weight rows (more concurrent weight streams and
+// independent accumulators keep a memory-bound GEMV fed), else 3 × 4.
+#[rustfmt::skip]
+level_linear!(
+    Avx512, "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c",
+    panel: (4, 4),
+    gemv: { 1 => (1, 8), _ => (3, 4) },
+    tiles: [
+        (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
+        (2, 1), (2, 2), (2, 3), (2, 4),
+        (3, 1), (3, 2), (3, 3), (3, 4),
+        (4, 1), (4, 2), (4, 3), (4, 4),
+    ],
+);
 
 /// `out[..k]` = row `r` of `l` (masked stores for the tail).
 #[inline(always)]
