@@ -268,6 +268,32 @@ typedef uint32_t graft_nan_policy;
 #endif // __cplusplus
 
 /**
+ * How q8 linears multiply.
+ */
+enum graft_q8_math
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Activations quantized per row to int8, exact integer dot products (the default;
+   * adds at most `w_scale · x_scale/2 · Σ|w_codes|` per output, `x_scale = max|x|/127`).
+   */
+  GRAFT_Q8_MATH_INT8 = 0,
+  /**
+   * Weights dequantized to f32: only f32 rounding.
+   */
+  GRAFT_Q8_MATH_EXACT = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum graft_q8_math graft_q8_math;
+#else
+typedef uint32_t graft_q8_math;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A model opened from a `.graft` container.
  *
  * Lifetime: valid until `graft_model_free`; sessions and registries made from it keep
@@ -387,6 +413,10 @@ typedef struct graft_session_params {
    * driver, else `graft_session_new` fails with `GRAFT_STATUS_CUDA_UNAVAILABLE`.
    */
   const char *device;
+  /**
+   * A `graft_q8_math` (ABI 1.1). Default `GRAFT_Q8_MATH_INT8`.
+   */
+  uint32_t q8_math;
 } graft_session_params;
 
 /**
@@ -726,7 +756,8 @@ graft_status graft_row_adapters_push_stack(struct graft_row_adapters *rows,
 graft_status graft_row_adapters_len(const struct graft_row_adapters *rows, size_t *out);
 
 /**
- * The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU.
+ * The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU, int8
+ * q8 math.
  */
 struct graft_session_params graft_session_default_params(void);
 

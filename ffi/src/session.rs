@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use graft_rt::adapters::LoadedAdapter;
 use graft_rt::kernels::Level;
-use graft_rt::{Input, NanPolicy, Session, SessionOptions};
+use graft_rt::{Input, NanPolicy, Q8Math, Session, SessionOptions};
 
 use crate::boundary::{
     Failure, Handle, Out, Outcome, arg_mut, arg_ref, arg_slice, arg_str, call, free_handle, get, into_handle, opt_ref,
@@ -76,6 +76,17 @@ pub enum graft_nan_policy {
     Propagate = 1,
 }
 
+/// How q8 linears multiply.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum graft_q8_math {
+    /// Activations quantized per row to int8, exact integer dot products (the default;
+    /// adds at most `w_scale · x_scale/2 · Σ|w_codes|` per output, `x_scale = max|x|/127`).
+    Int8 = 0,
+    /// Weights dequantized to f32: only f32 rounding.
+    Exact = 1,
+}
+
 /// How a session is planned. Start from `graft_session_default_params()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +105,8 @@ pub struct graft_session_params {
     /// device needs a library built with the `cuda` feature and a machine with the CUDA
     /// driver, else `graft_session_new` fails with `GRAFT_STATUS_CUDA_UNAVAILABLE`.
     pub device: *const c_char,
+    /// A `graft_q8_math` (ABI 1.1). Default `GRAFT_Q8_MATH_INT8`.
+    pub q8_math: u32,
 }
 
 /// One run input. `data` holds `dims[0]` (rank 1) or `dims[0] × dims[1]` (rank 2)
@@ -128,7 +141,8 @@ pub struct graft_output {
     pub cols: usize,
 }
 
-/// The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU.
+/// The defaults: max_batch 256, one thread, kernels auto, NaN rejected, the CPU, int8
+/// q8 math.
 #[unsafe(no_mangle)]
 pub extern "C" fn graft_session_default_params() -> graft_session_params {
     let d = SessionOptions::default();
@@ -138,6 +152,10 @@ pub extern "C" fn graft_session_default_params() -> graft_session_params {
         kernels: core::ptr::null(),
         nan_policy: graft_nan_policy::Reject as u32,
         device: core::ptr::null(),
+        q8_math: match d.q8_math {
+            Q8Math::Int8 => graft_q8_math::Int8 as u32,
+            Q8Math::Exact => graft_q8_math::Exact as u32,
+        },
     }
 }
 
@@ -159,7 +177,12 @@ fn options(p: &graft_session_params) -> Outcome<SessionOptions> {
         None => graft_rt::Device::Cpu,
         Some(name) => graft_rt::Device::parse(name).map_err(|e| Failure::invalid("params.device", e))?,
     };
-    Ok(SessionOptions { max_batch: p.max_batch, threads: p.threads, kernels, nan_policy, device })
+    let q8_math = match p.q8_math {
+        x if x == graft_q8_math::Int8 as u32 => Q8Math::Int8,
+        x if x == graft_q8_math::Exact as u32 => Q8Math::Exact,
+        x => return Err(Failure::invalid("params.q8_math", format!("{x} is not a graft_q8_math"))),
+    };
+    Ok(SessionOptions { max_batch: p.max_batch, threads: p.threads, kernels, nan_policy, device, q8_math })
 }
 
 /// Plans `model` for `params` (NULL: defaults) and allocates everything a run uses.

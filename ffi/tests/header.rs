@@ -49,7 +49,12 @@ fn generate() -> String {
         // Enums that C callers put in struct fields (typed uint32_t there, so that an
         // out-of-range value is a checked error rather than undefined behaviour in Rust).
         export: cbindgen::ExportConfig {
-            include: vec!["graft_dtype".into(), "graft_input_kind".into(), "graft_nan_policy".into()],
+            include: vec![
+                "graft_dtype".into(),
+                "graft_input_kind".into(),
+                "graft_nan_policy".into(),
+                "graft_q8_math".into(),
+            ],
             ..Default::default()
         },
         enumeration: cbindgen::EnumConfig {

@@ -15,6 +15,9 @@
 //!   integers with a baseline NEON path (`smull`/`sadalp`), an SDOT path (`dotprod`) and
 //!   an SMMLA path (`i8mm`). All three give bit-identical results; the accuracy contract
 //!   (a bound relative to the row's largest activation) is in the module docs.
+//! - [`int8`]: q8 weights × activations already rounded to int8 (graft's int8 q8 path):
+//!   exact i32 sums with one SDOT or SMMLA per weight vector, handed to the caller's
+//!   epilogue.
 //! - [`bag`]: embedding-bag gather-accumulate of f32/f16/bf16/q8/q8-rowwise/Q4_0 rows,
 //!   bit-identical to the scalar dequantize-then-add reference.
 //! - [`lora`]: the shrink and expand steps of low-rank adapters for a group of rows that
@@ -31,7 +34,7 @@
 //! Levels and safety: everything in [`linear`], [`bag`], [`lora`], [`act`], [`exp`],
 //! [`softmax`], [`reduce`] and [`matmul`] needs only NEON, which every aarch64 Linux
 //! target enables, so those functions are safe (bounds are checked once per call; the
-//! loads inside are unchecked). [`q8::gemm_split`] is an
+//! loads inside are unchecked). [`q8::gemm_split`] and [`int8::gemm_i8`] are
 //! `unsafe fn` because its `level` argument selects code compiled with
 //! `#[target_feature(enable = "dotprod")]` / `"i8mm"`: the caller must have checked the CPU
 //! (graft uses `is_aarch64_feature_detected!`). SDOT/SMMLA are emitted with inline `asm!`
@@ -56,6 +59,8 @@ pub mod bag;
 pub mod exp;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod half;
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub mod int8;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 pub mod linear;
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]

@@ -410,3 +410,35 @@ fn tails_around_the_vector_widths() {
         }
     }
 }
+
+proptest! {
+    /// One-digit int8 sums (graft's int8 q8 path): SDOT and SMMLA give the exact integer
+    /// dot products, −128 weight codes, odd rows and every column tail included.
+    #[test]
+    fn int8_sums_are_exact(
+        (rows, n, k, pad) in (1usize..7, 1usize..11, 1usize..100, 0usize..20),
+        seed in any::<u64>(),
+    ) {
+        let stride = k + pad;
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let x: Vec<i8> = (0..rows * stride).map(|_| (next() % 255) as i8).map(|v| v.max(-127)).collect();
+        let codes: Vec<i8> = (0..n * k).map(|i| if i % 7 == 0 { -128 } else { next() as i8 }).collect();
+        for level in levels().into_iter().filter(|&l| l != IntLevel::Neon) {
+            let mut got = vec![i32::MIN; rows * n];
+            // SAFETY: `levels` lists only what the CPU runs.
+            unsafe { crate::int8::gemm_i8(level, &x, rows, stride, &codes, n, k, |m, o, v| got[m * n + o] = v) };
+            for m in 0..rows {
+                for o in 0..n {
+                    let want: i64 = (0..k).map(|c| x[m * stride + c] as i64 * codes[o * k + c] as i64).sum();
+                    prop_assert_eq!(got[m * n + o] as i64, want, "{:?} [{},{}] k{}", level, m, o, k);
+                }
+            }
+        }
+    }
+}

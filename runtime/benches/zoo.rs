@@ -7,11 +7,12 @@
 //! Method, per model × batch × threads: a pool of [`POOL`] distinct random batches is
 //! prepared before timing (ids uniform over each field's vocabulary, seeded; dense values
 //! normal; history sequences right-padded with id 0 like the fixtures), so no run sees the
-//! inputs of the run before it. Then rounds: each round runs every engine once on the
-//! same pool batch, in an order rotated by one engine per round (so no engine always runs
-//! right after another, or first), timing each run alone. Reported: the median time per
-//! engine and the median of the per-round ratios peer / graft (which cancels the drift of
-//! a shared machine). Results go to `target/criterion/zoo_paired.json` for
+//! inputs of the run before it. Then rounds (`fair::abba`): each round runs every engine
+//! once on the same pool batch, in ABBA order (reversed every other round, rotated every
+//! two), timing each engine's turn alone. Reported: the median time per engine and the
+//! median of the per-round ratios peer / graft (which cancels the drift of a shared
+//! machine). `GRAFT_BENCH_SECONDS` sets the time per configuration (default 2.5). Results
+//! go to `target/criterion/zoo_paired.json` (with the machine, date and command) for
 //! `scripts/bench-report.py`.
 //!
 //! Before timing, graft f32's outputs on one pool batch must equal ONNX Runtime f32's
@@ -24,14 +25,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod fair;
 mod peers;
 
-use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use fair::{Budget, Slot, abba};
 use graft::builder::WeightFormats;
 use graft::{Input, Model, Session, SessionOptions};
 use peers::{NdData, NdFeed, OrtPool, TractPool, quick, scratch};
@@ -60,17 +61,6 @@ const TOL_Q8: f32 = 0.05;
 
 fn zoo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/zoo")
-}
-
-/// Where results are recorded: criterion's directory (as `adapted::criterion_dir`).
-fn criterion_dir() -> PathBuf {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return home.into();
-    }
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("criterion")
 }
 
 /// The manifest entry of `id`.
@@ -145,28 +135,9 @@ fn int8_models(ids: &[&str]) -> Vec<Option<PathBuf>> {
     let missing: Vec<&str> = ids.iter().copied().filter(|id| !path(id).exists()).collect();
     if !missing.is_empty() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut candidates: Vec<PathBuf> =
-            std::env::var_os("GRAFT_ZOO_PYTHON").map(PathBuf::from).into_iter().collect();
-        candidates.push(root.join(".venv/bin/python"));
-        candidates.push(root.join("scripts/zoo/.venv/bin/python"));
-        candidates.push("python3".into());
-        let python = candidates.into_iter().find(|p| {
-            Command::new(p)
-                .args(["-c", "import onnx, onnxruntime.quantization"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        match python {
-            None => {
-                let why =
-                    "no python with `onnx` and `onnxruntime` (set GRAFT_ZOO_PYTHON; pip install onnxruntime onnx)";
-                assert!(
-                    std::env::var("GRAFT_CI").map_or(true, |v| v != "1"),
-                    "ONNX Runtime int8 models are required when GRAFT_CI=1: {why}"
-                );
-                println!("SKIP: ONNX Runtime int8 benchmarks: {why}");
-            }
-            Some(python) => {
+        match fair::python() {
+            Err(why) => fair::skip("ONNX Runtime int8 benchmarks", &why),
+            Ok(python) => {
                 let out = Command::new(&python)
                     .arg(root.join("scripts/zoo_int8.py"))
                     .arg(&dir)
@@ -211,6 +182,17 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The kernel level of the first graft engine.
+fn engines_level(engines: &[(String, Engine<'_>)]) -> &'static str {
+    engines
+        .iter()
+        .find_map(|(_, e)| match e {
+            Engine::Graft(s, _) => Some(s.kernels().level.as_str()),
+            _ => None,
+        })
+        .unwrap_or("?")
+}
+
 /// A timed engine of one configuration.
 enum Engine<'a> {
     Graft(Box<Session>, &'a [Vec<Input<'a>>]),
@@ -231,54 +213,6 @@ impl Engine<'_> {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
-}
-
-/// Times `engines` in rotated order, round after round, until `budget` has passed (at
-/// least `min_rounds`); returns each engine's per-round times (seconds).
-fn paired(engines: &mut [(String, Engine<'_>)], budget: Duration, min_rounds: usize) -> Vec<Vec<f64>> {
-    let n = engines.len();
-    let mut times = vec![Vec::new(); n];
-    for (_, e) in engines.iter_mut() {
-        for i in 0..3 {
-            black_box(e.run(i));
-        }
-    }
-    let start = Instant::now();
-    let mut round = 0;
-    while round < min_rounds || (start.elapsed() < budget && round < 200_000) {
-        for j in 0..n {
-            let k = (round + j) % n;
-            let t = Instant::now();
-            black_box(engines[k].1.run(round));
-            times[k].push(t.elapsed().as_secs_f64());
-        }
-        round += 1;
-    }
-    times
-}
-
-/// CPU model and the SIMD flags that matter to these kernels (`lscpu`, else
-/// `/proc/cpuinfo`).
-fn cpu() -> Value {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let lscpu =
-        Command::new("lscpu").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    let field = |text: &str, key: &str| {
-        text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string())
-    };
-    let model = field(&lscpu, "Model name").or_else(|| field(&info, "model name")).unwrap_or_else(|| "unknown".into());
-    let flags = field(&lscpu, "Flags").or_else(|| field(&info, "flags")).unwrap_or_default();
-    let has: Vec<&str> = ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"]
-        .into_iter()
-        .filter(|f| flags.split_whitespace().any(|x| x == *f))
-        .collect();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    json!({ "model": model, "flags": has, "cpus": cpus })
-}
-
 fn zoo(_c: &mut Criterion) {
     let manifest: Value = serde_json::from_slice(&std::fs::read(zoo_dir().join("manifest.json")).unwrap()).unwrap();
     // GRAFT_ZOO_MODELS=a,b narrows the run (e.g. to profile one model).
@@ -288,13 +222,11 @@ fn zoo(_c: &mut Criterion) {
         .filter(|id| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *id)))
         .collect();
     let batches: &[usize] = if quick() { &[1, 16] } else { &[1, 16, 256] };
-    let (pool, budget, min_rounds) =
-        if quick() { (4, Duration::ZERO, 3) } else { (POOL, Duration::from_millis(2500), 30) };
-    let machine = cpu();
-    println!("zoo: CPU {} ({} CPUs; {})", machine["model"].as_str().unwrap_or("?"), machine["cpus"], machine["flags"]);
+    let pool = if quick() { 4 } else { POOL };
+    let mut machine = fair::machine();
+    println!("zoo: {machine}");
     let int8 = int8_models(&ids);
     let mut record = serde_json::Map::new();
-    record.insert("_machine".into(), machine);
     let dir = scratch().join("zoo");
     std::fs::create_dir_all(&dir).unwrap();
     for (id, int8) in ids.iter().zip(&int8) {
@@ -330,6 +262,7 @@ fn zoo(_c: &mut Criterion) {
                     })
                     .collect();
                 let mut notes = serde_json::Map::new();
+                notes.insert("graft_level".into(), json!(engines_level(&engines)));
                 // Correctness first, on pool batch 0.
                 let mut ort = OrtPool::load(&onnx, t);
                 let mut reference = None;
@@ -393,21 +326,21 @@ fn zoo(_c: &mut Criterion) {
                 if engines.is_empty() {
                     continue;
                 }
-                let times = paired(&mut engines, budget, min_rounds);
-                let names: Vec<String> = engines.iter().map(|(n, _)| n.clone()).collect();
-                let col = |n: &str| names.iter().position(|x| x == n);
+                let mut slots: Vec<Slot<'_>> =
+                    engines.iter_mut().map(|(n, e)| Slot::new(n.clone(), move |i| e.run(i))).collect();
+                // Every engine runs the pool once first (no first touch in the timed runs).
+                let timing = abba(&mut slots, Budget { prepass: pool, ..Budget::with_default(2.5, t) });
+                drop(slots);
                 let mut r = notes;
-                r.insert("rounds".into(), json!(times[0].len()));
+                r.insert("rounds".into(), json!(timing.times[0].len()));
                 let mut line = format!("zoo {key:<32}");
-                for (n, ts) in names.iter().zip(&times) {
-                    let m = median(&mut ts.clone());
+                for n in &timing.names {
+                    let m = timing.median(n).unwrap();
                     r.insert(format!("{n}_us"), json!(m * 1e6));
                     line += &format!(" {n} {:>9.1} µs", m * 1e6);
                 }
                 for (peer, ours) in [("ort-f32", "graft-f32"), ("ort-int8", "graft-q8"), ("tract-f32", "graft-f32")] {
-                    if let (Some(p), Some(g)) = (col(peer), col(ours)) {
-                        let mut ratios: Vec<f64> = times[p].iter().zip(&times[g]).map(|(a, b)| a / b).collect();
-                        let m = median(&mut ratios);
+                    if let Some([m, _, _]) = timing.ratio(peer, ours) {
                         r.insert(format!("{peer}/{ours}"), json!(m));
                         line += &format!(" | {peer}/{ours} {m:.2}×");
                     }
@@ -417,10 +350,9 @@ fn zoo(_c: &mut Criterion) {
             }
         }
     }
-    let out = criterion_dir();
-    std::fs::create_dir_all(&out).unwrap();
-    let file = if quick() { "zoo_paired_quick.json" } else { "zoo_paired.json" };
-    std::fs::write(out.join(file), serde_json::to_vec_pretty(&Value::Object(record)).unwrap()).unwrap();
+    fair::finish_machine(&mut machine, &record);
+    record.insert("_machine".into(), machine);
+    fair::write_record("zoo_paired", record);
 }
 
 criterion_group!(benches, zoo);

@@ -63,6 +63,7 @@ pub mod view;
 pub mod writer;
 
 pub use engine::{Device, Input, MAX_THREADS, NanPolicy, Outputs, RowFault, Session, SessionOptions, Shape, TensorView};
+pub use kernels::Q8Math;
 pub use error::{Error, Result};
 pub use format::{DType, WeightFormat};
 pub use model::Model;

@@ -249,6 +249,42 @@ impl Model {
         }
     }
 
+    /// Asks the kernel to back the embedding tables of at least `min_table_bytes` with
+    /// transparent huge pages (`madvise(MADV_HUGEPAGE)` on their ranges of the mapping);
+    /// returns how many bag nodes' tables were advised (0 for a model that is not mapped,
+    /// or off Linux).
+    ///
+    /// Opt-in, because it trades memory for speed: random gathers over a table far
+    /// larger than the TLB's reach miss the TLB on almost every row, and 2 MiB pages
+    /// remove those misses, but the kernel then reads and caches the table in 2 MiB
+    /// folios, so a sparsely used table can cost up to 512× the page cache of its touched
+    /// rows. It only takes effect for pages not yet in the page cache (file-backed huge
+    /// pages also need a kernel that builds large page-cache folios for mapped files; see
+    /// `FilePmdMapped` in `/proc/<pid>/smaps`). Measured on the demo's tables (26 × 6.4 MB
+    /// q8, fresh uniform ids, batch 256, AMD EPYC VM, Linux 6.18): the tables were mapped
+    /// with 2 MiB pages; gathers went from 81 to 55 ns per id with 8 ids prefetched ahead,
+    /// and stayed within noise (47 → 46) with the executor's 32.
+    #[cfg(feature = "std")]
+    pub fn advise_huge_pages(&self, min_table_bytes: usize) -> usize {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mapped(Mapped { map, .. }) = &self.inner.storage {
+            let g = &self.inner.graph;
+            let mut advised = 0;
+            for node in &g.nodes {
+                if let crate::graph::Op::EmbeddingBag { table, .. } = node.op {
+                    let t = &self.inner.envelope.tensors[g.weights[table].data];
+                    if t.len >= min_table_bytes && map.advise_range(memmap2::Advice::HugePage, t.offset, t.len).is_ok()
+                    {
+                        advised += 1;
+                    }
+                }
+            }
+            return advised;
+        }
+        let _ = min_table_bytes;
+        0
+    }
+
     /// The validated graph.
     pub fn graph(&self) -> &Graph {
         &self.inner.graph

@@ -9,7 +9,7 @@ mod common;
 use common::{Inputs, everything, model, reference};
 use graft::builder::WeightFormats;
 use graft::kernels::{self, Level};
-use graft::{Model, Session, SessionOptions, WeightFormat};
+use graft::{Model, Q8Math, Session, SessionOptions, WeightFormat};
 
 fn options(threads: usize, kernels: Option<Level>) -> SessionOptions {
     SessionOptions { max_batch: 64, threads, kernels, ..Default::default() }
@@ -150,6 +150,46 @@ fn quantized_formats_match_the_reference_on_their_stored_weights() {
     assert!(worst <= 0.2, "q8: max |Δlogit| {worst} > 0.2");
 }
 
+/// `SessionOptions::q8_math` reaches the q8 linears: at every level with an int8 kernel
+/// the two modes give different bits (the same otherwise), close to each other, and the
+/// int8 mode keeps rows independent of threads and batch.
+#[test]
+fn q8_math_option_selects_the_path() {
+    // A layer long enough for the int8 path (K = 200 ≥ INT8_MIN_K), then a short one.
+    let (k, hidden, rows) = (200, 48, 40);
+    let mut rng = graft::synthetic::Rng::new(7);
+    let mut vals = |n: usize| (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect::<Vec<f32>>();
+    let mut b = graft::builder::ModelBuilder::new("q8_math");
+    let x = b.dense_input("x", k);
+    let h = b.linear("fc1", &x, graft::builder::Matrix::new(hidden, k, vals(hidden * k)), Some(vals(hidden)));
+    let h = b.activation("relu", graft::graph::Activation::Relu, &h);
+    let y = b.linear("fc2", &h, graft::builder::Matrix::new(3, hidden, vals(3 * hidden)), None);
+    b.output("y", &y);
+    let model = Model::from_slice_copy(&b.to_bytes(WeightFormats::uniform(WeightFormat::Q8)).unwrap()).unwrap();
+    assert!(k >= kernels::INT8_MIN_K);
+    let xs = vals(rows * k);
+    let run = |level, q8_math, threads, x: &[f32]| {
+        let opts = SessionOptions { q8_math, ..options(threads, Some(level)) };
+        let mut s = Session::new(&model, opts).unwrap();
+        s.run(&[graft::Input::dense("x", x, k)]).unwrap().get("y").unwrap().to_vec()
+    };
+    for t in kernels::available() {
+        let level = t.level;
+        let int8 = run(level, Q8Math::Int8, 1, &xs);
+        let exact = run(level, Q8Math::Exact, 1, &xs);
+        if t.int8.is_some() {
+            assert_ne!(bits(&int8), bits(&exact), "{level}: q8_math ignored");
+        } else {
+            assert_eq!(bits(&int8), bits(&exact), "{level}: no int8 kernel, exact path");
+        }
+        let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = int8.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 0.05 * scale, "{level}: int8 vs exact max |Δ| {worst} (outputs up to {scale})");
+        assert_eq!(bits(&int8), bits(&run(level, Q8Math::Int8, 2, &xs)), "{level}: 1 vs 2 threads");
+        assert_eq!(bits(&int8[15..18]), bits(&run(level, Q8Math::Int8, 1, &xs[5 * k..6 * k])), "{level}: row 5 alone");
+    }
+}
+
 #[test]
 fn forced_scalar_level_is_honoured() {
     let model = model(1, WeightFormats::default());
@@ -176,6 +216,7 @@ fn session_level_follows_the_environment_or_detection() {
         }
         // GRAFT_KERNELS named a level this CPU lacks: refused, naming what is missing.
         Err(e) => {
+            assert!(std::env::var("GRAFT_EXPECT_LEVEL").is_err(), "GRAFT_EXPECT_LEVEL set, but no session: {e}");
             assert!(!want.is_available(), "{e}");
             assert!(e.to_string().contains(want.requires()), "{e}");
             println!("session refused {want}: {e}");

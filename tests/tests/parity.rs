@@ -16,11 +16,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Data, Outputs, TestResult, output, run_graft, run_ort, run_tract, scratch};
+use common::{Data, Outputs, TestResult, output, run_graft, run_graft_with, run_ort, run_tract, scratch};
 use graft::builder::{Matrix, ModelBuilder, WeightFormats};
 use graft::graph::{Activation, BagMode, Op, ValueId};
 use graft::onnx::pb;
-use graft::{Error, Input, Model, Session, SessionOptions};
+use graft::{Error, Input, Model, Q8Math, Session, SessionOptions};
 use graft_tests::{diff, fixture, read_f32, read_i64};
 
 /// f32 tolerance (absolute, on logits and probabilities).
@@ -147,7 +147,8 @@ fn check_case(case: &Case) -> TestResult {
             failures.push(format!("graft f32 vs torch: max |Δprob| {:.3e} exceeds {F32_TOL:e}", dp.max_abs));
         }
         let exported = export_bytes(&model)?;
-        graft_runs.insert(budget.format, (out, exported));
+        // The export expresses q8 as DequantizeLinear + f32 MatMul: the exact path.
+        graft_runs.insert(budget.format, (run_graft_with(&model, &inputs, Q8Math::Exact)?, exported));
     }
     let graft_f32 = &graft_runs.get("f32").ok_or("no f32 run")?.0;
 
@@ -428,7 +429,8 @@ fn export_round_trip_matches_peers() -> TestResult {
         let path = dir.join(format!("every_op.{format}.graft"));
         b.write(&path, WeightFormats::from_name(format).ok_or("format")?)?;
         let model = Model::open(&path)?;
-        let want = run_graft(&model, &inputs)?;
+        // The export dequantizes q8 weights to f32 (DequantizeLinear): the exact path.
+        let want = run_graft_with(&model, &inputs, Q8Math::Exact)?;
         let onnx_path = dir.join(format!("every_op.{format}.onnx"));
         graft::onnx::export_to_path(&model, &onnx_path)?;
         let onnx = std::fs::read(&onnx_path)?;

@@ -137,7 +137,7 @@ static void test_session_params(const graft_model *model) {
   graft_session_params p = graft_session_default_params();
   const char *kernels = NULL;
   REQUIRE(p.max_batch == 256 && p.threads == 1 && p.kernels == NULL && p.nan_policy == GRAFT_NAN_POLICY_REJECT &&
-          p.device == NULL);
+          p.device == NULL && p.q8_math == GRAFT_Q8_MATH_INT8);
 
   EXPECT(graft_session_new(NULL, &p, &session), NUL);
   EXPECT(graft_session_new(model, &p, NULL), NUL);
@@ -154,6 +154,13 @@ static void test_session_params(const graft_model *model) {
   EXPECT(graft_session_new(model, &p, &session), BAD);
   p.device = "cuda:0"; /* the tests build libgraft without the `cuda` feature */
   EXPECT(graft_session_new(model, &p, &session), GRAFT_STATUS_CUDA_UNAVAILABLE);
+  p = graft_session_default_params();
+  p.q8_math = 2;
+  EXPECT(graft_session_new(model, &p, &session), BAD);
+  p.q8_math = GRAFT_Q8_MATH_EXACT;
+  EXPECT(graft_session_new(model, &p, &session), OK);
+  graft_session_free(session);
+  session = NULL;
   p = graft_session_default_params();
   p.kernels = "warp-drive";
   EXPECT(graft_session_new(model, &p, &session), BAD);

@@ -53,7 +53,9 @@ pub use view::{ElemFormat, KernelStatus, MatView, MatViewMut, WeightView};
 /// Version 2 added the `Tap` and `Post` hooks, per-row run state, feedback tickets and
 /// state persistence (Adapters II). [`Adapter::device_params`] (GPU sessions) was appended
 /// to the vtable later without a version change: it is optional, and its absence in an
-/// older kind reads as its default (`UNSUPPORTED`).
+/// older kind reads as its default (`UNSUPPORTED`). [`HostKernelsExt::linear_t`] extends the
+/// kernel table without a version change too: a kind reads `None` from an older host and
+/// falls back to [`HostKernels::linear`].
 pub const ABI_VERSION: u32 = 2;
 
 /// Where an adapter attaches. Every hook sees a node's *output* as the graph names it:
@@ -185,6 +187,14 @@ pub struct AdapterInfo {
     pub notes: RVec<RString>,
 }
 
+/// Whether the operands of a host linear call agree: `x` is `rows × k` and `y` is
+/// `rows × n`, for a weight `W` of `n × k` ([`HostKernels::linear`]) or a transposed
+/// weight `Wt` of `k × n` ([`HostKernelsExt::linear_t`]). Kernels answer
+/// [`KernelStatus::SHAPE_MISMATCH`] when not.
+pub fn linear_shapes_agree(x: &MatView<'_>, n: usize, k: usize, y: &MatViewMut<'_>) -> bool {
+    x.cols() == k && y.cols() == n && x.rows() == y.rows()
+}
+
 /// Host kernels handed to adapters, already dispatched to the best instruction set.
 /// Calls are single-threaded and allocation-free: the host parallelizes across row
 /// chunks and hands each call its own scratch.
@@ -210,6 +220,74 @@ pub struct HostKernels {
         y: MatViewMut<'_>,
         scratch: RSliceMut<'_, f32>,
     ) -> KernelStatus,
+}
+
+/// The host kernel table as hosts build it now: [`HostKernels`] with fields appended at the
+/// end. Kinds receive it as a [`HostKernelsRef`] and read the appended fields through
+/// [`HostKernelsRef::linear_t`], which returns `None` for a table an older host built.
+///
+/// Why a second type instead of new fields on [`HostKernels`]: abi_stable's load-time
+/// layout check lets a library's prefix type have *more* fields than the host's, never
+/// fewer. [`HostKernels`] sits in the signatures a plugin is checked against, so growing
+/// it would make every host refuse the kinds built before the growth. It stays frozen;
+/// this table carries the growth and is never named in a signature, so kinds of every
+/// age load, and the appended fields are found at run time from the accessibility bits
+/// abi_stable stores with every table (the same mechanism its own accessors use).
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = HostKernelsExtRef)))]
+pub struct HostKernelsExt {
+    /// As [`HostKernels::level`].
+    pub level: extern "C" fn() -> RStr<'static>,
+    /// As [`HostKernels::scratch_floats`].
+    pub scratch_floats: extern "C" fn(w: WeightView<'_>, rows: usize) -> usize,
+    /// As [`HostKernels::linear`].
+    #[sabi(last_prefix_field)]
+    pub linear: extern "C" fn(
+        x: MatView<'_>,
+        w: WeightView<'_>,
+        alpha: f32,
+        accumulate: bool,
+        y: MatViewMut<'_>,
+        scratch: RSliceMut<'_, f32>,
+    ) -> KernelStatus,
+    /// `y = alpha · x·Wt`, or `y += alpha · x·Wt` with `accumulate`, for a weight a kind
+    /// keeps transposed: `wt` is `x.cols × y.cols` (`Wt[k, o] = W[o, k]`). A low-rank
+    /// kind transposes its up-projection once at load and expands through this, instead
+    /// of having [`linear`](HostKernels::linear) transpose a `K = rank` weight on every
+    /// call. Outputs sit in the SIMD lanes and each is one sequential chain over `k` from
+    /// zero (FMA at SIMD levels, multiply-then-add at the scalar level), then scaled by
+    /// `alpha` and stored or added, so per-row results do not depend on `rows` and the
+    /// error bound is the usual `γ_K`. No scratch.
+    pub linear_t:
+        extern "C" fn(x: MatView<'_>, wt: MatView<'_>, alpha: f32, accumulate: bool, y: MatViewMut<'_>) -> KernelStatus,
+}
+
+/// [`HostKernelsExt::linear_t`]'s signature.
+pub type LinearTFn =
+    extern "C" fn(x: MatView<'_>, wt: MatView<'_>, alpha: f32, accumulate: bool, y: MatViewMut<'_>) -> KernelStatus;
+
+impl HostKernelsExtRef {
+    /// The table as kinds receive it.
+    pub fn as_host_kernels(self) -> HostKernelsRef {
+        // SAFETY: `HostKernelsExt` is `repr(C)` and its prefix fields (up to
+        // `last_prefix_field`) are exactly `HostKernels`'s, so every prefix read through
+        // the returned reference reads the same field at the same offset; the metadata
+        // header in front of the table does not depend on the table's type.
+        HostKernelsRef(unsafe { self.0.cast() })
+    }
+}
+
+impl HostKernelsRef {
+    /// [`HostKernelsExt::linear_t`], if the host that built this table has it (`None` for
+    /// a table built by a host older than it).
+    pub fn linear_t(self) -> Option<LinearTFn> {
+        // SAFETY: the extended view serves one accessor call, which reads the table's own
+        // accessibility bits (recorded by whichever type built it) and reads the field
+        // only when its builder had it — that is, when the table was built as a
+        // `HostKernelsExt`, whose layout this view then matches exactly.
+        HostKernelsExtRef(unsafe { self.0.cast() }).linear_t()
+    }
 }
 
 /// The model as an adapter sees it while it is being loaded.
@@ -429,6 +507,12 @@ pub struct AdapterKindMod {
 impl core::fmt::Debug for HostKernels {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HostKernels").field("level", &(self.level)()).finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for HostKernelsExt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostKernelsExt").field("level", &(self.level)()).finish_non_exhaustive()
     }
 }
 

@@ -20,8 +20,8 @@ use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use half::{bf16, f16};
 
 use crate::{
-    ElemFormat, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView, ModelView_TO,
-    ModelViewRef, NodeInfo, NodeOp, PluginError, WeightView,
+    ElemFormat, ErrorCode, HostKernels, HostKernelsExt, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView,
+    ModelView_TO, ModelViewRef, NodeInfo, NodeOp, PluginError, WeightView, linear_shapes_agree,
 };
 
 /// One node of a [`FakeModel`].
@@ -261,7 +261,7 @@ extern "C" fn scalar_linear<const PER_ROW: bool>(
     mut y: MatViewMut<'_>,
     mut scratch: RSliceMut<'_, f32>,
 ) -> KernelStatus {
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
+    if !linear_shapes_agree(&x, w.rows(), w.cols(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     let scratch = scratch.as_mut_slice();
@@ -280,13 +280,45 @@ extern "C" fn scalar_linear<const PER_ROW: bool>(
     KernelStatus::OK
 }
 
+/// `y (+)= alpha · x·Wt` with `wt` stored `x.cols × y.cols`: per output one chain over `k`
+/// from zero, multiply-then-add (or FMA with `FUSED`), then scaled by `alpha`.
+extern "C" fn scalar_linear_t<const FUSED: bool>(
+    x: MatView<'_>,
+    wt: MatView<'_>,
+    alpha: f32,
+    accumulate: bool,
+    mut y: MatViewMut<'_>,
+) -> KernelStatus {
+    if !linear_shapes_agree(&x, wt.cols(), wt.rows(), &y) {
+        return KernelStatus::SHAPE_MISMATCH;
+    }
+    for i in 0..x.rows() {
+        for o in 0..wt.cols() {
+            let mut acc = 0f32;
+            for (k, &xv) in x.row(i).iter().enumerate() {
+                let w = wt.row(k)[o];
+                acc = if FUSED { xv.mul_add(w, acc) } else { acc + xv * w };
+            }
+            let yr = y.row_mut(i);
+            yr[o] = if accumulate { yr[o] + alpha * acc } else { alpha * acc };
+        }
+    }
+    KernelStatus::OK
+}
+
 /// The scalar reference kernels: f32, f16 and bf16 weights, a dot product summed left to
 /// right in f32, and scratch for one decoded weight row (`w.cols()` floats).
 pub fn kernels() -> HostKernelsRef {
     static K: OnceLock<HostKernelsRef> = OnceLock::new();
     *K.get_or_init(|| {
-        HostKernels { level, scratch_floats: scalar_scratch_floats::<false>, linear: scalar_linear::<false> }
-            .leak_into_prefix()
+        HostKernelsExt {
+            level,
+            scratch_floats: scalar_scratch_floats::<false>,
+            linear: scalar_linear::<false>,
+            linear_t: scalar_linear_t::<false>,
+        }
+        .leak_into_prefix()
+        .as_host_kernels()
     })
 }
 
@@ -295,8 +327,14 @@ pub fn kernels() -> HostKernelsRef {
 pub fn kernels_row_scratch() -> HostKernelsRef {
     static K: OnceLock<HostKernelsRef> = OnceLock::new();
     *K.get_or_init(|| {
-        HostKernels { level, scratch_floats: scalar_scratch_floats::<true>, linear: scalar_linear::<true> }
-            .leak_into_prefix()
+        HostKernelsExt {
+            level,
+            scratch_floats: scalar_scratch_floats::<true>,
+            linear: scalar_linear::<true>,
+            linear_t: scalar_linear_t::<false>,
+        }
+        .leak_into_prefix()
+        .as_host_kernels()
     })
 }
 
@@ -319,7 +357,7 @@ extern "C" fn fma8_linear(
     _scratch: RSliceMut<'_, f32>,
 ) -> KernelStatus {
     let Some(wf) = w.as_f32() else { return KernelStatus::SHAPE_MISMATCH };
-    if x.cols() != w.cols() || y.cols() != w.rows() || x.rows() != y.rows() {
+    if !linear_shapes_agree(&x, w.rows(), w.cols(), &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     let cols = w.cols();
@@ -345,7 +383,25 @@ extern "C" fn fma8_linear(
 pub fn kernels_fma8() -> HostKernelsRef {
     static K: OnceLock<HostKernelsRef> = OnceLock::new();
     *K.get_or_init(|| {
-        HostKernels { level: fma8_level, scratch_floats: no_scratch, linear: fma8_linear }.leak_into_prefix()
+        HostKernelsExt {
+            level: fma8_level,
+            scratch_floats: no_scratch,
+            linear: fma8_linear,
+            linear_t: scalar_linear_t::<true>,
+        }
+        .leak_into_prefix()
+        .as_host_kernels()
+    })
+}
+
+/// The kernel table as a host built before [`HostKernelsExt`] lends it: the same
+/// reference kernels in a plain [`HostKernels`], so [`HostKernelsRef::linear_t`] is `None`
+/// and a kind must take its fallback.
+pub fn kernels_without_linear_t() -> HostKernelsRef {
+    static K: OnceLock<HostKernelsRef> = OnceLock::new();
+    *K.get_or_init(|| {
+        HostKernels { level, scratch_floats: scalar_scratch_floats::<false>, linear: scalar_linear::<false> }
+            .leak_into_prefix()
     })
 }
 
@@ -413,5 +469,76 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!((g - w).abs() <= tol, "index {i}: got {g}, want {w} (tol {tol}); {got:?} vs {want:?}");
+    }
+}
+
+/// The kernel table as kinds built before [`HostKernelsExt`] declared it (for the test
+/// that it never grows).
+#[cfg(test)]
+#[allow(dead_code)] // only its layout is used
+mod v1 {
+    use super::*;
+
+    #[repr(C)]
+    #[derive(abi_stable::StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = HostKernelsRef)))]
+    pub struct HostKernels {
+        pub level: extern "C" fn() -> RStr<'static>,
+        pub scratch_floats: extern "C" fn(w: WeightView<'_>, rows: usize) -> usize,
+        #[sabi(last_prefix_field)]
+        pub linear: extern "C" fn(
+            x: MatView<'_>,
+            w: WeightView<'_>,
+            alpha: f32,
+            accumulate: bool,
+            y: MatViewMut<'_>,
+            scratch: RSliceMut<'_, f32>,
+        ) -> KernelStatus,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use abi_stable::StableAbi;
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+
+    use super::*;
+
+    /// The table kinds are checked against at load is the one kinds were built against
+    /// before `linear_t` existed, in both directions (abi_stable refuses a library whose
+    /// prefix type has fewer fields than the host's, so growing `HostKernels` itself
+    /// would lock out every older kind), and `linear_t` is found at run time exactly in
+    /// tables built as `HostKernelsExt`.
+    #[test]
+    fn kinds_built_before_linear_t_still_load_and_see_the_same_table() {
+        let now = <HostKernelsRef as StableAbi>::LAYOUT;
+        let before = <v1::HostKernelsRef as StableAbi>::LAYOUT;
+        check_layout_compatibility(now, before).expect("a host now loads a kind built before");
+        check_layout_compatibility(before, now).expect("a host built before loads a kind built now");
+        // What a grown HostKernels would have caused: the ext table as the checked type.
+        let grown = <crate::HostKernelsExtRef as StableAbi>::LAYOUT;
+        assert!(check_layout_compatibility(grown, before).is_err());
+
+        assert!(kernels_without_linear_t().linear_t().is_none());
+        for k in [kernels(), kernels_row_scratch(), kernels_fma8()] {
+            assert!(k.linear_t().is_some());
+        }
+        // The prefix reads the same functions through either view.
+        let k = kernels();
+        assert_eq!((k.level())().as_str(), "test-scalar");
+        let x = [1.0f32, 2.0];
+        let wt = [3.0f32, 4.0, 5.0, 6.0];
+        let mut y = [1.0f32, 1.0];
+        let status = (k.linear_t().unwrap())(
+            MatView::new(&x, 1, 2, 2).unwrap(),
+            MatView::new(&wt, 2, 2, 2).unwrap(),
+            0.5,
+            true,
+            MatViewMut::new(&mut y, 1, 2, 2).unwrap(),
+        );
+        assert_eq!(status, KernelStatus::OK);
+        // y += 0.5 · [1·3 + 2·5, 1·4 + 2·6] = 1 + [6.5, 8].
+        assert_eq!(y, [7.5, 9.0]);
     }
 }

@@ -2,8 +2,12 @@
 //! merge, and the inspection summary.
 //!
 //! The forward never allocates: `t = c·x·Aᵀ` (and, for DoRA, `u` and the per-row factors)
-//! live in the scratch the host hands over, and the host kernels do both small GEMMs in
-//! the adapter's stored format (f32, f16 or bf16 straight from the mapping).
+//! live in the scratch the host hands over, and the host kernels do both small GEMMs. The
+//! shrink reads `A` in its stored format (f32, f16 or bf16 straight from the mapping). The
+//! expand reads `Bᵀ`, transposed to f32 once at load, through the host's `linear_t`: the
+//! reduction is only `rank` long, and through the `[out, in]` linear kernel `B` would be
+//! transposed into scratch on every call. A host older than `linear_t` gets the stored
+//! `B` through `linear`, with the same result up to summation order.
 
 use core::fmt;
 
@@ -36,6 +40,8 @@ pub(crate) struct Module {
     pub a: Tensor,
     /// `out × r`.
     pub b: Tensor,
+    /// `Bᵀ` as f32, `r × out` (owned; exact for every stored format).
+    pub bt: Vec<f32>,
     /// `lora_B.bias` (out), with `lora_bias`.
     pub bias: Option<Vec<f32>>,
     /// With `use_dora`.
@@ -90,10 +96,38 @@ impl Module {
         }
     }
 
+    /// Floats of scratch the host kernels need: the shrink's, and the expand's when it
+    /// goes through `linear` (a host without `linear_t`).
+    fn kernel_scratch(&self, rows: usize, kernels: HostKernelsRef, a: WeightView<'_>, b: WeightView<'_>) -> usize {
+        let ks = kernels.scratch_floats();
+        if kernels.linear_t().is_some() { ks(a, rows) } else { ks(a, rows).max(ks(b, rows)) }
+    }
+
     fn scratch_floats(&self, rows: usize, kernels: HostKernelsRef, backing: &[u8]) -> Option<usize> {
         let (a, b) = self.views(backing).ok()?;
-        let ks = kernels.scratch_floats();
-        self.own_scratch(rows)?.checked_add(ks(a, rows).max(ks(b, rows)))
+        self.own_scratch(rows)?.checked_add(self.kernel_scratch(rows, kernels, a, b))
+    }
+
+    /// `y = t·Bᵀ` (`accumulate`: `y += t·Bᵀ`), through `linear_t` and the load-time `Bᵀ`
+    /// when the host has it, else through `linear` and the stored `B`.
+    fn expand(
+        &self,
+        kernels: HostKernelsRef,
+        t: MatView<'_>,
+        b: WeightView<'_>,
+        accumulate: bool,
+        y: MatViewMut<'_>,
+        scratch: &mut [f32],
+    ) -> Result<(), PluginError> {
+        let status = match kernels.linear_t() {
+            Some(linear_t) => {
+                let bt = MatView::new(&self.bt, self.rank, self.out_features, self.out_features)
+                    .ok_or_else(|| internal(&self.path, "Bᵀ no longer matches the module's shape"))?;
+                linear_t(t, bt, 1.0, accumulate, y)
+            }
+            None => (kernels.linear())(t, b, 1.0, accumulate, y, RSliceMut::from_mut_slice(scratch)),
+        };
+        status.check(&self.path, "t·Bᵀ")
     }
 }
 
@@ -135,10 +169,9 @@ impl LoraAdapter {
         let backing = self.backing.bytes();
         let (wa, wb) = m.views(backing)?;
         let linear = call.kernels.linear();
-        let ks = call.kernels.scratch_floats();
         let need = m
             .own_scratch(rows)
-            .and_then(|n| n.checked_add(ks(wa, rows).max(ks(wb, rows))))
+            .and_then(|n| n.checked_add(m.kernel_scratch(rows, call.kernels, wa, wb)))
             .ok_or_else(|| bad_call(field, "scratch size overflows"))?;
         let scratch = call.scratch.as_mut_slice();
         if scratch.len() < need {
@@ -163,7 +196,7 @@ impl LoraAdapter {
         let t = MatView::new(t_buf, rows, r, r).ok_or_else(|| internal(field, "t view"))?;
 
         let Some(dora) = &m.dora else {
-            linear(t, wb, 1.0, true, call.y.reborrow(), RSliceMut::from_mut_slice(kscratch)).check(field, "t·Bᵀ")?;
+            m.expand(call.kernels, t, wb, true, call.y.reborrow(), kscratch)?;
             if let Some(bias) = &m.bias {
                 for row in 0..rows {
                     for (y, &b) in call.y.row_mut(row).iter_mut().zip(bias) {
@@ -176,7 +209,7 @@ impl LoraAdapter {
 
         // DoRA: u = t·Bᵀ (+ c·b_B); y ← f ⊙ (y − b) + b + f ⊙ u.
         let u = MatViewMut::new(u_buf, rows, out, out).ok_or_else(|| internal(field, "u view"))?;
-        linear(t, wb, 1.0, false, u, RSliceMut::from_mut_slice(kscratch)).check(field, "t·Bᵀ")?;
+        m.expand(call.kernels, t, wb, false, u, kscratch)?;
         let factors: &[f32] = if call.scale == 1.0 {
             &dora.factor_at_one
         } else {

@@ -257,6 +257,16 @@ fn build(
             None => None,
         };
 
+        // `Bᵀ` for the host's `linear_t` (see the adapter module), kept like the DoRA norms.
+        let bv = b.to_f32_vec(bytes).ok_or_else(|| unreadable(&b))?;
+        let mut bt = vec![0f32; bv.len()];
+        for (o, row) in bv.chunks_exact(r).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                bt[k * out + o] = v;
+            }
+        }
+        owned += (bt.len() * 4) as u64;
+
         for t in [&a, &b] {
             if t.is_owned() || !backing.is_mapped() {
                 owned += t.bytes();
@@ -287,6 +297,7 @@ fn build(
             variant,
             a,
             b,
+            bt,
             bias,
             dora,
             bytes: module_bytes,

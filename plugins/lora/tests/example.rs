@@ -180,14 +180,43 @@ fn misaligned_tensor_is_copied_and_counted() {
     let source = dir.path().to_str().unwrap().to_owned();
     let req = LoadRequest { id: RStr::from_str("m"), source: RStr::from_str(&source), options: RStr::from_str("") };
     let a = load_dir(&req, &model.view()).unwrap();
-    assert_eq!(a.info().owned_bytes, 40);
+    // A and B copied (40 bytes), plus the load-time Bᵀ (16 bytes) every adapter owns.
+    assert_eq!(a.info().owned_bytes, 40 + 16);
     assert_eq!(a.info().mapped_bytes, 0);
     assert_close(&forward(&a, 0, model.node("fc"), &EX_X, 1.0), &[17.5, 8.5], 1e-5);
 
     // An aligned file is used in place in the bytes read at load (a file of at most
     // COPY_LIMIT is read, not mapped, so it no longer changes under the adapter): owned.
     let a = load_from_dir(&model, &config(json!({})), &example_tensors(), "");
-    assert_eq!((a.info().mapped_bytes, a.info().owned_bytes), (0, 40));
+    assert_eq!((a.info().mapped_bytes, a.info().owned_bytes), (0, 56));
+}
+
+#[test]
+fn expand_without_the_hosts_linear_t_matches_the_example() {
+    // An older host's table ends before `linear_t`: the expand goes through `linear` and
+    // the stored B. Both tables (and an FMA one) give the worked example's numbers.
+    use graft_plugin_abi::testing::{kernels_fma8, kernels_without_linear_t};
+    assert!(kernels().linear_t().is_some());
+    assert!(kernels_without_linear_t().linear_t().is_none());
+    let mut bias = example_tensors();
+    bias.push(f32_tensor("base_model.model.fc.lora_B.bias", &[2], &[1.0, -3.0]));
+    for (patch, tensors, want) in [
+        (json!({}), example_tensors(), [17.5, 8.5]),
+        (json!({"use_dora": true}), dora_tensors(), [16.284104, 9.962287]),
+        (json!({"lora_bias": true}), bias, [19.5, 2.5]),
+    ] {
+        let (m, a) = example(patch, &tensors, "");
+        for k in [kernels(), kernels_without_linear_t(), kernels_fma8()] {
+            assert_close(&forward_on(k, &a, 0, m.node("fc"), &EX_X, 1.0), &want, 1e-5);
+        }
+        // Two rows at once: each row's result is the one it gets alone, bit for bit.
+        let x2 = [EX_X, EX_X.map(|v| -2.0 * v)].concat();
+        for k in [kernels(), kernels_without_linear_t()] {
+            let y = forward_on(k, &a, 0, m.node("fc"), &x2, 1.0);
+            assert_close(&y[..2], &want, 1e-5);
+            assert_close(&y[2..], &forward_on(k, &a, 0, m.node("fc"), &x2[3..], 1.0), 0.0);
+        }
+    }
 }
 
 #[test]

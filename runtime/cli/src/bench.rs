@@ -22,9 +22,13 @@ pub struct Args {
     /// Seconds to measure after a short warm-up (above 0, at most a year).
     #[arg(long, default_value = "3", value_parser = crate::parse_seconds)]
     seconds: Duration,
-    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
+    /// Kernel level: auto, scalar, avx2, avx512, avx512-vnni, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// q8 linears: `int8` (activations quantized per row, integer dot products) or
+    /// `exact` (weights dequantized to f32).
+    #[arg(long, default_value = "int8", value_parser = crate::parse_q8_math)]
+    q8_math: graft::Q8Math,
 }
 
 pub fn main(args: Args) -> Result<()> {
@@ -33,6 +37,7 @@ pub fn main(args: Args) -> Result<()> {
         max_batch: args.batch,
         threads: args.threads,
         kernels: crate::parse_level(&args.kernels)?,
+        q8_math: args.q8_math,
         ..Default::default()
     };
     let mut session = Session::new(&model, options)?;

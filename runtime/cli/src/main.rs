@@ -122,7 +122,13 @@ fn parse_level(s: &str) -> graft::Result<Option<graft::kernels::Level>> {
         "auto" => Ok(None),
         other => graft::kernels::Level::parse(other).map(Some).ok_or_else(|| graft::Error::KernelUnavailable {
             level: other.into(),
-            detail: "expected auto, scalar, avx2, neon, dotprod or i8mm".into(),
+            detail: "expected auto, scalar, avx2, avx512, avx512-vnni, neon, dotprod or i8mm".into(),
         }),
     }
+}
+
+/// Parses a `--q8-math` value: `int8` or `exact` (clap reports a bad one with the usage
+/// line).
+fn parse_q8_math(s: &str) -> Result<graft::Q8Math, String> {
+    graft::Q8Math::parse(s).ok_or_else(|| format!("`{s}`: expected int8 or exact"))
 }

@@ -41,9 +41,13 @@ pub struct Args {
     /// feature and a machine with the CUDA driver).
     #[arg(long, default_value = "cpu", value_parser = crate::parse_device)]
     device: graft::Device,
-    /// Kernel level: auto, scalar, avx2, neon, dotprod, i8mm.
+    /// Kernel level: auto, scalar, avx2, avx512, avx512-vnni, neon, dotprod, i8mm.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// q8 linears: `int8` (activations quantized per row, integer dot products) or
+    /// `exact` (weights dequantized to f32).
+    #[arg(long, default_value = "int8", value_parser = crate::parse_q8_math)]
+    q8_math: graft::Q8Math,
     /// Run even if dense inputs hold NaN or ±Inf, and write outputs even where a row is
     /// not finite (by default such a row is an error naming the row, output and column).
     #[arg(long)]
@@ -109,6 +113,7 @@ pub fn main(args: Args) -> Result<()> {
         kernels: crate::parse_level(&args.kernels)?,
         nan_policy: if args.allow_non_finite { NanPolicy::Propagate } else { NanPolicy::Reject },
         device: args.device,
+        q8_math: args.q8_math,
     };
     let plan = args.adapters.plan(&model, rows)?;
     let mut session = Session::new(&model, options)?;

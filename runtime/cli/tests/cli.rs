@@ -84,18 +84,18 @@ fn convert_inspect_run_matches_torch() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Converts the fixture model to `dir/m.graft` with q8 weights.
+fn convert_q8(dir: &Path) -> PathBuf {
+    let model = dir.join("m.graft");
+    let onnx = fixtures().join("model.onnx");
+    ok(graft(&["convert", onnx.to_str().unwrap(), "-o", model.to_str().unwrap(), "--weights", "q8"]));
+    model
+}
+
 #[test]
 fn kernel_override_from_the_environment() {
     let dir = scratch("kernels");
-    let model = dir.join("m.graft");
-    ok(graft(&[
-        "convert",
-        fixtures().join("model.onnx").to_str().unwrap(),
-        "-o",
-        model.to_str().unwrap(),
-        "--weights",
-        "q8",
-    ]));
+    let model = convert_q8(&dir);
     let args = run_args(model.to_str().unwrap(), dir.join("out").to_str().unwrap());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = Command::new(env!("CARGO_BIN_EXE_graft")).args(&refs).env("GRAFT_KERNELS", "scalar").output().unwrap();
@@ -103,6 +103,23 @@ fn kernel_override_from_the_environment() {
     let o = Command::new(env!("CARGO_BIN_EXE_graft")).args(&refs).env("GRAFT_KERNELS", "sse9").output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("sse9"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn q8_math_flag_is_parsed() {
+    let dir = scratch("q8_math");
+    let model = convert_q8(&dir);
+    for (math, good) in [("int8", true), ("exact", true), ("fast", false)] {
+        let mut args = run_args(model.to_str().unwrap(), dir.join(math).to_str().unwrap());
+        args.extend(["--q8-math".to_string(), math.to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = graft(&refs);
+        assert_eq!(o.status.success(), good, "--q8-math {math}: {}", String::from_utf8_lossy(&o.stderr));
+        if !good {
+            assert!(String::from_utf8_lossy(&o.stderr).contains("fast"));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

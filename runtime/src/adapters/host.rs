@@ -5,6 +5,8 @@
 //! Kinds never see graft types: every call goes through `graft-plugin-abi`, so a kind
 //! linked statically and one loaded from a shared library are served identically.
 
+mod linear_t;
+
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
@@ -12,8 +14,8 @@ use std::sync::OnceLock;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use graft_plugin_abi::{
-    ElemFormat, ErrorCode, HostKernels, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView, NodeInfo, NodeOp,
-    PluginError, WeightView,
+    ElemFormat, ErrorCode, HostKernelsExt, HostKernelsRef, KernelStatus, MatView, MatViewMut, ModelView, NodeInfo,
+    NodeOp, PluginError, WeightView, linear_shapes_agree,
 };
 
 use crate::error::{Error, Result};
@@ -239,7 +241,14 @@ pub fn host_kernels(level: Level) -> HostKernelsRef {
 }
 
 fn table<const L: u8>() -> HostKernelsRef {
-    HostKernels { level: level_name::<L>, scratch_floats: scratch_floats::<L>, linear: linear::<L> }.leak_into_prefix()
+    HostKernelsExt {
+        level: level_name::<L>,
+        scratch_floats: scratch_floats::<L>,
+        linear: linear::<L>,
+        linear_t: linear_transposed::<L>,
+    }
+    .leak_into_prefix()
+    .as_host_kernels()
 }
 
 fn kernels_of<const L: u8>() -> &'static Kernels {
@@ -283,7 +292,7 @@ extern "C" fn linear<const L: u8>(
 ) -> KernelStatus {
     let kernel = kernels_of::<L>().linear;
     let wm = matrix(&w);
-    if x.cols() != wm.cols || y.rows() != x.rows() || y.cols() != wm.rows {
+    if !linear_shapes_agree(&x, wm.rows, wm.cols, &y) {
         return KernelStatus::SHAPE_MISMATCH;
     }
     if scratch.len() < kernel.scratch_len(&wm, x.rows()) {
@@ -306,6 +315,33 @@ extern "C" fn linear<const L: u8>(
     // Shapes were checked, so the kernels cannot panic; if one did, unwinding into the
     // plugin's frame would be undefined behaviour, so report it instead.
     match catch_unwind(run) {
+        Ok(()) => KernelStatus::OK,
+        Err(_) => KernelStatus(u32::MAX),
+    }
+}
+
+extern "C" fn linear_transposed<const L: u8>(
+    x: MatView<'_>,
+    wt: MatView<'_>,
+    alpha: f32,
+    accumulate: bool,
+    mut y: MatViewMut<'_>,
+) -> KernelStatus {
+    if !linear_shapes_agree(&x, wt.cols(), wt.rows(), &y) {
+        return KernelStatus::SHAPE_MISMATCH;
+    }
+    let level = kernels_of::<L>().level;
+    // SAFETY: as in `linear`: the views' constructors guarantee their rows are in bounds
+    // and, for `y`, exclusively borrowed for the call.
+    let (xr, wr, ym) = unsafe {
+        (
+            MatRef::from_raw_parts(x.as_ptr(), x.rows(), x.cols(), x.stride()),
+            MatRef::from_raw_parts(wt.as_ptr(), wt.rows(), wt.cols(), wt.stride()),
+            MatMut::from_raw_parts(y.as_mut_ptr(), y.rows(), y.cols(), y.stride()),
+        )
+    };
+    // Shapes were checked; a panic must still not unwind into the plugin's frame.
+    match catch_unwind(AssertUnwindSafe(|| linear_t::linear_t(level, xr, wr, alpha, accumulate, ym))) {
         Ok(()) => KernelStatus::OK,
         Err(_) => KernelStatus(u32::MAX),
     }

@@ -15,7 +15,7 @@ use super::input::{self, Input, NanPolicy};
 use super::plan::{Ids, Plan, Src, Step};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::kernels::{self, Kernels, Level};
+use crate::kernels::{self, Kernels, Level, Q8Math};
 use crate::model::Model;
 use crate::view::MatRef;
 
@@ -101,11 +101,22 @@ pub struct SessionOptions {
     pub nan_policy: NanPolicy,
     /// Where the graph runs (default: the CPU).
     pub device: Device,
+    /// How q8 linears multiply (default [`Q8Math::Int8`]: activations quantized per row
+    /// to int8, exact integer dot products; [`Q8Math::Exact`] keeps the dequantize-to-f32
+    /// path). Other weight formats are unaffected.
+    pub q8_math: Q8Math,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_batch: 256, threads: 1, kernels: None, nan_policy: NanPolicy::Reject, device: Device::Cpu }
+        SessionOptions {
+            max_batch: 256,
+            threads: 1,
+            kernels: None,
+            nan_policy: NanPolicy::Reject,
+            device: Device::Cpu,
+            q8_math: Q8Math::default(),
+        }
     }
 }
 
@@ -161,7 +172,7 @@ impl Session {
             Some(level) => kernels::select(level)?,
             None => kernels::from_env()?,
         };
-        let plan = Plan::new(model, options.max_batch, kernels.linear)?;
+        let plan = Plan::new(model, options.max_batch, &kernels::LinearDispatch { kernels, math: options.q8_math })?;
         let floats =
             plan.buffers.iter().map(|b| b.offset + b.width * options.max_batch).max().unwrap_or(0).max(plan.arena_len);
         // Fallible: the widths come from the file, so an absurd model must not abort.
@@ -381,6 +392,7 @@ impl Session {
         let exec = Exec {
             model: &self.model,
             kernels: self.kernels,
+            q8_math: self.options.q8_math,
             buffers: &self.plan.buffers,
             // SAFETY: arena_start < 16 and the arena has 16 floats of slack.
             base: unsafe { self.arena.as_mut_ptr().add(self.arena_start) },

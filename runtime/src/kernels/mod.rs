@@ -18,11 +18,16 @@
 //!   split activations into three int8 digits (23 bits of the row's range) for exact
 //!   SDOT/SMMLA sums, which adds at most `Σ|w_k| · max|x| / (127 · 2¹⁷)` per output
 //!   ([`Level::splits_q8_activations`]; derived in `graft_kernels_neon::split`);
+//! - the int8 q8 linears ([`Kernels::int8`], chosen by [`Q8Math::Int8`]) match the
+//!   scalar level's int8 reference bit for bit: activations are quantized per row in one
+//!   canonical way and the integer sums are exact (arithmetic and accuracy budget in
+//!   `int8.rs`);
 //! - an implementation is deterministic, and a row's result never depends on the other
 //!   rows of the batch, on the batch size, or on how the work was split across threads.
 
 #[cfg(all(feature = "std", target_arch = "aarch64", target_feature = "neon"))]
 mod aarch64;
+mod int8;
 mod scalar;
 mod weights;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
@@ -30,6 +35,7 @@ mod x86_64;
 
 use core::fmt;
 
+pub use int8::{INT8_MAX_K, INT8_MIN_K};
 pub use weights::{WeightData, WeightMatrix};
 
 use crate::error::{Error, Result};
@@ -215,8 +221,8 @@ impl Level {
     pub const ALL: [Level; 7] =
         [Level::Scalar, Level::Avx2, Level::Avx512, Level::Avx512Vnni, Level::Neon, Level::Dotprod, Level::I8mm];
 
-    /// Whether q8 linears at this level split activations into int8 digits for exact
-    /// integer dot products (`dotprod`, `i8mm`). Their results then differ from the scalar
+    /// Whether exact-mode ([`Q8Math::Exact`]) q8 linears at this level split activations
+    /// into int8 digits for exact integer dot products (`dotprod`, `i8mm`). Their results then differ from the scalar
     /// reference by at most `Σ_k |w_k| · max_k |x_k| / (127 · 2¹⁷)` per output (weights
     /// dequantized), plus the usual f32 rounding, instead of the rounding alone.
     pub fn splits_q8_activations(self) -> bool {
@@ -252,6 +258,95 @@ pub struct Kernels {
     pub matmul: &'static dyn MatMulKernel,
     /// Unary math.
     pub unary: &'static dyn UnaryKernel,
+    /// q8 linears with activations quantized to int8 per row ([`Q8Math::Int8`]), or
+    /// `None` where the level has no integer dot products (those run the exact path).
+    /// Every such kernel matches the scalar level's bit for bit. Pick it with
+    /// [`Kernels::linear_for`]; handed any other weight, it computes the exact reference.
+    pub int8: Option<&'static dyn LinearKernel>,
+}
+
+impl Kernels {
+    /// The linear kernel that runs `w` under `math`: [`Kernels::int8`] for q8 weights
+    /// with [`INT8_MIN_K`]`..=`[`INT8_MAX_K`] columns when `math` is [`Q8Math::Int8`] and
+    /// the level has one, else [`Kernels::linear`]. Depends only on the weight, never on
+    /// the batch.
+    pub fn linear_for(&self, w: &WeightMatrix<'_>, math: Q8Math) -> &'static dyn LinearKernel {
+        match (math, w.data, self.int8) {
+            (Q8Math::Int8, WeightData::Q8 { .. }, Some(k)) if (INT8_MIN_K..=INT8_MAX_K).contains(&w.cols) => k,
+            _ => self.linear,
+        }
+    }
+}
+
+/// How q8 linears multiply: the session option that chooses between speed and the
+/// exact dequantize-to-f32 result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Q8Math {
+    /// Activations quantized per row to symmetric int8 on the fly and multiplied with the
+    /// int8 codes in exact integer dot products (AVX2, AVX-512, VNNI, SDOT/SMMLA), as
+    /// ONNX Runtime's dynamic quantization and llama.cpp do. Adds at most
+    /// `w_scale · (x_scale / 2) · Σ|w_codes|` per output (`x_scale = max|x| / 127`);
+    /// identical at every level that has it. Levels without integer dot products
+    /// (`neon`) run [`Q8Math::Exact`].
+    #[default]
+    Int8,
+    /// Weights dequantized to f32 and multiplied with f32 activations: only the f32
+    /// rounding of the level's float kernel.
+    Exact,
+}
+
+impl Q8Math {
+    /// The name used by the CLI and the C API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Q8Math::Int8 => "int8",
+            Q8Math::Exact => "exact",
+        }
+    }
+
+    /// Parses `int8` or `exact`.
+    pub fn parse(s: &str) -> Option<Q8Math> {
+        match s {
+            "int8" => Some(Q8Math::Int8),
+            "exact" => Some(Q8Math::Exact),
+            _ => None,
+        }
+    }
+}
+
+/// A table's linears under one [`Q8Math`], as a single [`LinearKernel`]: each call goes
+/// to [`Kernels::linear_for`]'s choice, and the scratch it reports covers both kernels
+/// (so a plan sized with it fits whichever one a step calls).
+#[derive(Clone, Copy, Debug)]
+pub struct LinearDispatch {
+    /// The table.
+    pub kernels: &'static Kernels,
+    /// The q8 math.
+    pub math: Q8Math,
+}
+
+impl LinearKernel for LinearDispatch {
+    fn scratch_len(&self, w: &WeightMatrix<'_>, rows: usize) -> usize {
+        let chosen = self.kernels.linear_for(w, self.math);
+        self.kernels.linear.scratch_len(w, rows).max(chosen.scratch_len(w, rows))
+    }
+
+    fn linear(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        y: MatMut<'_>,
+        scratch: &mut [f32],
+    ) {
+        self.kernels.linear_for(w, self.math).linear(x, w, bias, act, y, scratch);
+    }
+
+    fn linear_accumulate(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, alpha: f32, y: MatMut<'_>, scratch: &mut [f32]) {
+        self.kernels.linear_for(w, self.math).linear_accumulate(x, w, alpha, y, scratch);
+    }
 }
 
 impl fmt::Debug for Kernels {
@@ -272,6 +367,7 @@ pub static SCALAR: Kernels = Kernels {
     reduce: &scalar::Scalar,
     matmul: &scalar::Scalar,
     unary: &scalar::Scalar,
+    int8: Some(&int8::Reference),
 };
 
 /// The kernel table for `level`, if this CPU supports it.
@@ -359,5 +455,7 @@ pub mod activation {
     }
 }
 
+#[cfg(all(test, feature = "std"))]
+mod int8_tests;
 #[cfg(all(test, feature = "std"))]
 mod tests;

@@ -322,8 +322,10 @@ fn tails_around_the_vector_width() {
 fn many_panels_and_long_rows() {
     // k large enough that the dequantized panel holds only a few weight rows, so the
     // panel loop runs several times with sub-sliced biases; and a short reduction over
-    // more outputs than one transposed panel holds (the LoRA expand shape).
-    for (m, n, k) in [(5, 20, 8200), (7, 600, 12), (1, 517, 32)] {
+    // more outputs than one transposed panel holds (the LoRA expand shape); and long
+    // GEMV rows against output counts that leave partial weight-row tiles (1 × 8 at
+    // AVX-512, 1 × 6 at AVX2) with a q4 row ending mid-block.
+    for (m, n, k) in [(5, 20, 8200), (7, 600, 12), (1, 517, 32), (1, 37, 1000), (3, 19, 1000)] {
         panels_case(m, n, k);
     }
 }

@@ -13,7 +13,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use graft::{Input, Model, Session, SessionOptions};
+use graft::{Input, Model, Q8Math, Session, SessionOptions};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -53,8 +53,15 @@ pub fn scratch(test: &str) -> TestResult<PathBuf> {
 
 /// Runs a graft model on `inputs` with one thread.
 pub fn run_graft(model: &Model, inputs: &[Data]) -> TestResult<Outputs> {
+    run_graft_with(model, inputs, Q8Math::default())
+}
+
+/// [`run_graft`] with q8 linears multiplied as `q8_math` says; `Q8Math::Exact` is what
+/// an exported ONNX graph (DequantizeLinear, then f32 MatMul) computes.
+pub fn run_graft_with(model: &Model, inputs: &[Data], q8_math: Q8Math) -> TestResult<Outputs> {
     let rows = inputs.first().map_or(1, Data::rows);
-    let mut session = Session::new(model, SessionOptions { max_batch: rows.max(1), threads: 1, ..Default::default() })?;
+    let options = SessionOptions { max_batch: rows.max(1), threads: 1, q8_math, ..Default::default() };
+    let mut session = Session::new(model, options)?;
     let bound: Vec<Input<'_>> = inputs
         .iter()
         .map(|d| match d {

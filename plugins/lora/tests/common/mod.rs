@@ -7,7 +7,7 @@ use std::path::Path;
 
 use graft_plugin_abi::abi_stable::std_types::{RSlice, RSliceMut};
 pub use graft_plugin_abi::testing::{FakeModel, FakeNode, TempDir, assert_close, assert_err, kernels};
-use graft_plugin_abi::{Adapter, LinearDelta, MatView, MatViewMut, PluginError};
+use graft_plugin_abi::{Adapter, HostKernelsRef, LinearDelta, MatView, MatViewMut, PluginError};
 use graft_plugin_lora::LoraAdapter;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
@@ -23,8 +23,23 @@ pub fn run(
     base_bias: Option<&[f32]>,
     scale: f32,
 ) -> Result<(), PluginError> {
+    run_on(kernels(), adapter, target, x, inf, y, out, base_bias, scale)
+}
+
+/// [`run`] with another host kernel table.
+pub fn run_on(
+    kernels: HostKernelsRef,
+    adapter: &LoraAdapter,
+    target: u32,
+    x: &[f32],
+    inf: usize,
+    y: &mut [f32],
+    out: usize,
+    base_bias: Option<&[f32]>,
+    scale: f32,
+) -> Result<(), PluginError> {
     let rows = x.len() / inf;
-    let mut scratch = vec![f32::NAN; adapter.scratch_floats(target, rows, kernels())];
+    let mut scratch = vec![f32::NAN; adapter.scratch_floats(target, rows, kernels)];
     let call = LinearDelta {
         target,
         x: MatView::new(x, rows, inf, inf).unwrap(),
@@ -32,7 +47,7 @@ pub fn run(
         base_bias: base_bias.map(RSlice::from_slice).into(),
         scale,
         state: MatView::empty(rows),
-        kernels: kernels(),
+        kernels,
         scratch: RSliceMut::from_mut_slice(&mut scratch),
     };
     adapter.linear_delta(call).into_result()
@@ -42,6 +57,21 @@ pub fn run(
 pub fn forward(adapter: &LoraAdapter, target: u32, layer: &FakeNode, x: &[f32], scale: f32) -> Vec<f32> {
     let mut y = layer.forward(x);
     run(adapter, target, x, layer.in_features, &mut y, layer.out_features, layer.bias.as_deref(), scale).unwrap();
+    y
+}
+
+/// [`forward`] with another host kernel table.
+pub fn forward_on(
+    kernels: HostKernelsRef,
+    adapter: &LoraAdapter,
+    target: u32,
+    layer: &FakeNode,
+    x: &[f32],
+    scale: f32,
+) -> Vec<f32> {
+    let mut y = layer.forward(x);
+    run_on(kernels, adapter, target, x, layer.in_features, &mut y, layer.out_features, layer.bias.as_deref(), scale)
+        .unwrap();
     y
 }
 

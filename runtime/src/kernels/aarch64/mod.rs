@@ -1,11 +1,11 @@
 //! aarch64 fast paths: three tables over the `graft-kernels-neon` crate, selected at
 //! runtime from the detected CPU features.
 //!
-//! | level | q8 linear | everything else |
-//! |---|---|---|
-//! | `neon` | codes widened to f32, FMA, row scale applied once (the AVX2 contract) | NEON f32 FMA |
-//! | `dotprod` | activations split into three int8 digits, exact integer sums with SDOT | as `neon` |
-//! | `i8mm` | the same split, exact integer sums with SMMLA (2 × 2 tiles) | as `neon` |
+//! | level | q8 linear (`Q8Math::Exact`) | q8 linear (`Q8Math::Int8`, the default) | everything else |
+//! |---|---|---|---|
+//! | `neon` | codes widened to f32, FMA, row scale applied once (the AVX2 contract) | as exact (no int8 dot products) | NEON f32 FMA |
+//! | `dotprod` | activations split into three int8 digits, exact integer sums with SDOT | one int8 digit, SDOT | as `neon` |
+//! | `i8mm` | the same split, exact integer sums with SMMLA (2 × 2 tiles) | one int8 digit, SMMLA | as `neon` |
 //!
 //! The tensor families are the same NEON code at every level: softmax, log-softmax and
 //! log-sum-exp (max-subtracted, vectorized `exp` of the AVX2 `exp8` class, ≤ 2 ulp; within
@@ -66,6 +66,7 @@ static NEON: Kernels = Kernels {
     reduce: &Neon::<0>(()),
     matmul: &Neon::<0>(()),
     unary: &Neon::<0>(()),
+    int8: None,
 };
 
 static DOTPROD: Kernels = Kernels {
@@ -79,6 +80,7 @@ static DOTPROD: Kernels = Kernels {
     reduce: &Neon::<1>(()),
     matmul: &Neon::<1>(()),
     unary: &Neon::<1>(()),
+    int8: Some(&NeonInt8::<1>(())),
 };
 
 static I8MM: Kernels = Kernels {
@@ -92,7 +94,60 @@ static I8MM: Kernels = Kernels {
     reduce: &Neon::<2>(()),
     matmul: &Neon::<2>(()),
     unary: &Neon::<2>(()),
+    int8: Some(&NeonInt8::<2>(())),
 };
+
+/// The int8 q8 linear ([`super::Q8Math::Int8`]) of the `dotprod` (`L` = 1) and `i8mm`
+/// (`L` = 2) levels: one int8 digit per activation through SDOT / SMMLA
+/// ([`graft_kernels_neon::int8`]), bit-identical to the scalar int8 reference. Constructed
+/// only in the statics above, handed out only after detection.
+#[derive(Debug)]
+pub(crate) struct NeonInt8<const L: u8>(());
+
+impl<const L: u8> super::int8::Dots for NeonInt8<L> {
+    fn dots(
+        &self,
+        x: &super::int8::Quantized<'_>,
+        w: &[i8],
+        n: usize,
+        k: usize,
+        ep: &super::int8::Epilogue<'_>,
+        y: &mut MatMut<'_>,
+    ) {
+        use graft_kernels_neon::q8::IntLevel;
+        let level = if L == 2 && x.rows >= 2 { IntLevel::I8mm } else { IntLevel::Dotprod };
+        // SAFETY: a `NeonInt8<L>` is only reachable through the `dotprod` (L = 1) or
+        // `i8mm` (L = 2) table, handed out after `cpu_has` checked that feature; FEAT_I8MM
+        // implies FEAT_DotProd (mandatory from Armv8.4). Shapes come from `int8::linear`.
+        unsafe {
+            graft_kernels_neon::int8::gemm_i8(level, x.codes, x.rows, x.stride, w, n, k, |m, o, s| {
+                ep.finish(m, o, s, y)
+            })
+        }
+    }
+}
+
+impl<const L: u8> LinearKernel for NeonInt8<L> {
+    fn scratch_len(&self, w: &WeightMatrix<'_>, rows: usize) -> usize {
+        super::int8::scratch_len(w, rows)
+    }
+
+    fn linear(
+        &self,
+        x: MatRef<'_>,
+        w: &WeightMatrix<'_>,
+        bias: Option<&[f32]>,
+        act: Option<Activation>,
+        y: MatMut<'_>,
+        scratch: &mut [f32],
+    ) {
+        super::int8::linear(self, x, w, bias, act, None, y, scratch);
+    }
+
+    fn linear_accumulate(&self, x: MatRef<'_>, w: &WeightMatrix<'_>, alpha: f32, y: MatMut<'_>, scratch: &mut [f32]) {
+        super::int8::linear(self, x, w, None, None, Some(alpha), y, scratch);
+    }
+}
 
 /// The table of an aarch64 level. Callers must have checked [`cpu_has`].
 pub(crate) fn table(level: Level) -> Option<&'static Kernels> {

@@ -3,7 +3,11 @@
 //! Algorithm: zero the output, then for each id in order add its dequantized row, 8
 //! columns at a time (scalar for the `cols mod 8` tail), and divide by the count for
 //! `mean`. The row of the next id is prefetched while the current one is added, which
-//! hides part of the cache-miss latency of random rows in tables far larger than cache.
+//! hides part of the cache-miss latency of random rows in tables far larger than cache
+//! (the executor also prefetches whole bags ahead, see `engine::exec`). A q8 table keeps
+//! its row scales in a separate array, so a row's scale is a second random cache line:
+//! it is prefetched with the codes. Quantized rows are decoded in registers and added
+//! straight into the output, never through a temporary row.
 //! Every element sees the same IEEE operations in the same order as the scalar reference
 //! (dequantize, then add), so results are bit-identical to it.
 
@@ -14,33 +18,57 @@ use crate::graph::BagMode;
 use crate::kernels::{WeightData, WeightMatrix};
 use crate::quant::{self, Q4_BLOCK, Q4_BLOCK_BYTES};
 
-/// Prefetches up to 4 cache lines of row `id`.
-#[inline(always)]
-unsafe fn prefetch_row(base: *const u8, row_bytes: usize, id: usize) {
-    let lines = row_bytes.div_ceil(64).min(4);
-    for l in 0..lines {
-        // SAFETY: prefetch never faults; the address is inside the table for valid ids.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(id * row_bytes + l * 64).cast()) };
+/// The blocks of a stored q4 row that hold its `cols` columns, as (first column, columns
+/// in the block, the block's bytes); every x86-64 level walks q4 rows this way.
+pub(super) fn q4_blocks(row: &[u8], cols: usize) -> impl Iterator<Item = (usize, usize, &[u8])> {
+    (0..cols)
+        .step_by(Q4_BLOCK)
+        .zip(row.chunks_exact(Q4_BLOCK_BYTES))
+        .map(move |(start, block)| (start, (cols - start).min(Q4_BLOCK), block))
+}
+
+/// Where a table's rows live: the stored rows, and for q8 the separate row scales.
+#[derive(Clone, Copy)]
+pub(super) struct Storage {
+    base: *const u8,
+    pub(super) row_bytes: usize,
+    scales: *const f32,
+}
+
+impl Storage {
+    pub(super) fn of(table: &WeightMatrix<'_>) -> Storage {
+        let cols = table.cols;
+        let (base, row_bytes, scales) = match table.data {
+            WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4, core::ptr::null()),
+            WeightData::F16(d) | WeightData::Bf16(d) => (d.as_ptr().cast::<u8>(), cols * 2, core::ptr::null()),
+            WeightData::Q8 { codes, scales } => (codes.as_ptr().cast::<u8>(), cols, scales.as_ptr()),
+            WeightData::Q8Rowwise(d) | WeightData::Q4(d) => (d.as_ptr(), table.row_bytes(), core::ptr::null()),
+        };
+        Storage { base, row_bytes, scales }
+    }
+
+    /// Prefetches up to 4 cache lines of row `id`, and its q8 scale.
+    #[inline(always)]
+    pub(super) fn prefetch_row(&self, id: usize) {
+        let lines = self.row_bytes.div_ceil(64).min(4);
+        for l in 0..lines {
+            // SAFETY: a prefetch is a hint that never faults, whatever the address
+            // (wrapping arithmetic, no dereference); SSE is baseline on x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.base.wrapping_add(id * self.row_bytes + l * 64).cast()) };
+        }
+        if !self.scales.is_null() {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.scales.wrapping_add(id).cast()) };
+        }
     }
 }
 
-/// The start of a table's storage and the bytes of one stored row.
-fn storage(table: &WeightMatrix<'_>) -> (*const u8, usize) {
-    let cols = table.cols;
-    match table.data {
-        WeightData::F32(d) => (d.as_ptr().cast::<u8>(), cols * 4),
-        WeightData::F16(d) | WeightData::Bf16(d) => (d.as_ptr().cast::<u8>(), cols * 2),
-        WeightData::Q8 { codes, .. } => (codes.as_ptr().cast::<u8>(), cols),
-        WeightData::Q8Rowwise(d) | WeightData::Q4(d) => (d.as_ptr(), table.row_bytes()),
-    }
-}
-
-/// Prefetches the rows `ids` of `table` (at most the first 4 lines of each).
+/// Prefetches the rows `ids` of `table` (at most the first 4 lines of each, plus q8
+/// scales).
 pub(super) fn prefetch(table: &WeightMatrix<'_>, ids: &[i64]) {
-    let (base, row_bytes) = storage(table);
+    let st = Storage::of(table);
     for &id in ids {
-        // SAFETY: prefetching is a hint that never faults; SSE is baseline on x86-64.
-        unsafe { prefetch_row(base, row_bytes, id as usize) };
+        st.prefetch_row(id as usize);
     }
 }
 
@@ -56,12 +84,12 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
     let c8 = cols - cols % 8;
     // All writes below go through `o` (not `out`), so the pointer stays valid throughout.
     let o = out.as_mut_ptr();
-    let (base, row_bytes) = storage(table);
+    let st = Storage::of(table);
+    let row_bytes = st.row_bytes;
     for (i, &id) in ids.iter().enumerate() {
         let r = id as usize;
         if let Some(&next) = ids.get(i + 1) {
-            // SAFETY: ids were validated by the caller; prefetch is a hint.
-            unsafe { prefetch_row(base, row_bytes, next as usize) };
+            st.prefetch_row(next as usize);
         }
         // SAFETY: in each arm, row `r` is in bounds (ids validated); c + 8 <= c8 <= cols
         // for vector steps, and `out` holds `cols` floats.
@@ -137,15 +165,9 @@ pub(super) unsafe fn bag(table: &WeightMatrix<'_>, ids: &[i64], mode: BagMode, o
                     }
                 }
                 WeightData::Q4(d) => {
-                    let row = &d[r * row_bytes..(r + 1) * row_bytes];
-                    for (b, block) in row.chunks_exact(Q4_BLOCK_BYTES).enumerate() {
-                        let start = b * Q4_BLOCK;
-                        if start >= cols {
-                            break;
-                        }
+                    for (start, n, block) in q4_blocks(&d[r * row_bytes..(r + 1) * row_bytes], cols) {
                         let dv8 = f16_splat(u16::from_le_bytes([block[0], block[1]]));
                         let dv = _mm256_cvtss_f32(dv8);
-                        let n = (cols - start).min(Q4_BLOCK);
                         if n == Q4_BLOCK {
                             let q = _mm_loadu_si128(block.as_ptr().add(2).cast());
                             let mask = _mm_set1_epi8(0x0f);

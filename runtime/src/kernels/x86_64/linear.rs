@@ -6,7 +6,14 @@
 //! (and dequantizes) `NR` weight vectors once and reuses each across the `MR` rows.
 //!
 //! - Small batches (< 4 rows, the memory-bound GEMV case) dequantize weights on the fly
-//!   inside the tile, so each quantized byte is read exactly once from memory.
+//!   inside the tile, so each quantized byte is read exactly once from memory. One input
+//!   row runs against 6 weight rows at a time: more concurrent weight streams and
+//!   independent accumulators than a square tile, which keeps the prefetchers and the FMA
+//!   pipes busy when every weight is used once.
+//! - q4 is decoded a block at a time ([`Loader::load32`]): the block's scale is read from
+//!   a table of every f16 widened to f32 (a scalar load and a broadcast from memory, no
+//!   vector conversion), and its 32 codes are split and re-centred with byte operations
+//!   on 16 bytes before widening, instead of per 8 weights. The values are unchanged.
 //! - Larger batches dequantize a panel of weight rows into scratch (L2-sized) and run the
 //!   f32 tile over it, amortizing the conversion over all rows of the batch.
 //!
@@ -28,6 +35,11 @@
 //! k = 0, 1, …, K−1 from zero, followed by the same epilogue (vectorized, bit-identical to
 //! the scalar one). Which form a weight gets depends only on its `K`, never on the batch,
 //! so the contract above (a row's result does not depend on its batch or split) holds.
+//!
+//! Levels: this module holds everything that does not depend on the vector width — the
+//! driver ([`drive`]: format routing, short reductions, cache blocking), the row-loader
+//! structs, the epilogue — and each x86-64 level (AVX2 here, AVX-512 in `avx512::linear`)
+//! adds only its loaders, register tile and expansion, instantiated by `level_linear!`.
 
 use core::arch::x86_64::*;
 
@@ -42,7 +54,7 @@ pub(super) const PANEL_MIN_ROWS: usize = 4;
 /// Target size of a dequantized panel, in floats (256 KiB: fits L2).
 const PANEL_FLOATS: usize = 1 << 16;
 /// Reductions up to this length put outputs in the lanes (see the module docs).
-const SMALL_K: usize = 32;
+pub(super) const SMALL_K: usize = 32;
 /// Weight rows transposed at once by the short-reduction path (a multiple of 8).
 const SHORT_PANEL: usize = 256;
 
@@ -55,6 +67,21 @@ trait Loader {
     unsafe fn load8(&self, o: usize, k: usize) -> __m256;
     /// Weight `o, k`, dequantized exactly as `load8` would.
     fn scalar(&self, o: usize, k: usize) -> f32;
+
+    /// Whether [`Loader::load32`] decodes a whole block at once (cheaper than four
+    /// `load8`s), so the GEMV tile should step 32 columns at a time.
+    const BLOCKS: bool = false;
+
+    /// Weights `o, k..k+32` as four vectors, the same values as four `load8`s
+    /// (`k` is a multiple of 32, `k + 32 <= cols`).
+    ///
+    /// # Safety
+    /// As for `load8`.
+    #[inline(always)]
+    unsafe fn load32(&self, o: usize, k: usize) -> [__m256; 4] {
+        // SAFETY: forwarded.
+        unsafe { [self.load8(o, k), self.load8(o, k + 8), self.load8(o, k + 16), self.load8(o, k + 24)] }
+    }
 
     /// Weights `o, k..k+n` (`n < 8`, `k + n <= cols`) in the low lanes, zeros above.
     ///
@@ -70,9 +97,13 @@ trait Loader {
     }
 }
 
-struct F32Rows<'a> {
-    data: &'a [f32],
-    stride: usize,
+// The row loaders of every format. They are shared by the x86-64 levels: each level
+// implements its own `Loader` (its vector width) for them, and `with_loader!` maps a
+// weight's format to them once for all levels.
+
+pub(super) struct F32Rows<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) stride: usize,
 }
 
 impl Loader for F32Rows<'_> {
@@ -99,9 +130,9 @@ impl Loader for F32Rows<'_> {
     }
 }
 
-struct F16Rows<'a> {
-    data: &'a [u16],
-    cols: usize,
+pub(super) struct F16Rows<'a> {
+    pub(super) data: &'a [u16],
+    pub(super) cols: usize,
 }
 
 impl Loader for F16Rows<'_> {
@@ -118,9 +149,9 @@ impl Loader for F16Rows<'_> {
     }
 }
 
-struct Bf16Rows<'a> {
-    data: &'a [u16],
-    cols: usize,
+pub(super) struct Bf16Rows<'a> {
+    pub(super) data: &'a [u16],
+    pub(super) cols: usize,
 }
 
 impl Loader for Bf16Rows<'_> {
@@ -141,9 +172,9 @@ impl Loader for Bf16Rows<'_> {
 }
 
 /// q8 codes as f32, unscaled: the row scale is applied by the [`Epilogue`].
-struct Q8Rows<'a> {
-    codes: &'a [i8],
-    cols: usize,
+pub(super) struct Q8Rows<'a> {
+    pub(super) codes: &'a [i8],
+    pub(super) cols: usize,
 }
 
 impl Loader for Q8Rows<'_> {
@@ -163,10 +194,31 @@ impl Loader for Q8Rows<'_> {
     }
 }
 
-struct Q4Rows<'a> {
-    data: &'a [u8],
-    row_bytes: usize,
+pub(super) struct Q4Rows<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) row_bytes: usize,
+    /// [`f16_table`], fetched once per call.
+    pub(super) f16: &'static F16Table,
 }
+
+/// Every f16 bit pattern widened to f32 (256 KiB, built on first use). A q4 block's scale
+/// then costs one scalar load and a broadcast from memory instead of a broadcast and a
+/// conversion on the vector ports the decode is bound by. Scales of real weights span a
+/// few binades, so the entries in use stay cache-resident.
+pub(super) fn f16_table() -> &'static F16Table {
+    static TABLE: std::sync::OnceLock<Box<F16Table>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = vec![0.0f32; 1 << 16].into_boxed_slice();
+        for (bits, v) in table.iter_mut().enumerate() {
+            *v = quant::f16_to_f32(bits as u16);
+        }
+        #[allow(clippy::expect_used)]
+        table.try_into().expect("2^16 entries")
+    })
+}
+
+/// f32 values indexed by f16 bit patterns (any `u16` indexes it without a bounds check).
+pub(super) type F16Table = [f32; 1 << 16];
 
 impl Loader for Q4Rows<'_> {
     #[inline(always)]
@@ -183,6 +235,29 @@ impl Loader for Q4Rows<'_> {
             let nib = if j < 16 { bytes } else { _mm256_srli_epi32(bytes, 4) };
             let code = _mm256_sub_epi32(_mm256_and_si256(nib, _mm256_set1_epi32(0x0f)), _mm256_set1_epi32(8));
             _mm256_mul_ps(_mm256_cvtepi32_ps(code), d)
+        }
+    }
+
+    const BLOCKS: bool = true;
+
+    /// One whole block: the scale is widened once and the 32 codes are split and
+    /// re-centred with byte operations on 16 bytes, instead of once per 8 weights.
+    #[inline(always)]
+    unsafe fn load32(&self, o: usize, k: usize) -> [__m256; 4] {
+        let block = o * self.row_bytes + (k / Q4_BLOCK) * Q4_BLOCK_BYTES;
+        debug_assert!(k.is_multiple_of(Q4_BLOCK) && block + Q4_BLOCK_BYTES <= self.data.len());
+        // SAFETY: the block's 18 bytes lie inside row `o` (caller); the table holds the
+        // exact widenings; register-only after.
+        unsafe {
+            let p = self.data.as_ptr().add(block);
+            let d = _mm256_set1_ps(self.f16[u16::from_le_bytes([*p, *p.add(1)]) as usize]);
+            let q = _mm_loadu_si128(p.add(2).cast());
+            let (mask, eight) = (_mm_set1_epi8(0x0f), _mm_set1_epi8(8));
+            // Elements 0..16 are the low nibbles, 16..32 the high ones; codes − 8 fit i8.
+            let lo = _mm_sub_epi8(_mm_and_si128(q, mask), eight);
+            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), mask), eight);
+            let widen = |b: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d);
+            [widen(lo), widen(_mm_unpackhi_epi64(lo, lo)), widen(hi), widen(_mm_unpackhi_epi64(hi, hi))]
         }
     }
 
@@ -214,6 +289,8 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// One `MR × NR` tile: `out[i][j] = x[m0+i] · w[o0+j]` in canonical order (no bias).
+// Index loops over the register tile read clearer than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
     x: &MatRef<'_>,
@@ -233,6 +310,21 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
         let mut acc = [[_mm256_setzero_ps(); NR]; MR];
         let k8 = k - k % 8;
         let mut kk = 0;
+        if L::BLOCKS {
+            // One block of each weight row at a time, decoded once and used by every
+            // input row while in registers; each lane still sees columns 8c + l in order.
+            while kk + 32 <= k8 {
+                for j in 0..NR {
+                    let wv = w.load32(o0 + j, kk);
+                    for i in 0..MR {
+                        for (c, v) in wv.iter().enumerate() {
+                            acc[i][j] = _mm256_fmadd_ps(*v, _mm256_loadu_ps(xp[i].add(kk + 8 * c)), acc[i][j]);
+                        }
+                    }
+                }
+                kk += 32;
+            }
+        }
         while kk < k8 {
             let mut wv = [_mm256_setzero_ps(); NR];
             for (j, v) in wv.iter_mut().enumerate() {
@@ -262,12 +354,12 @@ unsafe fn tile<const MR: usize, const NR: usize, L: Loader>(
 /// it is stored at output column `col0 + o`: row scale, bias, activation — or, for
 /// adapter steps, `y += alpha · dot` instead of a store.
 #[derive(Clone, Copy)]
-struct Epilogue<'a> {
-    col0: usize,
-    scales: Option<&'a [f32]>,
-    bias: Option<&'a [f32]>,
-    act: Option<Activation>,
-    accumulate: Option<f32>,
+pub(super) struct Epilogue<'a> {
+    pub(super) col0: usize,
+    pub(super) scales: Option<&'a [f32]>,
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) act: Option<Activation>,
+    pub(super) accumulate: Option<f32>,
 }
 
 impl<'a> Epilogue<'a> {
@@ -284,7 +376,7 @@ impl<'a> Epilogue<'a> {
 
     /// Stores (or, for adapter steps, adds `alpha ·`) the finished dot product of row `o`.
     #[inline(always)]
-    fn finish(&self, o: usize, dot: f32, dst: &mut f32) {
+    pub(super) fn finish(&self, o: usize, dot: f32, dst: &mut f32) {
         let v = self.apply(o, dot);
         *dst = match self.accumulate {
             Some(alpha) => *dst + alpha * v,
@@ -293,7 +385,7 @@ impl<'a> Epilogue<'a> {
     }
 
     /// The epilogue of weight rows `o..o + n` as a grid of their own.
-    fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
+    pub(super) fn rows(&self, o: usize, n: usize) -> Epilogue<'a> {
         Epilogue {
             col0: self.col0 + o,
             scales: self.scales.map(|s| &s[o..o + n]),
@@ -306,7 +398,7 @@ impl<'a> Epilogue<'a> {
 
 /// Writes a finished tile: tile column `j` is weight row `o0 + j` of the grid.
 #[inline(always)]
-fn store<const MR: usize, const NR: usize>(
+pub(super) fn store<const MR: usize, const NR: usize>(
     out: &[[f32; NR]; MR],
     y: &mut MatMut<'_>,
     m0: usize,
@@ -321,72 +413,136 @@ fn store<const MR: usize, const NR: usize>(
     }
 }
 
-/// Runs the tile grid over rows `m` (all of x) × weight rows `0..n` of loader `w`,
-/// finishing each dot product with `ep`.
-#[inline(always)]
-unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
-    x: &MatRef<'_>,
-    w: &L,
-    n: usize,
-    k: usize,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-) {
-    let m = x.rows();
-    let mut m0 = 0;
-    while m0 < m {
-        let mr = (m - m0).min(MR);
-        let mut o = 0;
-        while o < n {
-            let nr = (n - o).min(NR);
-            // SAFETY: forwarded; (mr, nr) bound the tile inside x and the loader's rows.
-            unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, ep, y) };
-            o += nr;
-        }
-        m0 += mr;
-    }
-}
+/// Defines a level's linear kernel from its `Loader`, `tile` and `expand` (names resolve
+/// where the macro is invoked): the unit type `$level` and its `Tiles` (the batched tile
+/// `$pm × $pn` over f32 panels, a GEMV tile per batch size), the `#[target_feature]`
+/// entry point `linear` over `drive`, and the tile grid, whose `dispatch_tile`
+/// instantiates the `($mr, $nr)` shapes those grids can ask for.
+macro_rules! level_linear {
+    (
+        $level:ident, $features:literal,
+        panel: ($pm:literal, $pn:literal),
+        gemv: { $($rows:pat => ($gm:literal, $gn:literal)),+ $(,)? },
+        tiles: [$(($mr:literal, $nr:literal)),+ $(,)?] $(,)?
+    ) => {
+        /// This level's `Tiles`.
+        struct $level;
 
-/// Calls the `tile` monomorph for runtime sizes `mr ≤ 4`, `nr ≤ 4`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn dispatch_tile<L: Loader>(
-    x: &MatRef<'_>,
-    m0: usize,
-    mr: usize,
-    w: &L,
-    o0: usize,
-    nr: usize,
-    k: usize,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-) {
-    macro_rules! go {
-        ($mr:literal, $nr:literal) => {{
-            let mut out = [[0.0f32; $nr]; $mr];
-            // SAFETY: forwarded from the caller.
-            unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
-            store::<$mr, $nr>(&out, y, m0, o0, ep);
-        }};
-    }
-    match (mr, nr) {
-        (1, 1) => go!(1, 1),
-        (1, 2) => go!(1, 2),
-        (1, 3) => go!(1, 3),
-        (1, 4) => go!(1, 4),
-        (2, 1) => go!(2, 1),
-        (2, 2) => go!(2, 2),
-        (2, 3) => go!(2, 3),
-        (2, 4) => go!(2, 4),
-        (3, 1) => go!(3, 1),
-        (3, 2) => go!(3, 2),
-        (3, 3) => go!(3, 3),
-        (4, 1) => go!(4, 1),
-        (4, 2) => go!(4, 2),
-        (4, 3) => go!(4, 3),
-        _ => unreachable!("tile {mr}x{nr}"),
-    }
+        impl Tiles for $level {
+            #[inline(always)]
+            unsafe fn panel_grid(
+                x: &MatRef<'_>,
+                panel: &[f32],
+                rows: usize,
+                k: usize,
+                ep: &Epilogue<'_>,
+                y: &mut MatMut<'_>,
+            ) {
+                // SAFETY: forwarded.
+                unsafe { grid::<$pm, $pn, _>(x, &F32Rows { data: panel, stride: k }, rows, k, ep, y) }
+            }
+
+            #[inline(always)]
+            unsafe fn gemv(x: &MatRef<'_>, w: &WeightMatrix<'_>, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
+                let n = w.rows;
+                // SAFETY: forwarded.
+                unsafe {
+                    with_loader!(w, l => match x.rows() {
+                        $($rows => grid::<$gm, $gn, _>(x, l, n, w.cols, ep, y),)+
+                    }, rowwise => {})
+                }
+            }
+
+            #[inline(always)]
+            unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
+                // SAFETY: forwarded.
+                unsafe { panel_row(w, r, out) }
+            }
+        }
+
+        /// This level's linear kernel: `drive` over its tiles.
+        ///
+        /// # Safety
+        /// As for `drive`; the CPU must also support this level's target features.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn linear(
+            x: MatRef<'_>,
+            w: &WeightMatrix<'_>,
+            bias: Option<&[f32]>,
+            act: Option<Activation>,
+            accumulate: Option<f32>,
+            y: MatMut<'_>,
+            scratch: &mut [f32],
+        ) {
+            // SAFETY: per this function's contract.
+            unsafe { drive::<$level>(x, w, bias, act, accumulate, y, scratch) }
+        }
+
+        /// `Tiles::panel_row` (a function of its own, not inlined into every panel).
+        #[target_feature(enable = $features)]
+        unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
+            // SAFETY: features per this function's contract; row `r` exists.
+            unsafe { with_loader!(w, l => expand(l, r, w.cols, out), rowwise => w.dequant_row(r, out)) }
+        }
+
+        /// Runs the tile grid over rows `m` (all of x) × weight rows `0..n` of loader
+        /// `w`, finishing each dot product with `ep`.
+        #[inline(always)]
+        unsafe fn grid<const MR: usize, const NR: usize, L: Loader>(
+            x: &MatRef<'_>,
+            w: &L,
+            n: usize,
+            k: usize,
+            ep: &Epilogue<'_>,
+            y: &mut MatMut<'_>,
+        ) {
+            let m = x.rows();
+            let mut m0 = 0;
+            while m0 < m {
+                let mr = (m - m0).min(MR);
+                let mut o = 0;
+                while o < n {
+                    let nr = (n - o).min(NR);
+                    // SAFETY: forwarded; (mr, nr) bound the tile inside x and the loader's rows.
+                    unsafe { dispatch_tile(x, m0, mr, w, o, nr, k, ep, y) };
+                    o += nr;
+                }
+                m0 += mr;
+            }
+        }
+
+        /// Calls the `tile` monomorph for the runtime sizes `(mr, nr)`.
+        ///
+        /// A function of its own (not forced inline): every arm's tile is inlined here, and
+        /// debug builds give each arm its own stack slots, so inlining all of them into the
+        /// caller for every format would overflow a test thread's stack.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn dispatch_tile<L: Loader>(
+            x: &MatRef<'_>,
+            m0: usize,
+            mr: usize,
+            w: &L,
+            o0: usize,
+            nr: usize,
+            k: usize,
+            ep: &Epilogue<'_>,
+            y: &mut MatMut<'_>,
+        ) {
+            match (mr, nr) {
+                $(($mr, $nr) => {
+                    let mut out = [[0.0f32; $nr]; $mr];
+                    // SAFETY: forwarded from the caller.
+                    unsafe { tile::<$mr, $nr, L>(x, m0, w, o0, k, &mut out) };
+                    store::<$mr, $nr>(&out, y, m0, o0, ep);
+                })+
+                _ => unreachable!("tile {mr}x{nr}"),
+            }
+        }
+    };
 }
+pub(super) use level_linear;
 
 /// Floats of scratch `linear` needs for this weight and batch.
 pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
@@ -400,18 +556,81 @@ pub(super) fn scratch_len(w: &WeightMatrix<'_>, rows: usize) -> usize {
     if rows < PANEL_MIN_ROWS || matches!(w.data, WeightData::F32(_)) { 0 } else { panel_rows(w) * w.cols }
 }
 
-fn panel_rows(w: &WeightMatrix<'_>) -> usize {
+pub(super) fn panel_rows(w: &WeightMatrix<'_>) -> usize {
     (PANEL_FLOATS / w.cols.max(1)).clamp(3, w.rows.max(3)).div_ceil(3) * 3
 }
 
+/// Binds `$l` to the row loader of `$w`'s format (these structs, which every x86-64 level
+/// implements its own loader trait for) and evaluates `$body`; `Q8Rowwise`, which has no
+/// linear loader, evaluates `$rowwise`. The one place a level maps formats to loaders.
+macro_rules! with_loader {
+    ($w:expr, $l:ident => $body:expr, rowwise => $rowwise:expr) => {
+        match $w.data {
+            WeightData::F32(data) => {
+                let $l = &F32Rows { data, stride: $w.cols };
+                $body
+            }
+            WeightData::F16(data) => {
+                let $l = &F16Rows { data, cols: $w.cols };
+                $body
+            }
+            WeightData::Bf16(data) => {
+                let $l = &Bf16Rows { data, cols: $w.cols };
+                $body
+            }
+            WeightData::Q8 { codes, .. } => {
+                let $l = &Q8Rows { codes, cols: $w.cols };
+                $body
+            }
+            WeightData::Q4(data) => {
+                let $l = &Q4Rows { data, row_bytes: $w.row_bytes(), f16: f16_table() };
+                $body
+            }
+            WeightData::Q8Rowwise(_) => $rowwise,
+        }
+    };
+}
+pub(super) use with_loader;
+
+/// The width-specific half of a level's linear kernel; [`drive`] is the rest.
+///
+/// Implementations are `#[inline(always)]` (or `#[target_feature]` functions of their
+/// own), so that inlined into a level's `#[target_feature]` entry point they compile for
+/// that level's features.
+pub(super) trait Tiles {
+    /// The batched tile grid over weight rows `0..rows` of an f32 `panel` (`rows × k`).
+    ///
+    /// # Safety
+    /// The level's features must be available; `panel` holds `rows × k` floats, `x` has
+    /// `k` columns and `y` the grid's rows and columns.
+    unsafe fn panel_grid(x: &MatRef<'_>, panel: &[f32], rows: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>);
+
+    /// Fewer than [`PANEL_MIN_ROWS`] rows, straight from the stored weights (never
+    /// `Q8Rowwise`).
+    ///
+    /// # Safety
+    /// As for [`Tiles::panel_grid`], with `w` in place of the panel.
+    unsafe fn gemv(x: &MatRef<'_>, w: &WeightMatrix<'_>, ep: &Epilogue<'_>, y: &mut MatMut<'_>);
+
+    /// Expands row `r` of `w` into `out[..w.cols]` exactly as the level's loaders produce
+    /// it (q8 rows stay unscaled codes; the epilogue scales them).
+    ///
+    /// # Safety
+    /// The level's features must be available and row `r` must exist.
+    unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]);
+}
+
 /// `y = act(x · Wᵀ + b)`, or `y += accumulate · (x · Wᵀ)` when `accumulate` is set
-/// (then `bias` and `act` must be `None`).
+/// (then `bias` and `act` must be `None`): the level-independent driver — format routing,
+/// short reductions, cache blocking — over a level's [`Tiles`].
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; shapes must satisfy the `LinearKernel`
-/// contract (`x.cols == w.cols`, `y` is `x.rows × w.rows`, scratch per [`scratch_len`]).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn linear(
+/// The CPU must support AVX2, FMA, F16C and `T`'s level; shapes must satisfy the
+/// `LinearKernel` contract (`x.cols == w.cols`, `y` is `x.rows × w.rows`, scratch per
+/// [`scratch_len`]). Inline into the level's `#[target_feature]` entry point.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn drive<T: Tiles>(
     x: MatRef<'_>,
     w: &WeightMatrix<'_>,
     bias: Option<&[f32]>,
@@ -424,66 +643,74 @@ pub(super) unsafe fn linear(
     debug_assert_eq!(x.cols(), k);
     debug_assert!(y.rows() == m && y.cols() == n);
     let y = &mut y;
-    // SAFETY: for all calls below, AVX2/FMA/F16C are available per this function's contract; the loaders
-    // cover exactly rows 0..n of `w` and `k` columns, which the grids stay inside.
+    let scales = match w.data {
+        WeightData::Q8 { scales, .. } => Some(scales),
+        WeightData::Q8Rowwise(_) => {
+            // Rejected for linears at validation; fall back to the reference rather than
+            // guess.
+            let reference = crate::kernels::SCALAR.linear;
+            match accumulate {
+                Some(alpha) => reference.linear_accumulate(x, w, alpha, y.reborrow(), scratch),
+                None => reference.linear(x, w, bias, act, y.reborrow(), scratch),
+            }
+            return;
+        }
+        _ => None,
+    };
+    let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
+    // SAFETY: for all calls below, the features are available per this function's
+    // contract; the loaders cover exactly rows 0..n of `w` and `k` columns, which the
+    // grids stay inside.
     unsafe {
-        let scales = if let WeightData::Q8 { scales, .. } = w.data { Some(scales) } else { None };
-        let ep = Epilogue { col0: 0, scales, bias, act, accumulate };
-        if k <= SMALL_K && !matches!(w.data, WeightData::Q8Rowwise(_)) {
-            match w.data {
-                WeightData::F32(data) => short_reduction(&x, &F32Rows { data, stride: k }, n, k, &ep, y, scratch),
-                WeightData::F16(data) => short_reduction(&x, &F16Rows { data, cols: k }, n, k, &ep, y, scratch),
-                WeightData::Bf16(data) => short_reduction(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y, scratch),
-                WeightData::Q8 { codes, .. } => short_reduction(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y, scratch),
-                WeightData::Q4(data) => {
-                    short_reduction(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y, scratch)
-                }
-                WeightData::Q8Rowwise(_) => {}
-            }
+        if k <= SMALL_K {
+            // AVX2 at every level: the choice depends only on `K`, and a LoRA step with
+            // `K = rank` gains nothing from wider vectors.
+            with_loader!(w, l => short_reduction(&x, l, n, k, &ep, y, scratch), rowwise => {});
             return;
         }
-        if m >= PANEL_MIN_ROWS {
-            // Cache blocking: one L2-sized panel of weight rows serves every input row
-            // before the next panel is touched. f32 weights are used in place; other
-            // formats are expanded into the scratch panel first.
-            let nb = panel_rows(w);
-            let mut o = 0;
-            while o < n {
-                let rows = nb.min(n - o);
-                let panel: &[f32] = match w.data {
-                    WeightData::F32(data) => &data[o * k..(o + rows) * k],
-                    _ => {
-                        let panel = &mut scratch[..rows * k];
-                        let sub = w.rows_range(o..o + rows);
-                        for r in 0..rows {
-                            panel_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
-                        }
-                        panel
+        if m < PANEL_MIN_ROWS {
+            return T::gemv(&x, w, &ep, y);
+        }
+        // Cache blocking: one L2-sized panel of weight rows serves every input row before
+        // the next panel is touched. f32 weights are used in place; other formats are
+        // expanded into the scratch panel first.
+        let nb = panel_rows(w);
+        let mut o = 0;
+        while o < n {
+            let rows = nb.min(n - o);
+            let panel: &[f32] = match w.data {
+                WeightData::F32(data) => &data[o * k..(o + rows) * k],
+                _ => {
+                    let panel = &mut scratch[..rows * k];
+                    let sub = w.rows_range(o..o + rows);
+                    for r in 0..rows {
+                        T::panel_row(&sub, r, &mut panel[r * k..(r + 1) * k]);
                     }
-                };
-                grid::<4, 3, _>(&x, &F32Rows { data: panel, stride: k }, rows, k, &ep.rows(o, rows), y);
-                o += rows;
-            }
-            return;
-        }
-        match w.data {
-            WeightData::F32(data) => gemv(&x, &F32Rows { data, stride: k }, n, k, &ep, y),
-            WeightData::F16(data) => gemv(&x, &F16Rows { data, cols: k }, n, k, &ep, y),
-            WeightData::Bf16(data) => gemv(&x, &Bf16Rows { data, cols: k }, n, k, &ep, y),
-            WeightData::Q8 { codes, .. } => gemv(&x, &Q8Rows { codes, cols: k }, n, k, &ep, y),
-            WeightData::Q4(data) => gemv(&x, &Q4Rows { data, row_bytes: w.row_bytes() }, n, k, &ep, y),
-            WeightData::Q8Rowwise(_) => {
-                // Rejected for linears at validation; fall back to the reference rather
-                // than guess.
-                let reference = crate::kernels::SCALAR.linear;
-                match accumulate {
-                    Some(alpha) => reference.linear_accumulate(x, w, alpha, y.reborrow(), scratch),
-                    None => reference.linear(x, w, bias, act, y.reborrow(), scratch),
+                    panel
                 }
-            }
+            };
+            T::panel_grid(&x, panel, rows, k, &ep.rows(o, rows), y);
+            o += rows;
         }
     }
 }
+
+// Batches of 4 or more: 4 × 3 tiles over f32 panels. Fewer rows, straight from the
+// stored weights: one row against 6 weight rows (more concurrent weight streams and
+// independent accumulators keep a memory-bound GEMV fed; 13 of the 16 registers), else
+// (2 × 4) or (3 × 3).
+#[rustfmt::skip]
+level_linear!(
+    Avx2, "avx2,fma,f16c",
+    panel: (4, 3),
+    gemv: { 1 => (1, 6), 3 => (3, 3), _ => (2, 4) },
+    tiles: [
+        (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
+        (2, 1), (2, 2), (2, 3), (2, 4),
+        (3, 1), (3, 2), (3, 3),
+        (4, 1), (4, 2), (4, 3),
+    ],
+);
 
 /// `K ≤ SMALL_K`: outputs in the lanes. A panel of up to [`SHORT_PANEL`] weight rows is
 /// transposed into scratch (8 × 8 blocks in registers, through the format's loader), then
@@ -688,43 +915,29 @@ unsafe fn vector_epilogue(ep: &Epilogue<'_>, o: usize, sums: __m256, dst: *mut f
     true
 }
 
-/// Fewer than 4 rows: tiles of (rows × 4) or (3 × 3) straight from the stored weights.
+/// `out[..k]` = row `r` of `l`, a block at a time where the loader decodes blocks.
 #[inline(always)]
-unsafe fn gemv<L: Loader>(x: &MatRef<'_>, w: &L, n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
-    // SAFETY: forwarded from `linear`.
+unsafe fn expand<L: Loader>(l: &L, r: usize, k: usize, out: &mut [f32]) {
+    let k8 = k - k % 8;
+    let out = &mut out[..k];
+    let mut c = 0;
+    // SAFETY: every store is at c + 8 <= k8 <= k = out.len(); loads stay in row `r`
+    // (the caller guarantees the features).
     unsafe {
-        match x.rows() {
-            3 => grid::<3, 3, L>(x, w, n, k, ep, y),
-            _ => grid::<2, 4, L>(x, w, n, k, ep, y),
+        if L::BLOCKS {
+            while c + 32 <= k8 {
+                for (i, v) in l.load32(r, c).into_iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), v);
+                }
+                c += 32;
+            }
+        }
+        while c < k8 {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), l.load8(r, c));
+            c += 8;
         }
     }
-}
-
-/// Expands row `r` into f32 panel values, exactly as the loaders produce them (q8 rows
-/// stay unscaled codes; the epilogue scales them).
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_row(w: &WeightMatrix<'_>, r: usize, out: &mut [f32]) {
-    let k = w.cols;
-    let k8 = k - k % 8;
-    macro_rules! run {
-        ($loader:expr) => {{
-            let l = $loader;
-            let mut c = 0;
-            while c < k8 {
-                // SAFETY: c + 8 <= k8 <= cols; out has k elements.
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), l.load8(r, c)) };
-                c += 8;
-            }
-            for c in k8..k {
-                out[c] = l.scalar(r, c);
-            }
-        }};
-    }
-    match w.data {
-        WeightData::F16(data) => run!(F16Rows { data, cols: k }),
-        WeightData::Bf16(data) => run!(Bf16Rows { data, cols: k }),
-        WeightData::Q8 { codes, .. } => run!(Q8Rows { codes, cols: k }),
-        WeightData::Q4(data) => run!(Q4Rows { data, row_bytes: w.row_bytes() }),
-        WeightData::F32(_) | WeightData::Q8Rowwise(_) => w.dequant_row(r, out),
+    for (c, o) in out.iter_mut().enumerate().skip(k8) {
+        *o = l.scalar(r, c);
     }
 }
