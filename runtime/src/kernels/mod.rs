@@ -18,7 +18,7 @@
 //!   split activations into three int8 digits (23 bits of the row's range) for exact
 //!   SDOT/SMMLA sums, which adds at most `Σ|w_k| · max|x| / (127 · 2¹⁷)` per output
 //!   ([`Level::splits_q8_activations`]; derived in `graft_kernels_neon::split`);
-//! - the int8 q8 linears ([`Kernels::int8`], chosen by [`Q8Math::Int8`]) match the
+//! - the int8 q8 and q4 linears ([`Kernels::int8`], chosen by [`Q8Math::Int8`]) match the
 //!   scalar level's int8 reference bit for bit: activations are quantized per row in one
 //!   canonical way and the integer sums are exact (arithmetic and accuracy budget in
 //!   `int8.rs`);
@@ -228,6 +228,13 @@ impl Level {
     pub fn splits_q8_activations(self) -> bool {
         matches!(self, Level::Dotprod | Level::I8mm)
     }
+
+    /// Whether [`Q8Math::Int8`] sends q4 weights to this level's [`Kernels::int8`]: the
+    /// scalar reference and the x86-64 levels (which have q4 int8 kernels); the aarch64
+    /// levels keep q4 on the exact path.
+    pub fn has_q4_int8(self) -> bool {
+        matches!(self, Level::Scalar | Level::Avx2 | Level::Avx512 | Level::Avx512Vnni)
+    }
 }
 
 impl fmt::Display for Level {
@@ -258,37 +265,45 @@ pub struct Kernels {
     pub matmul: &'static dyn MatMulKernel,
     /// Unary math.
     pub unary: &'static dyn UnaryKernel,
-    /// q8 linears with activations quantized to int8 per row ([`Q8Math::Int8`]), or
+    /// q8 and q4 linears with activations quantized to int8 per row ([`Q8Math::Int8`]), or
     /// `None` where the level has no integer dot products (those run the exact path).
     /// Every such kernel matches the scalar level's bit for bit. Pick it with
-    /// [`Kernels::linear_for`]; handed any other weight, it computes the exact reference.
+    /// [`Kernels::linear_for`]; handed any other weight, it computes the exact reference
+    /// (handed a q4 weight, the int8 arithmetic of `int8.rs` at every level).
     pub int8: Option<&'static dyn LinearKernel>,
 }
 
 impl Kernels {
-    /// The linear kernel that runs `w` under `math`: [`Kernels::int8`] for q8 weights
-    /// with [`INT8_MIN_K`]`..=`[`INT8_MAX_K`] columns when `math` is [`Q8Math::Int8`] and
-    /// the level has one, else [`Kernels::linear`]. Depends only on the weight, never on
-    /// the batch.
+    /// The linear kernel that runs `w` under `math`: [`Kernels::int8`] for q8 and q4
+    /// weights with [`INT8_MIN_K`]`..=`[`INT8_MAX_K`] columns when `math` is
+    /// [`Q8Math::Int8`] and the level has one (for q4: [`Level::has_q4_int8`]), else
+    /// [`Kernels::linear`]. Depends only on the weight, never on the batch.
     pub fn linear_for(&self, w: &WeightMatrix<'_>, math: Q8Math) -> &'static dyn LinearKernel {
         match (math, w.data, self.int8) {
             (Q8Math::Int8, WeightData::Q8 { .. }, Some(k)) if (INT8_MIN_K..=INT8_MAX_K).contains(&w.cols) => k,
+            (Q8Math::Int8, WeightData::Q4(_), Some(k))
+                if self.level.has_q4_int8() && (INT8_MIN_K..=INT8_MAX_K).contains(&w.cols) =>
+            {
+                k
+            }
             _ => self.linear,
         }
     }
 }
 
-/// How q8 linears multiply: the session option that chooses between speed and the
-/// exact dequantize-to-f32 result.
+/// How q8 and q4 linears multiply: the session option that chooses between speed and
+/// the exact dequantize-to-f32 result. (The name predates q4: it covers both formats.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Q8Math {
     /// Activations quantized per row to symmetric int8 on the fly and multiplied with the
     /// int8 codes in exact integer dot products (AVX2, AVX-512, VNNI, SDOT/SMMLA), as
     /// ONNX Runtime's dynamic quantization and llama.cpp do. Adds at most
-    /// `w_scale · (x_scale / 2) · Σ|w_codes|` per output (`x_scale = max|x| / 127`);
+    /// `w_scale · (x_scale / 2) · Σ|w_codes|` per output (`x_scale = max|x| / 127`); for q4,
+    /// `(x_scale / 2) · Σ_b |d_b| · Σ|c − 8|` over the blocks `b` (`d_b` the block scale);
     /// identical at every level that has it. Levels without integer dot products
-    /// (`neon`) run [`Q8Math::Exact`].
+    /// (`neon`) run [`Q8Math::Exact`], and so do q4 weights at the aarch64 levels (their
+    /// int8 kernels cover q8 only).
     #[default]
     Int8,
     /// Weights dequantized to f32 and multiplied with f32 activations: only the f32
