@@ -62,8 +62,10 @@ pub mod view;
 #[cfg(feature = "std")]
 pub mod writer;
 
-pub use engine::{Device, Input, MAX_THREADS, NanPolicy, Outputs, RowFault, Session, SessionOptions, Shape, TensorView};
-pub use kernels::Q8Math;
+pub use engine::{
+    Device, Input, MAX_THREADS, NanPolicy, Outputs, RowFault, Session, SessionOptions, Shape, TensorView,
+};
 pub use error::{Error, Result};
 pub use format::{DType, WeightFormat};
+pub use kernels::Q8Math;
 pub use model::Model;

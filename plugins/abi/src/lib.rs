@@ -30,8 +30,8 @@
 
 mod error;
 pub mod files;
-pub mod mapguard;
 mod kind;
+pub mod mapguard;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod view;
