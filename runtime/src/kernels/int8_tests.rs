@@ -559,7 +559,10 @@ fn the_session_sends_q4_to_int8_where_the_level_has_it() {
         let d = LinearDispatch { kernels: t, math: Q8Math::Int8 };
         for rows in [1, 3, 4, 300] {
             assert!(d.scratch_len(&w, rows) >= t.linear.scratch_len(&w, rows));
-            assert!(d.scratch_len(&w, rows) >= int8::Reference.scratch_len(&w, rows));
+            // Scratch covers the kernel the dispatch picks (the reference's wherever q4 is int8).
+            if t.level.has_q4_int8() {
+                assert!(d.scratch_len(&w, rows) >= int8::Reference.scratch_len(&w, rows), "{}", t.level);
+            }
         }
     }
 }
