@@ -75,26 +75,26 @@ fn grid<const MR: usize, const NR: usize>(
     }
 }
 
-/// Calls `$f::<mr, nr>` for runtime `mr ≤ 4`, `nr ≤ 4`.
+/// Calls `$f::<mr, nr>` (`$f::<mr, nr, C>` for `$f<C>`) for runtime `mr ≤ 4`, `nr ≤ 4`.
 macro_rules! dispatch {
-    ($f:ident, $mr:expr, $nr:expr, $($arg:expr),*) => {
+    ($f:ident $(<$c:literal>)?, $mr:expr, $nr:expr, $($arg:expr),*) => {
         match ($mr, $nr) {
-            (1, 1) => $f::<1, 1>($($arg),*),
-            (1, 2) => $f::<1, 2>($($arg),*),
-            (1, 3) => $f::<1, 3>($($arg),*),
-            (1, 4) => $f::<1, 4>($($arg),*),
-            (2, 1) => $f::<2, 1>($($arg),*),
-            (2, 2) => $f::<2, 2>($($arg),*),
-            (2, 3) => $f::<2, 3>($($arg),*),
-            (2, 4) => $f::<2, 4>($($arg),*),
-            (3, 1) => $f::<3, 1>($($arg),*),
-            (3, 2) => $f::<3, 2>($($arg),*),
-            (3, 3) => $f::<3, 3>($($arg),*),
-            (3, 4) => $f::<3, 4>($($arg),*),
-            (4, 1) => $f::<4, 1>($($arg),*),
-            (4, 2) => $f::<4, 2>($($arg),*),
-            (4, 3) => $f::<4, 3>($($arg),*),
-            (4, 4) => $f::<4, 4>($($arg),*),
+            (1, 1) => $f::<1, 1 $(, $c)?>($($arg),*),
+            (1, 2) => $f::<1, 2 $(, $c)?>($($arg),*),
+            (1, 3) => $f::<1, 3 $(, $c)?>($($arg),*),
+            (1, 4) => $f::<1, 4 $(, $c)?>($($arg),*),
+            (2, 1) => $f::<2, 1 $(, $c)?>($($arg),*),
+            (2, 2) => $f::<2, 2 $(, $c)?>($($arg),*),
+            (2, 3) => $f::<2, 3 $(, $c)?>($($arg),*),
+            (2, 4) => $f::<2, 4 $(, $c)?>($($arg),*),
+            (3, 1) => $f::<3, 1 $(, $c)?>($($arg),*),
+            (3, 2) => $f::<3, 2 $(, $c)?>($($arg),*),
+            (3, 3) => $f::<3, 3 $(, $c)?>($($arg),*),
+            (3, 4) => $f::<3, 4 $(, $c)?>($($arg),*),
+            (4, 1) => $f::<4, 1 $(, $c)?>($($arg),*),
+            (4, 2) => $f::<4, 2 $(, $c)?>($($arg),*),
+            (4, 3) => $f::<4, 3 $(, $c)?>($($arg),*),
+            (4, 4) => $f::<4, 4 $(, $c)?>($($arg),*),
             _ => unreachable!("int8 tile {}x{}", $mr, $nr),
         }
     };
@@ -267,9 +267,10 @@ unsafe fn step_vnni<const MR: usize, const NR: usize>(
     }
 }
 
-/// One AVX-512BW tile (sign trick on zmm).
+/// One AVX-512 tile: the AVX-512BW sign trick, or with `VNNI` offset activations and a
+/// `Σw` correction.
 #[inline(always)]
-unsafe fn tile_avx512<const MR: usize, const NR: usize>(
+unsafe fn tile_zmm<const MR: usize, const NR: usize, const VNNI: bool>(
     x: &Quantized<'_>,
     m0: usize,
     w: &[i8],
@@ -278,23 +279,32 @@ unsafe fn tile_avx512<const MR: usize, const NR: usize>(
     ep: &Epilogue<'_>,
     y: &mut MatMut<'_>,
 ) {
-    // SAFETY: the caller guarantees AVX-512F/BW, `m0 + MR <= x.rows` and `(o0 + NR) · k
-    // <= w.len()`. Full weight loads stop at `k64 <= k`; the tail load is masked to the
-    // row's last `k - k64` bytes (masked lanes are not accessed). Activation loads read
-    // whole 64-byte blocks of a row of `stride >= k64 + 64` bytes when a tail exists.
+    // SAFETY: the caller guarantees AVX-512F/BW (+ VNNI when `VNNI`), `m0 + MR <= x.rows`
+    // and `(o0 + NR) · k <= w.len()`. Full weight loads stop at `k64 <= k`; the tail load
+    // is masked to the row's last `k - k64` bytes (masked lanes are not accessed).
+    // Activation loads read whole 64-byte blocks of a row of `stride >= k64 + 64` bytes
+    // when a tail exists.
     unsafe {
         let zero = _mm512_setzero_si512();
         let mut acc = [[zero; NR]; MR];
+        let mut wsum = [zero; NR];
         let k64 = k - k % 64;
         let wp = w.as_ptr().add(o0 * k);
         let xp = x.codes.as_ptr().add(m0 * x.stride);
+        let mut step = |wv: &[__m512i; NR], at: usize| {
+            if VNNI {
+                step_vnni(&mut acc, &mut wsum, wv, xp.add(at), x.stride);
+            } else {
+                step_avx512(&mut acc, wv, xp.add(at), x.stride);
+            }
+        };
         let mut kk = 0;
         while kk < k64 {
             let mut wv = [zero; NR];
             for (j, v) in wv.iter_mut().enumerate() {
                 *v = _mm512_loadu_si512(wp.add(j * k + kk).cast());
             }
-            step_avx512(&mut acc, &wv, xp.add(kk), x.stride);
+            step(&wv, kk);
             kk += 64;
         }
         if k64 < k {
@@ -303,11 +313,14 @@ unsafe fn tile_avx512<const MR: usize, const NR: usize>(
             for (j, v) in wv.iter_mut().enumerate() {
                 *v = _mm512_maskz_loadu_epi8(mask, wp.add(j * k + k64));
             }
-            step_avx512(&mut acc, &wv, xp.add(k64), x.stride);
+            step(&wv, k64);
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (j, &a) in acc.iter().enumerate() {
-                ep.finish(m0 + i, o0 + j, _mm512_reduce_add_epi32(a), y);
+        for (j, &s) in wsum.iter().enumerate() {
+            // `x + 128` was summed at VNNI: take `128 · Σw` back off (0 otherwise).
+            let correction = if VNNI { _mm512_reduce_add_epi32(s).wrapping_mul(128) } else { 0 };
+            for (i, acc) in acc.iter().enumerate() {
+                let sum = _mm512_reduce_add_epi32(acc[j]).wrapping_sub(correction);
+                ep.finish(m0 + i, o0 + j, sum, y);
             }
         }
     }
@@ -317,61 +330,15 @@ unsafe fn tile_avx512<const MR: usize, const NR: usize>(
 unsafe fn dots_avx512(x: &Quantized<'_>, w: &[i8], n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
     grid::<4, 4>(x.rows, n, k, |m0, mr, o0, nr| {
         // SAFETY: AVX-512F/BW per this function's contract; the grid keeps tiles in bounds.
-        unsafe { dispatch!(tile_avx512, mr, nr, x, m0, w, o0, k, ep, y) }
+        unsafe { dispatch!(tile_zmm<false>, mr, nr, x, m0, w, o0, k, ep, y) }
     });
-}
-
-/// One AVX512-VNNI tile (offset activations, `Σw` correction).
-#[inline(always)]
-unsafe fn tile_vnni<const MR: usize, const NR: usize>(
-    x: &Quantized<'_>,
-    m0: usize,
-    w: &[i8],
-    o0: usize,
-    k: usize,
-    ep: &Epilogue<'_>,
-    y: &mut MatMut<'_>,
-) {
-    // SAFETY: as for `tile_avx512`, with AVX512-VNNI also guaranteed by the caller.
-    unsafe {
-        let zero = _mm512_setzero_si512();
-        let mut acc = [[zero; NR]; MR];
-        let mut wsum = [zero; NR];
-        let k64 = k - k % 64;
-        let wp = w.as_ptr().add(o0 * k);
-        let xp = x.codes.as_ptr().add(m0 * x.stride);
-        let mut kk = 0;
-        while kk < k64 {
-            let mut wv = [zero; NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(wp.add(j * k + kk).cast());
-            }
-            step_vnni(&mut acc, &mut wsum, &wv, xp.add(kk), x.stride);
-            kk += 64;
-        }
-        if k64 < k {
-            let mask = tail_mask(k - k64);
-            let mut wv = [zero; NR];
-            for (j, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_epi8(mask, wp.add(j * k + k64));
-            }
-            step_vnni(&mut acc, &mut wsum, &wv, xp.add(k64), x.stride);
-        }
-        for (j, &s) in wsum.iter().enumerate() {
-            let correction = _mm512_reduce_add_epi32(s).wrapping_mul(128);
-            for (i, acc) in acc.iter().enumerate() {
-                let sum = _mm512_reduce_add_epi32(acc[j]).wrapping_sub(correction);
-                ep.finish(m0 + i, o0 + j, sum, y);
-            }
-        }
-    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn dots_vnni(x: &Quantized<'_>, w: &[i8], n: usize, k: usize, ep: &Epilogue<'_>, y: &mut MatMut<'_>) {
     grid::<4, 4>(x.rows, n, k, |m0, mr, o0, nr| {
         // SAFETY: AVX-512F/BW + VNNI per this function's contract; tiles in bounds.
-        unsafe { dispatch!(tile_vnni, mr, nr, x, m0, w, o0, k, ep, y) }
+        unsafe { dispatch!(tile_zmm<true>, mr, nr, x, m0, w, o0, k, ep, y) }
     });
 }
 
